@@ -1,0 +1,52 @@
+# The README's commands are targets here: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+UV_VERSION := 0.13.9
+export PATH := $(BIN):$(PATH)
+# Keep TensorFlow's start-up chatter out of the logs.
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: run test setup dataset params lint format bench clean
+
+run: setup dataset params  ## run the whole pipeline with DVC
+	dvc repro
+
+test: setup  ## run the test suite
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip sync --quiet --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	touch $@
+
+# Fashion-MNIST from Debian's package where apt is usable as root; otherwise the
+# download stage fetches it from the mirrors in conf/data/fashion_mnist.yaml.
+dataset:
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then \
+	  echo "Fashion-MNIST mirror present in /usr/share/datasets/fashion-mnist"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
+	    || echo "apt-get could not install dataset-fashion-mnist; the download stage will use the network mirrors"; \
+	else \
+	  echo "Not root or no apt-get: the download stage will use the network mirrors"; \
+	fi
+
+params: setup  ## compose conf/ into params.yaml (what every stage reads)
+	$(BIN)/python -m reglab.config compose --output params.yaml
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+format: setup
+	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench
+
+clean:
+	rm -rf data models reports mlruns mlflow.db

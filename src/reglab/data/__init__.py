@@ -1,0 +1,1 @@
+"""Data sets: sources (mirrors, checksums, download), IDX parsing, preparation."""
