@@ -12,8 +12,10 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from reglab.errors import ReglabError
 
-class ConfigError(ValueError):
+
+class ConfigError(ReglabError, ValueError):
     """A config value is invalid. The message is one line naming key and value."""
 
 
