@@ -58,6 +58,10 @@ class TrainConfig:
     epochs: int = bounded(15, ge=1)
     batch_size: int = bounded(128, ge=1)
     shuffle: bool = True
+    # Seeded TensorFlow ops: the same seed gives the same weights, bit for bit.
+    deterministic: bool = True
+    # Training images measured each epoch with dropout off for train/data_loss.
+    train_probe_size: int = bounded(2000, ge=1)
 
 
 @dataclass
@@ -67,6 +71,8 @@ class TrackingConfig:
     log_model: bool = True
     registered_model_name: str | None = None
     histogram_bins: int = bounded(50, ge=2)
+    # |w| below this counts as zero in the sparsity statistics.
+    sparsity_threshold: float = bounded(1e-3, gt=0)
 
 
 @dataclass

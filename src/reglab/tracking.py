@@ -41,6 +41,19 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def start_variant_run(name: str, tags: Mapping[str, str]) -> mlflow.ActiveRun:
+    """A new run for one variant.
+
+    Under `mlflow run`, MLFLOW_RUN_ID names the launcher's run; the variant's run
+    is nested under it (instead of every variant logging into that one run).
+    """
+    tags = dict(tags)
+    parent = os.environ.pop("MLFLOW_RUN_ID", None)
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    return mlflow.start_run(run_name=name, tags=tags)
+
+
 @contextlib.contextmanager
 def resumed_run(uri: str, run_id: str) -> Iterator[mlflow.ActiveRun]:
     """Log into an existing run (e.g. evaluate adding test metrics to the train run).
@@ -69,3 +82,57 @@ def log_dir(path: Path, artifact_path: str | None = None) -> None:
 def scratch_dir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="reglab-") as tmp:
         yield Path(tmp)
+
+
+# Per-epoch history keys -> MLflow metric names.
+EPOCH_METRICS = {
+    "train_data_loss": "train/data_loss",
+    "train_penalty": "train/penalty",
+    "train_total_loss": "train/total_loss",
+    "train_accuracy": "train/accuracy",
+    "penalty_share": "train/penalty_share",
+    "val_data_loss": "val/data_loss",
+    "val_total_loss": "val/total_loss",
+    "val_accuracy": "val/accuracy",
+    "fit_total_loss": "train/fit_total_loss",
+    "fit_data_loss": "train/fit_data_loss",
+    "fit_accuracy": "train/fit_accuracy",
+}
+
+
+def epoch_metrics(logs: Mapping[str, Any]) -> dict[str, float]:
+    return {
+        name: float(logs[key]) for key, name in EPOCH_METRICS.items() if logs.get(key) is not None
+    }
+
+
+def log_metrics(metrics: Mapping[str, float], step: int) -> None:
+    """Asynchronous: training does not wait for the tracking store."""
+    mlflow.log_metrics(dict(metrics), step=step, synchronous=False)
+
+
+def flush() -> None:
+    """Wait for asynchronous logging to land (before a run ends)."""
+    mlflow.flush_async_logging()
+
+
+def log_keras_model(
+    model: Any, example_inputs: Any, registered_model_name: str | None = None
+) -> str:
+    """Log with MLflow's Keras flavor, with a signature; returns the model URI.
+
+    Pip requirements are given explicitly: inferring them costs seconds per model.
+    """
+    import keras
+    import tensorflow as tf
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(example_inputs, model.predict(example_inputs, verbose=0))
+    info = mlflow.keras.log_model(
+        model,
+        name="model",
+        signature=signature,
+        pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
+        registered_model_name=registered_model_name,
+    )
+    return info.model_uri

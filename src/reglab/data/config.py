@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from reglab.schema import bounded
+
+# The keys of `files` that preprocess reads. A data set without an official test
+# split (scikit-learn's digits) names only the training pair and holds a test set out.
+TRAIN_KEYS = ("train_images", "train_labels")
+TEST_KEYS = ("test_images", "test_labels")
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass
@@ -38,3 +46,47 @@ class DataConfig:
     train_size: int | None = bounded(None, ge=1)
     # None: the whole official test set; a number takes a stratified subset (tiny runs).
     test_size: int | None = bounded(None, ge=1)
+    # The largest raw pixel value: images are scaled by 1 / pixel_max into [0, 1].
+    # IDX bytes run to 255; scikit-learn's digits to 16.
+    pixel_max: float = bounded(255.0, gt=0)
+    # Only for a data set with no official test split (no test_* files): how many
+    # images a stratified split holds out as the test set, and the seed of that
+    # split. The seed is its own so that changing `seed` never moves a test image
+    # into training.
+    test_holdout_size: int | None = bounded(None, ge=1)
+    test_holdout_seed: int = bounded(0, ge=0)
+
+    def validate(self) -> None:
+        if len(self.image_shape) != 3 or any(side < 1 for side in self.image_shape):
+            raise ValueError(
+                f"image_shape={self.image_shape}: give [height, width, channels], each >= 1"
+            )
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"class_names has {len(self.class_names)} names but num_classes="
+                f"{self.num_classes}; give one name per class"
+            )
+        for key, data_file in self.files.items():
+            if not _SHA256.match(data_file.sha256):
+                raise ValueError(
+                    f"files.{key}.sha256={data_file.sha256!r}: "
+                    "must be 64 lowercase hex digits (the SHA-256 of the decompressed file)"
+                )
+        if not self.files:
+            return
+        missing = [key for key in TRAIN_KEYS if key not in self.files]
+        if missing:
+            raise ValueError(f"files: missing {missing}; the training images and labels")
+        test_keys = [key for key in TEST_KEYS if key in self.files]
+        if len(test_keys) == 1:
+            raise ValueError(f"files: has {test_keys[0]} alone; give both of {list(TEST_KEYS)}")
+        if not test_keys and self.test_holdout_size is None:
+            raise ValueError(
+                "test_holdout_size: required when files has no official test split "
+                f"({list(TEST_KEYS)}); set how many images to hold out as the test set"
+            )
+        if test_keys and self.test_holdout_size is not None:
+            raise ValueError(
+                f"test_holdout_size={self.test_holdout_size}: this data set has an official "
+                "test split; remove test_holdout_size (use test_size for a subset)"
+            )

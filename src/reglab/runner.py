@@ -1,0 +1,195 @@
+"""Train one variant, top to bottom: the one place that unpacks the config.
+
+Everything below this module takes plain values or built objects; this module
+reads the validated :class:`~reglab.config.Config` and wires the pieces:
+seed -> data -> model -> MLflow run -> fit -> artifacts -> outputs on disk.
+The train stage, the ad-hoc command line and the MLproject entry point all call
+:func:`train_variant`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+
+from reglab import tracking, weights
+from reglab.config import Config, config_hash, write_atomic
+from reglab.errors import ReglabError
+from reglab.models import build_model, describe_model
+from reglab.training import (
+    HISTORY_COLUMNS,
+    compile_model,
+    early_stopping_callback,
+    fit,
+    make_optimizer,
+    seed_everything,
+)
+
+log = logging.getLogger(__name__)
+
+
+class MissingInput(ReglabError):
+    """An earlier stage's output is missing."""
+
+
+def load_data(processed_dir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    from reglab.data.prepare import load_splits
+
+    if not Path(processed_dir, "manifest.json").exists():
+        raise MissingInput(
+            f"{processed_dir}/manifest.json not found; run the data stages first "
+            "(`dvc repro preprocess`)"
+        )
+    return load_splits(processed_dir)
+
+
+def run_params(config: Config, variant: str) -> dict[str, Any]:
+    """What a variant's run depends on: everything but the other variants."""
+    params = asdict(config)
+    params.pop("variants")
+    params["variant"] = variant
+    params["regularizer"] = asdict(config.variants[variant])
+    return params
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Per-epoch losses and weight statistics into the active MLflow run."""
+
+    def __init__(self, sparsity_threshold: float):
+        super().__init__()
+        self.sparsity_threshold = sparsity_threshold
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        metrics = tracking.epoch_metrics(logs or {})
+        metrics.update(weights.weight_statistics(self.model, self.sparsity_threshold))
+        tracking.log_metrics(metrics, step=epoch + 1)
+
+
+def write_history(rows: list[dict[str, float]], path: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: row[key] for key in HISTORY_COLUMNS})
+    write_atomic(path, buffer.getvalue())
+
+
+def replace_dir(staging: Path, target: Path) -> None:
+    """Move a fully written folder into place; the old one goes only after."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, target)
+
+
+def train_variant(config: Config, variant: str) -> dict[str, Any]:
+    """Train one variant, log it to MLflow and write its outputs. Returns run.json's content."""
+    recipe = config.variant(variant)
+    splits = load_data(config.paths.processed)
+    seed_everything(config.seed, config.train.deterministic)
+    x_train, y_train = splits["train"]
+    num_classes = config.data.num_classes
+
+    model = build_model(config.model, recipe, x_train.shape[1:], num_classes, config.seed)
+    optimizer = make_optimizer(
+        config.optimizer.name,
+        config.optimizer.learning_rate,
+        config.optimizer.momentum,
+        recipe.weight_decay,
+    )
+    compile_model(model, optimizer, recipe.label_smoothing)
+    stopper = None
+    if recipe.early_stopping.enabled:
+        stop = recipe.early_stopping
+        stopper = early_stopping_callback(
+            stop.monitor, stop.patience, stop.min_delta, stop.restore_best_weights
+        )
+
+    uri = tracking.configure(config.tracking.uri, config.tracking.experiment)
+    model_dir = Path(config.paths.models, variant)
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=model_dir.parent, prefix=f".{variant}.tmp-"))
+    try:
+        with tracking.start_variant_run(variant, run_tags(config, variant)) as run:
+            mlflow.log_params(tracking.flatten(run_params(config, variant)))
+            tracking.log_text_artifact(
+                json.dumps(run_params(config, variant), indent=2, default=str), "config.json"
+            )
+            tracking.log_text_artifact(describe_model(model), "model_summary.txt")
+            result = fit(
+                model,
+                splits["train"],
+                splits["val"],
+                num_classes=num_classes,
+                epochs=config.train.epochs,
+                batch_size=config.train.batch_size,
+                shuffle=config.train.shuffle,
+                seed=config.seed,
+                label=variant,
+                train_probe_size=config.train.train_probe_size,
+                callbacks=[EpochLogger(config.tracking.sparsity_threshold)],
+                early_stopping=stopper,
+            )
+            tracking.flush()
+            log_final_weights(model, variant, config.tracking.histogram_bins)
+            model.save(staging / "model.keras")
+            if config.tracking.log_model:
+                tracking.log_keras_model(
+                    model, splits["val"][0][:8], config.tracking.registered_model_name
+                )
+            summary = {
+                "variant": variant,
+                "seed": config.seed,
+                "mlflow_run_id": run.info.run_id,
+                "tracking_uri": uri,
+                "epochs_trained": result.epochs_trained,
+                "stopped_early": result.stopped_early,
+                "best_epoch": result.best_epoch,
+                "params_count": int(model.count_params()),
+                "best_val_data_loss": min(row["val_data_loss"] for row in result.history),
+                "config_hash": config_hash(config),
+            }
+            mlflow.log_metrics({"epochs_trained": result.epochs_trained})
+            (staging / "run.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_history(result.history, Path(config.paths.history, f"{variant}.csv"))
+            replace_dir(staging, model_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("%s: trained %d epochs, run %s", variant, result.epochs_trained, summary["mlflow_run_id"])
+    return summary
+
+
+def run_tags(config: Config, variant: str) -> dict[str, str]:
+    return {
+        "variant": variant,
+        "dataset": config.data.name,
+        "model": config.model.name,
+        "config_hash": config_hash(config),
+    }
+
+
+def log_final_weights(model: keras.Model, variant: str, bins: int) -> None:
+    import matplotlib.pyplot as plt
+
+    hists = weights.histograms(model, bins)
+    figure = weights.plot_histograms(hists, f"{variant}: kernel weights after training")
+    tracking.log_figure(figure, "weights/histograms_final.png")
+    plt.close(figure)
+    tracking.log_text_artifact(json.dumps(hists), "weights/histograms_final.json")

@@ -1,0 +1,85 @@
+"""Weight statistics and histograms: what a regularizer does to the weights."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+STATISTICS = ("l1", "l2", "max_abs", "sparsity")
+
+
+def weight_arrays(model: Any, kinds: tuple[str, ...] = ("kernel", "bias")) -> dict[str, np.ndarray]:
+    """Trainable kernels and biases by '<layer>/<kind>' (e.g. 'conv_1/kernel'), in layer order."""
+    arrays: dict[str, np.ndarray] = {}
+    for layer in model.layers:
+        for kind in kinds:
+            variable = getattr(layer, kind, None)
+            if variable is not None and hasattr(variable, "numpy"):
+                arrays[f"{layer.name}/{kind}"] = np.asarray(variable.numpy())
+    return arrays
+
+
+def statistics(values: np.ndarray, sparsity_threshold: float) -> dict[str, float]:
+    """L1 norm, L2 norm, max |w| and the share of |w| below the threshold."""
+    magnitudes = np.abs(values.astype(np.float64, copy=False)).ravel()
+    return {
+        "l1": float(magnitudes.sum()),
+        "l2": float(np.sqrt(np.square(magnitudes).sum())),
+        "max_abs": float(magnitudes.max(initial=0.0)),
+        "sparsity": float(np.mean(magnitudes < sparsity_threshold)) if magnitudes.size else 0.0,
+    }
+
+
+def weight_statistics(model: Any, sparsity_threshold: float = 1e-3) -> dict[str, float]:
+    """Metrics 'weights/<layer>/<kind>/<stat>' for every kernel and bias."""
+    metrics: dict[str, float] = {}
+    for name, values in weight_arrays(model).items():
+        for stat, value in statistics(values, sparsity_threshold).items():
+            metrics[f"weights/{name}/{stat}"] = value
+    return metrics
+
+
+def overall_sparsity(model: Any, sparsity_threshold: float = 1e-3) -> float:
+    """Share of all kernel weights with |w| below the threshold."""
+    kernels = [values.ravel() for values in weight_arrays(model, ("kernel",)).values()]
+    if not kernels:
+        return 0.0
+    return float(np.mean(np.abs(np.concatenate(kernels)) < sparsity_threshold))
+
+
+def histograms(model: Any, bins: int = 50) -> dict[str, dict[str, list[float]]]:
+    """Per kernel: bin edges and counts, as plain lists (JSON-ready)."""
+    result: dict[str, dict[str, list[float]]] = {}
+    for name, values in weight_arrays(model, ("kernel",)).items():
+        counts, edges = np.histogram(values.ravel(), bins=bins)
+        result[name] = {"edges": edges.tolist(), "counts": counts.astype(int).tolist()}
+    return result
+
+
+def plot_histograms(hists: dict[str, dict[str, list[float]]], title: str) -> Any:
+    """One panel per kernel; returns a matplotlib Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(hists)
+    columns = min(3, max(1, len(names)))
+    rows = max(1, -(-len(names) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
+    for axis, name in zip(axes.ravel(), names, strict=False):
+        edges = np.asarray(hists[name]["edges"])
+        counts = np.asarray(hists[name]["counts"])
+        axis.stairs(counts, edges, fill=True, alpha=0.7)
+        axis.set_title(name, fontsize=9)
+        axis.set_xlabel("weight")
+        axis.set_ylabel("count")
+    for axis in axes.ravel()[len(names) :]:
+        axis.set_visible(False)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
