@@ -1,0 +1,432 @@
+"""Test-set evaluation of one trained variant: metrics, confusion matrix, calibration.
+
+The metric functions take plain NumPy arrays (logits, labels) so they can be
+checked against hand-computed values without a model. :func:`evaluate_model`
+runs a model over the splits once and derives every number from those logits,
+always in inference mode (dropout off), and never adds the regularization
+penalty: the reports compare *data* loss, the quantity a penalty is meant to
+improve on unseen data.
+
+Results are identified by a *run key*: ``<variant>`` for a single seed, or
+``<variant>@<seed>`` when a variant is trained under several seeds. The same key
+names the model folder, the history CSV and the eval report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reglab.errors import ReglabError
+
+log = logging.getLogger(__name__)
+
+SPARSITY_THRESHOLD = 1e-3
+RUN_INFO_KEYS = ("variant", "seed", "mlflow_run_id", "epochs_trained", "params_count")
+SEED_SEPARATOR = "@"
+
+
+class EvaluationError(ReglabError):
+    """An input of the evaluate stage is missing or malformed."""
+
+
+# ---------------------------------------------------------------------------
+# Run keys: how one (variant, seed) result is named on disk.
+
+
+def run_key(variant: str, seed: int | None = None) -> str:
+    """``l2`` for a single-seed run, ``l2@7`` for seed 7 of a multi-seed run."""
+    return variant if seed is None else f"{variant}{SEED_SEPARATOR}{int(seed)}"
+
+
+def parse_run_key(key: str) -> tuple[str, int | None]:
+    """Inverse of :func:`run_key`."""
+    variant, sep, seed = key.partition(SEED_SEPARATOR)
+    if not sep:
+        return variant, None
+    if not seed.isdigit():
+        raise EvaluationError(
+            f"{key!r}: expected <variant>{SEED_SEPARATOR}<seed> with an integer seed"
+        )
+    return variant, int(seed)
+
+
+# ---------------------------------------------------------------------------
+# Metric functions on plain arrays.
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable log-probabilities (float64, so large logits do not overflow)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    return np.exp(log_softmax(logits))
+
+
+def data_loss_from_logits(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean sparse categorical cross-entropy from logits, with no penalty term."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) == 0:
+        raise EvaluationError("cannot compute a loss on an empty split")
+    log_probs = log_softmax(logits)
+    return float(-log_probs[np.arange(len(labels)), labels].mean())
+
+
+def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
+    predicted, labels = np.asarray(predicted), np.asarray(labels)
+    if len(labels) == 0:
+        raise EvaluationError("cannot compute an accuracy on an empty split")
+    return float(np.mean(predicted == labels))
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts with rows = actual class and columns = predicted class."""
+    labels = np.asarray(labels, dtype=np.int64)
+    predicted = np.asarray(predicted, dtype=np.int64)
+    flat = np.bincount(labels * num_classes + predicted, minlength=num_classes * num_classes)
+    return flat.reshape(num_classes, num_classes)
+
+
+def per_class_accuracy(confusion: np.ndarray) -> list[float | None]:
+    """Recall of each class (diagonal / row sum); None for a class absent from the labels."""
+    support = confusion.sum(axis=1)
+    return [
+        float(confusion[index, index] / count) if count else None
+        for index, count in enumerate(support)
+    ]
+
+
+def reliability(
+    probabilities: np.ndarray, labels: np.ndarray, bins: int = 15
+) -> dict[str, list[float | int | None]]:
+    """Per equal-width confidence bin: mean confidence, accuracy and sample count.
+
+    Confidence is the top-class probability. Bin ``b`` (0-based) holds confidences
+    in ``(b / bins, (b + 1) / bins]``; the top bin is closed at 1. Empty bins get
+    None for confidence and accuracy.
+    """
+    if bins < 1:
+        raise ValueError(f"bins={bins}: must be >= 1")
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    confidence_sum = np.bincount(index, weights=confidence, minlength=bins)
+    correct_sum = np.bincount(index, weights=correct.astype(np.float64), minlength=bins)
+    mean_confidence = [
+        float(s / c) if c else None for s, c in zip(confidence_sum, counts, strict=True)
+    ]
+    mean_accuracy = [float(s / c) if c else None for s, c in zip(correct_sum, counts, strict=True)]
+    return {
+        "bin_upper_edges": [float(b + 1) / bins for b in range(bins)],
+        "confidence": mean_confidence,
+        "accuracy": mean_accuracy,
+        "count": [int(c) for c in counts],
+    }
+
+
+def expected_calibration_error(
+    probabilities: np.ndarray, labels: np.ndarray, bins: int = 15
+) -> float:
+    """ECE = sum over bins of (share of samples in the bin) * |accuracy - mean confidence|.
+
+    Equal-width bins as in :func:`reliability` (Guo et al., 2017).
+    """
+    table = reliability(probabilities, labels, bins)
+    total = sum(table["count"])
+    if total == 0:
+        raise EvaluationError("cannot compute a calibration error on an empty split")
+    ece = 0.0
+    for count, conf, acc in zip(
+        table["count"], table["confidence"], table["accuracy"], strict=True
+    ):
+        if count:
+            ece += count / total * abs(acc - conf)
+    return float(ece)
+
+
+def split_metrics(
+    logits: np.ndarray, labels: np.ndarray, num_classes: int, calibration_bins: int = 15
+) -> dict[str, Any]:
+    """Every metric of one split, from its logits."""
+    labels = np.asarray(labels, dtype=np.int64)
+    predicted = np.asarray(logits).argmax(axis=1)
+    confusion = confusion_matrix(labels, predicted, num_classes)
+    probabilities = softmax(logits)
+    return {
+        "accuracy": accuracy(predicted, labels),
+        "data_loss": data_loss_from_logits(logits, labels),
+        "ece": expected_calibration_error(probabilities, labels, calibration_bins),
+        "confusion_matrix": confusion,
+        "per_class_accuracy": per_class_accuracy(confusion),
+        "reliability": reliability(probabilities, labels, calibration_bins),
+        "predicted": predicted,
+    }
+
+
+# ---------------------------------------------------------------------------
+# Model-level evaluation.
+
+
+def read_run_info(path: Path) -> dict[str, Any]:
+    """The train stage's run.json, checked for the keys evaluation relies on."""
+    if not path.exists():
+        raise EvaluationError(f"{path}: not found; run the train stage for this variant first")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise EvaluationError(
+            f"{path}: not valid JSON ({error.msg}); re-run the train stage"
+        ) from None
+    missing = [key for key in RUN_INFO_KEYS if key not in info]
+    if missing:
+        raise EvaluationError(f"{path}: missing {missing}; re-run the train stage")
+    return info
+
+
+def load_model(path: Path) -> Any:
+    """Load a saved variant; safe_mode stays on because our regularizers are registered."""
+    if not path.exists():
+        raise EvaluationError(f"{path}: not found; run the train stage for this variant first")
+    import keras
+
+    import reglab.regularizers  # noqa: F401 - registers the custom serializable regularizers
+
+    return keras.saving.load_model(path, safe_mode=True)
+
+
+def predict_logits(model: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Logits in inference mode (``predict`` runs with training=False: dropout off)."""
+    return np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
+
+
+def first_layer_kernel(model: Any) -> tuple[str, np.ndarray]:
+    """The first layer's kernel, where a weight penalty's effect is easiest to see."""
+    from reglab.weights import weight_arrays
+
+    for name, values in weight_arrays(model, ("kernel",)).items():
+        return name, values
+    raise EvaluationError("the model has no layer with a kernel")
+
+
+def kernel_sparsity(model: Any, threshold: float = SPARSITY_THRESHOLD) -> float:
+    """Share of all kernel weights (every Conv2D and Dense) with |w| below the threshold."""
+    from reglab.weights import overall_sparsity
+
+    return overall_sparsity(model, threshold)
+
+
+@dataclass
+class Evaluation:
+    """A JSON-ready report plus the per-image test predictions behind its confusion matrix."""
+
+    report: dict[str, Any]
+    test_labels: np.ndarray
+    test_predicted: np.ndarray
+
+
+def evaluate_model(
+    model: Any,
+    test: tuple[np.ndarray, np.ndarray],
+    train: tuple[np.ndarray, np.ndarray],
+    *,
+    class_names: Sequence[str],
+    batch_size: int = 1024,
+    calibration_bins: int = 15,
+    sparsity_threshold: float = SPARSITY_THRESHOLD,
+) -> Evaluation:
+    """Test metrics plus the train-vs-test gaps, as plain values.
+
+    The train split is measured with the same inference-mode forward pass as the
+    test split, so the gap reflects generalization and not dropout being on
+    during Keras's training-time averages.
+    """
+    test_x, test_y = test
+    train_x, train_y = train
+    num_classes = len(class_names)
+    on_test = split_metrics(
+        predict_logits(model, test_x, batch_size), test_y, num_classes, calibration_bins
+    )
+    on_train = split_metrics(
+        predict_logits(model, train_x, batch_size), train_y, num_classes, calibration_bins
+    )
+    report = {
+        "test_accuracy": on_test["accuracy"],
+        "test_data_loss": on_test["data_loss"],
+        "ece": on_test["ece"],
+        "train_accuracy": on_train["accuracy"],
+        "train_data_loss": on_train["data_loss"],
+        "generalization_gap": on_train["accuracy"] - on_test["accuracy"],
+        "data_loss_gap": on_test["data_loss"] - on_train["data_loss"],
+        "sparsity": kernel_sparsity(model, sparsity_threshold),
+        "sparsity_threshold": sparsity_threshold,
+        "per_class_accuracy": dict(zip(class_names, on_test["per_class_accuracy"], strict=True)),
+        "confusion_matrix": on_test["confusion_matrix"].tolist(),
+        "class_names": list(class_names),
+        "reliability": on_test["reliability"],
+        "test_samples": int(len(test_y)),
+        "train_samples": int(len(train_y)),
+    }
+    return Evaluation(report, np.asarray(test_y), on_test["predicted"])
+
+
+def evaluate_variant(
+    model_dir: Path,
+    splits: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    class_names: Sequence[str],
+    batch_size: int = 1024,
+    calibration_bins: int = 15,
+    sparsity_threshold: float = SPARSITY_THRESHOLD,
+) -> Evaluation:
+    """Evaluate ``<model_dir>/model.keras`` and put the facts from ``run.json`` first."""
+    info = read_run_info(model_dir / "run.json")
+    for split in ("train", "test"):
+        if split not in splits:
+            raise EvaluationError(f"the processed data has no {split!r} split; re-run preprocess")
+    model = load_model(model_dir / "model.keras")
+    result = evaluate_model(
+        model,
+        splits["test"],
+        splits["train"],
+        class_names=class_names,
+        batch_size=batch_size,
+        calibration_bins=calibration_bins,
+        sparsity_threshold=sparsity_threshold,
+    )
+    result.report = {
+        "variant": info["variant"],
+        "seed": int(info["seed"]),
+        "mlflow_run_id": info["mlflow_run_id"],
+        "epochs_trained": int(info["epochs_trained"]),
+        "params_count": int(info["params_count"]),
+        **result.report,
+    }
+    report = result.report
+    log.info(
+        "%s: test accuracy %.4f, test data loss %.4f, gap %.4f, ECE %.4f, sparsity %.3f",
+        model_dir.name,
+        report["test_accuracy"],
+        report["test_data_loss"],
+        report["generalization_gap"],
+        report["ece"],
+        report["sparsity"],
+    )
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Outputs: the eval JSON, the DVC confusion-plot CSV, MLflow.
+
+
+def report_json(report: Mapping[str, Any]) -> str:
+    """The report as JSON text; NaN is refused because it is not valid JSON."""
+    return json.dumps(dict(report), indent=2, allow_nan=False) + "\n"
+
+
+def confusion_csv(labels: np.ndarray, predicted: np.ndarray, class_names: Sequence[str]) -> str:
+    """One row per test image, ``actual,predicted`` class names: DVC's confusion template input."""
+    lines = ["actual,predicted"]
+    names = [_csv_field(name) for name in class_names]
+    lines.extend(f"{names[a]},{names[p]}" for a, p in zip(labels, predicted, strict=True))
+    return "\n".join(lines) + "\n"
+
+
+def _csv_field(text: str) -> str:
+    return f'"{text}"' if any(ch in text for ch in ',"\n') else text
+
+
+def metric_name(text: str) -> str:
+    """A class name as an MLflow metric-name segment ('T-shirt/top' -> 't-shirt_top')."""
+    return re.sub(r"[^a-z0-9_.-]+", "_", text.lower()).strip("_") or "class"
+
+
+def mlflow_metrics(report: Mapping[str, Any]) -> dict[str, float]:
+    metrics = {
+        "test/accuracy": report["test_accuracy"],
+        "test/data_loss": report["test_data_loss"],
+        "test/ece": report["ece"],
+        "test/generalization_gap": report["generalization_gap"],
+        "test/data_loss_gap": report["data_loss_gap"],
+        "eval/train_accuracy": report["train_accuracy"],
+        "eval/train_data_loss": report["train_data_loss"],
+        "weights/kernel_sparsity": report["sparsity"],
+    }
+    for name, value in report["per_class_accuracy"].items():
+        if value is not None:
+            metrics[f"test/class_accuracy/{metric_name(name)}"] = value
+    return {key: float(value) for key, value in metrics.items() if math.isfinite(value)}
+
+
+def confusion_figure(confusion: np.ndarray, class_names: Sequence[str], title: str) -> Any:
+    """A labelled heat map of counts (rows actual, columns predicted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    confusion = np.asarray(confusion)
+    figure, axis = plt.subplots(figsize=(7.5, 6.5))
+    image = axis.imshow(confusion, cmap="Blues")
+    figure.colorbar(image, ax=axis, fraction=0.046)
+    ticks = np.arange(len(class_names))
+    axis.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize=8)
+    axis.set_yticks(ticks, class_names, fontsize=8)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("actual")
+    threshold = confusion.max() / 2 if confusion.size else 0
+    for (row, column), count in np.ndenumerate(confusion):
+        axis.text(
+            column,
+            row,
+            str(count),
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if count > threshold else "black",
+        )
+    axis.set_title(title)
+    figure.tight_layout()
+    return figure
+
+
+def log_report(report: Mapping[str, Any], tracking_uri: str) -> dict[str, float]:
+    """Add the test metrics and the confusion matrix to the variant's training run."""
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    from reglab.tracking import resumed_run
+
+    metrics = mlflow_metrics(report)
+    with resumed_run(tracking_uri, report["mlflow_run_id"]):
+        mlflow.log_metrics(metrics)
+        mlflow.log_dict(
+            {"class_names": report["class_names"], "confusion_matrix": report["confusion_matrix"]},
+            "evaluation/confusion_matrix.json",
+        )
+        mlflow.log_text(report_json(report), "evaluation/report.json")
+        figure = confusion_figure(
+            np.asarray(report["confusion_matrix"]),
+            report["class_names"],
+            f"{report['variant']} (seed {report['seed']}): "
+            f"test accuracy {report['test_accuracy']:.4f}",
+        )
+        try:
+            mlflow.log_figure(figure, "evaluation/confusion_matrix.png")
+        finally:
+            plt.close(figure)
+    log.info("logged %d test metrics to MLflow run %s", len(metrics), report["mlflow_run_id"])
+    return metrics
