@@ -1,0 +1,57 @@
+"""Shared fixtures: the real conf/, shrunk; a temporary MLflow store; tiny real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "true")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# Overrides that shrink the real config to seconds (the `tiny` experiment preset).
+TINY = ["experiment=tiny"]
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh sqlite MLflow store for one test; MLFLOW_TRACKING_URI wins over the config."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # artifacts of a sqlite store land in ./mlruns
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+def digits_splits(seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """scikit-learn's bundled 8x8 digits as float32 NHWC in [0, 1]: real, tiny, offline."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[..., None]
+    y = digits.target.astype(np.int64)
+    order = np.random.default_rng(seed).permutation(len(x))
+    x, y = x[order], y[order]
+    return {"train": (x[:1000], y[:1000]), "val": (x[1000:1400], y[1000:1400]),
+            "test": (x[1400:], y[1400:])}
+
+
+def write_splits(directory: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+    """Processed-data layout the train stage reads (arrays + a manifest)."""
+    import json
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, (x, y) in splits.items():
+        np.save(directory / f"{split}_x.npy", x)
+        np.save(directory / f"{split}_y.npy", y)
+    sizes = {split: len(y) for split, (_, y) in splits.items()}
+    (directory / "manifest.json").write_text(json.dumps({"sizes": sizes, "source": "digits"}))
+    return directory

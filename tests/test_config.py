@@ -1,0 +1,118 @@
+"""The config: composition of the real conf/, params.yaml freshness, validation errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from reglab.config import compose, load_params, to_yaml, validate
+from reglab.schema import ConfigError
+from tests.conftest import PROJECT_ROOT
+
+
+def test_committed_params_yaml_is_the_composition_of_conf():
+    committed = (PROJECT_ROOT / "params.yaml").read_text()
+    assert committed == to_yaml(compose()), "params.yaml is stale: run `make params`"
+
+
+def test_default_config_has_the_five_default_variants():
+    config = validate(compose())
+    assert list(config.variants) == ["baseline", "l1", "l2", "l1_l2", "dropout"]
+    assert config.variants["baseline"].kernel.l1 == 0.0
+    assert config.variants["baseline"].kernel.l2 == 0.0
+    assert config.variants["l2"].kernel.l2 > 0
+    assert config.variants["l1"].kernel.l1 > 0
+    assert config.variants["l1_l2"].kernel.l1 > 0 and config.variants["l1_l2"].kernel.l2 > 0
+    assert 0 < config.variants["dropout"].dropout.dense_rate < 1
+    assert config.data.name == "fashion_mnist"
+    assert config.data.train_size == 10000
+    assert config.tracking.uri == "sqlite:///mlflow.db"
+
+
+def test_overrides_reach_one_variant_only():
+    config = validate(compose(["variants.l2.kernel.l2=0.05", "train.epochs=3"]))
+    assert config.variants["l2"].kernel.l2 == 0.05
+    assert config.variants["l1_l2"].kernel.l2 != 0.05
+    assert config.train.epochs == 3
+
+
+def test_a_variant_can_be_added_from_the_command_line():
+    config = validate(compose(["+regularizer@variants.extra_l1=l1"]))
+    assert config.variants["extra_l1"].kernel.l1 == config.variants["l1"].kernel.l1
+
+
+def test_full_preset_uses_all_training_images():
+    assert validate(compose(["experiment=full"])).data.train_size is None
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("variants.l2.kernel.l2=-0.1", "variants.l2.kernel.l2=-0.1: must be >= 0"),
+        ("variants.dropout.dropout.dense_rate=1.0",
+         "variants.dropout.dropout.dense_rate=1.0: must be < 1"),
+        ("variants.dropout.dropout.conv_rate=-0.2",
+         "variants.dropout.dropout.conv_rate=-0.2: must be >= 0"),
+        ("train.epochs=0", "train.epochs=0: must be >= 1"),
+        ("optimizer.name=adagrad", "optimizer.name='adagrad': must be one of"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_value(override, message):
+    with pytest.raises(ConfigError) as error:
+        validate(compose([override]))
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_key_in_params_is_rejected_with_its_name():
+    raw = OmegaConf.to_container(compose())
+    raw["train"]["epoch"] = 3
+    with pytest.raises(ConfigError, match=r"train\.epoch"):
+        validate(raw)
+
+
+def test_unknown_group_option_is_one_clear_error():
+    with pytest.raises(ConfigError, match="regularizer") as error:
+        compose(["+regularizer@variants.x=no_such_recipe"])
+    assert "no_such_recipe" in str(error.value)
+
+
+def test_unknown_variant_is_named(tmp_path):
+    config = validate(compose())
+    with pytest.raises(ConfigError, match="variant='l3': unknown"):
+        config.variant("l3")
+
+
+def test_stale_params_yaml_is_reported(tmp_path, caplog):
+    (tmp_path / "conf").symlink_to(PROJECT_ROOT / "conf")
+    params = tmp_path / "params.yaml"
+    params.write_text(to_yaml(compose(["train.epochs=2"])))
+    load_params(params)
+    assert "STALE CONFIG" in caplog.text
+    caplog.clear()
+    params.write_text(to_yaml(compose()))
+    load_params(params)
+    assert "STALE CONFIG" not in caplog.text
+
+
+def test_compose_command_writes_nothing_on_bad_input(tmp_path):
+    output = tmp_path / "params.yaml"
+    result = subprocess.run(
+        [sys.executable, "-m", "reglab.config", "compose", "variants.l1.kernel.l1=-1",
+         "--output", str(output)],
+        capture_output=True, text=True, cwd=PROJECT_ROOT,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: variants.l1.kernel.l1=-1.0: must be >= 0"
+    )
+    assert not output.exists()
+
+
+def test_missing_params_file_says_what_to_run(tmp_path):
+    with pytest.raises(ConfigError, match="make params"):
+        load_params(Path(tmp_path, "params.yaml"))
