@@ -1,0 +1,104 @@
+"""Training: the data loss and the penalty kept apart, measured for real."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from reglab.training import (
+    HISTORY_COLUMNS,
+    TrainingDiverged,
+    compile_model,
+    cross_entropy,
+    fit,
+    make_optimizer,
+    one_hot,
+    penalty,
+    seed_everything,
+)
+from tests.conftest import digits_splits
+
+L2 = 1e-3
+
+
+def small_model(l2: float = L2, dropout_rate: float = 0.0) -> keras.Model:
+    regularizer = keras.regularizers.L2(l2) if l2 else None
+    layers = [
+        keras.Input((8, 8, 1)),
+        keras.layers.Flatten(),
+        keras.layers.Dense(32, activation="relu", kernel_regularizer=regularizer, name="dense_1"),
+    ]
+    if dropout_rate:
+        layers.append(keras.layers.Dropout(dropout_rate))
+    layers.append(keras.layers.Dense(10, kernel_regularizer=regularizer, name="logits"))
+    return keras.Sequential(layers)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return digits_splits()
+
+
+def test_cross_entropy_matches_hand_computation():
+    logits = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    labels = one_hot(np.array([0, 2]), 3)
+    expected = np.mean([-np.log(np.exp(2) / (np.exp(2) + 2)), -np.log(1 / 3)])
+    assert cross_entropy(logits, labels) == pytest.approx(expected, rel=1e-12)
+
+
+def test_penalty_is_the_sum_of_model_losses_computed_from_the_weights():
+    seed_everything(0)
+    model = small_model()
+    kernels = [layer.kernel.numpy() for layer in model.layers if hasattr(layer, "kernel")]
+    expected = sum(L2 * np.sum(np.square(kernel)) for kernel in kernels)
+    assert penalty(model) == pytest.approx(expected, rel=1e-5)
+    assert penalty(small_model(l2=0.0)) == 0.0
+
+
+def test_history_keeps_data_loss_and_penalty_apart(splits):
+    seed_everything(1)
+    model = small_model(dropout_rate=0.3)
+    compile_model(model, make_optimizer("adam", 1e-2))
+    result = fit(
+        model, splits["train"], splits["val"], num_classes=10, epochs=3, batch_size=64,
+        shuffle=True, seed=1, label="l2", train_probe_size=500,
+    )
+    assert result.epochs_trained == 3 and len(result.history) == 3
+    assert list(result.history[0]) == list(HISTORY_COLUMNS)
+    last = result.history[-1]
+    # The penalty is the weights' L2 penalty at the end of the epoch...
+    kernels = [layer.kernel.numpy() for layer in model.layers if hasattr(layer, "kernel")]
+    assert last["train_penalty"] == pytest.approx(
+        sum(L2 * np.sum(np.square(k)) for k in kernels), rel=1e-5
+    )
+    # ...the total is data + penalty, and the data loss is plain cross-entropy (dropout off).
+    assert last["train_total_loss"] == pytest.approx(last["train_data_loss"] + last["train_penalty"])
+    x_val, y_val = splits["val"]
+    val_logits = model.predict(x_val, verbose=0)
+    assert last["val_data_loss"] == pytest.approx(
+        cross_entropy(val_logits, one_hot(y_val, 10)), rel=1e-4
+    )
+    assert last["val_accuracy"] == pytest.approx(np.mean(val_logits.argmax(1) == y_val), abs=1e-6)
+    assert last["penalty_share"] == pytest.approx(last["train_penalty"] / last["train_total_loss"])
+    # Keras's own training-time total includes the penalty; it is kept under its own name.
+    assert last["fit_total_loss"] > last["fit_data_loss"]
+    # Learning happened: the digits are easy.
+    assert last["val_accuracy"] > 0.8
+    assert result.history[0]["train_data_loss"] > last["train_data_loss"]
+
+
+def test_non_finite_loss_stops_at_once_naming_variant_and_epoch(splits):
+    seed_everything(2)
+    model = small_model(l2=0.0)
+    compile_model(model, make_optimizer("sgd", 1e12))
+    with pytest.raises(TrainingDiverged, match=r"variant exploding: the training loss became .* epoch 1;"):
+        fit(
+            model, splits["train"], splits["val"], num_classes=10, epochs=5, batch_size=64,
+            shuffle=True, seed=2, label="exploding",
+        )
+
+
+def test_weight_decay_means_adamw():
+    assert isinstance(make_optimizer("adam", 1e-3, weight_decay=1e-4), keras.optimizers.AdamW)
+    assert type(make_optimizer("adam", 1e-3)) is keras.optimizers.Adam
