@@ -40,8 +40,11 @@ def digits_splits(seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     y = digits.target.astype(np.int64)
     order = np.random.default_rng(seed).permutation(len(x))
     x, y = x[order], y[order]
-    return {"train": (x[:1000], y[:1000]), "val": (x[1000:1400], y[1000:1400]),
-            "test": (x[1400:], y[1400:])}
+    return {
+        "train": (x[:1000], y[:1000]),
+        "val": (x[1000:1400], y[1000:1400]),
+        "test": (x[1400:], y[1400:]),
+    }
 
 
 def write_splits(directory: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:

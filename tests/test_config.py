@@ -53,10 +53,14 @@ def test_full_preset_uses_all_training_images():
     ("override", "message"),
     [
         ("variants.l2.kernel.l2=-0.1", "variants.l2.kernel.l2=-0.1: must be >= 0"),
-        ("variants.dropout.dropout.dense_rate=1.0",
-         "variants.dropout.dropout.dense_rate=1.0: must be < 1"),
-        ("variants.dropout.dropout.conv_rate=-0.2",
-         "variants.dropout.dropout.conv_rate=-0.2: must be >= 0"),
+        (
+            "variants.dropout.dropout.dense_rate=1.0",
+            "variants.dropout.dropout.dense_rate=1.0: must be < 1",
+        ),
+        (
+            "variants.dropout.dropout.conv_rate=-0.2",
+            "variants.dropout.dropout.conv_rate=-0.2: must be >= 0",
+        ),
         ("train.epochs=0", "train.epochs=0: must be >= 1"),
         ("optimizer.name=adagrad", "optimizer.name='adagrad': must be one of"),
     ],
@@ -102,9 +106,18 @@ def test_stale_params_yaml_is_reported(tmp_path, caplog):
 def test_compose_command_writes_nothing_on_bad_input(tmp_path):
     output = tmp_path / "params.yaml"
     result = subprocess.run(
-        [sys.executable, "-m", "reglab.config", "compose", "variants.l1.kernel.l1=-1",
-         "--output", str(output)],
-        capture_output=True, text=True, cwd=PROJECT_ROOT,
+        [
+            sys.executable,
+            "-m",
+            "reglab.config",
+            "compose",
+            "variants.l1.kernel.l1=-1",
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (

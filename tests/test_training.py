@@ -61,8 +61,16 @@ def test_history_keeps_data_loss_and_penalty_apart(splits):
     model = small_model(dropout_rate=0.3)
     compile_model(model, make_optimizer("adam", 1e-2))
     result = fit(
-        model, splits["train"], splits["val"], num_classes=10, epochs=3, batch_size=64,
-        shuffle=True, seed=1, label="l2", train_probe_size=500,
+        model,
+        splits["train"],
+        splits["val"],
+        num_classes=10,
+        epochs=3,
+        batch_size=64,
+        shuffle=True,
+        seed=1,
+        label="l2",
+        train_probe_size=500,
     )
     assert result.epochs_trained == 3 and len(result.history) == 3
     assert list(result.history[0]) == list(HISTORY_COLUMNS)
@@ -73,7 +81,9 @@ def test_history_keeps_data_loss_and_penalty_apart(splits):
         sum(L2 * np.sum(np.square(k)) for k in kernels), rel=1e-5
     )
     # ...the total is data + penalty, and the data loss is plain cross-entropy (dropout off).
-    assert last["train_total_loss"] == pytest.approx(last["train_data_loss"] + last["train_penalty"])
+    assert last["train_total_loss"] == pytest.approx(
+        last["train_data_loss"] + last["train_penalty"]
+    )
     x_val, y_val = splits["val"]
     val_logits = model.predict(x_val, verbose=0)
     assert last["val_data_loss"] == pytest.approx(
@@ -92,10 +102,19 @@ def test_non_finite_loss_stops_at_once_naming_variant_and_epoch(splits):
     seed_everything(2)
     model = small_model(l2=0.0)
     compile_model(model, make_optimizer("sgd", 1e12))
-    with pytest.raises(TrainingDiverged, match=r"variant exploding: the training loss became .* epoch 1;"):
+    with pytest.raises(
+        TrainingDiverged, match=r"variant exploding: the training loss became .* epoch 1;"
+    ):
         fit(
-            model, splits["train"], splits["val"], num_classes=10, epochs=5, batch_size=64,
-            shuffle=True, seed=2, label="exploding",
+            model,
+            splits["train"],
+            splits["val"],
+            num_classes=10,
+            epochs=5,
+            batch_size=64,
+            shuffle=True,
+            seed=2,
+            label="exploding",
         )
 
 

@@ -1,8 +1,8 @@
 """Ad-hoc command line with Hydra's override grammar, multirun sweeps included.
 
-    reglab train variant=l2 train.epochs=2
-    reglab train -m variant=l1,l2 'variants.l2.kernel.l2=1e-4,1e-3'
-    reglab compose experiment=full      # print the composed params
+reglab train variant=l2 train.epochs=2
+reglab train -m variant=l1,l2 'variants.l2.kernel.l2=1e-4,1e-3'
+reglab compose experiment=full      # print the composed params
 """
 
 from __future__ import annotations
@@ -59,9 +59,7 @@ def main(argv: list[str] | None = None) -> None:
             return
         import hydra
 
-        app = hydra.main(config_path=_conf_dir(), config_name="cli", version_base=None)(
-            train_job
-        )
+        app = hydra.main(config_path=_conf_dir(), config_name="cli", version_base=None)(train_job)
         sys.argv = [sys.argv[0], *overrides]
         app()
     except ReglabError as error:

@@ -71,6 +71,10 @@ class TrackingConfig:
     log_model: bool = True
     registered_model_name: str | None = None
     histogram_bins: int = bounded(50, ge=2)
+    # Kernel histograms at epoch 0, every N epochs and at the end.
+    histogram_every: int = bounded(5, ge=1)
+    # CPU and memory of the training process as MLflow system metrics.
+    system_metrics: bool = False
     # |w| below this counts as zero in the sparsity statistics.
     sparsity_threshold: float = bounded(1e-3, gt=0)
 
@@ -232,8 +236,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             config = load_params(args.params, check_fresh=False)
             stale = warn_if_stale(OmegaConf.load(args.params), Path(args.params))
-            log.info("%s is valid: %d variants %s", args.params, len(config.variants),
-                     sorted(config.variants))
+            log.info(
+                "%s is valid: %d variants %s",
+                args.params,
+                len(config.variants),
+                sorted(config.variants),
+            )
             return 1 if stale else 0
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -64,6 +64,31 @@ def run_params(config: Config, variant: str) -> dict[str, Any]:
     return params
 
 
+class HistogramRecorder(keras.callbacks.Callback):
+    """Kernel histograms before training, every N epochs and at the end.
+
+    Only the counts are taken during training (cheap); figures are drawn once
+    training is over, so the epochs run at full speed.
+    """
+
+    def __init__(self, every: int, bins: int):
+        super().__init__()
+        self.every = every
+        self.bins = bins
+        self.by_epoch: dict[int, dict[str, dict[str, list[float]]]] = {}
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.by_epoch[0] = weights.histograms(self.model, self.bins)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if (epoch + 1) % self.every == 0:
+            self.by_epoch[epoch + 1] = weights.histograms(self.model, self.bins)
+
+    def finish(self, epochs_trained: int) -> None:
+        if epochs_trained not in self.by_epoch:
+            self.by_epoch[epochs_trained] = weights.histograms(self.model, self.bins)
+
+
 class EpochLogger(keras.callbacks.Callback):
     """Per-epoch losses and weight statistics into the active MLflow run."""
 
@@ -123,16 +148,24 @@ def train_variant(config: Config, variant: str) -> dict[str, Any]:
         )
 
     uri = tracking.configure(config.tracking.uri, config.tracking.experiment)
+    tags = run_tags(config, variant)
+    parent = tracking.pipeline_parent(
+        config.tracking.experiment, pipeline_key(config, tags), "pipeline", tags_shared(tags)
+    )
+    recorder = HistogramRecorder(config.tracking.histogram_every, config.tracking.histogram_bins)
     model_dir = Path(config.paths.models, variant)
     model_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=model_dir.parent, prefix=f".{variant}.tmp-"))
     try:
-        with tracking.start_variant_run(variant, run_tags(config, variant)) as run:
+        with tracking.start_variant_run(
+            variant, tags, parent, config.tracking.system_metrics
+        ) as run:
             mlflow.log_params(tracking.flatten(run_params(config, variant)))
             tracking.log_text_artifact(
                 json.dumps(run_params(config, variant), indent=2, default=str), "config.json"
             )
             tracking.log_text_artifact(describe_model(model), "model_summary.txt")
+            log_data_inputs(config.paths.processed)
             result = fit(
                 model,
                 splits["train"],
@@ -144,11 +177,12 @@ def train_variant(config: Config, variant: str) -> dict[str, Any]:
                 seed=config.seed,
                 label=variant,
                 train_probe_size=config.train.train_probe_size,
-                callbacks=[EpochLogger(config.tracking.sparsity_threshold)],
+                callbacks=[EpochLogger(config.tracking.sparsity_threshold), recorder],
                 early_stopping=stopper,
             )
+            recorder.finish(result.epochs_trained)
             tracking.flush()
-            log_final_weights(model, variant, config.tracking.histogram_bins)
+            log_weight_histograms(recorder.by_epoch, variant)
             model.save(staging / "model.keras")
             if config.tracking.log_model:
                 tracking.log_keras_model(
@@ -172,24 +206,74 @@ def train_variant(config: Config, variant: str) -> dict[str, Any]:
             replace_dir(staging, model_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info("%s: trained %d epochs, run %s", variant, result.epochs_trained, summary["mlflow_run_id"])
+    log.info(
+        "%s: trained %d epochs, run %s", variant, result.epochs_trained, summary["mlflow_run_id"]
+    )
     return summary
 
 
 def run_tags(config: Config, variant: str) -> dict[str, str]:
-    return {
+    tags = {
         "variant": variant,
         "dataset": config.data.name,
         "model": config.model.name,
+        "seed": str(config.seed),
         "config_hash": config_hash(config),
+        **tracking.git_state(),
     }
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
+    return tags
 
 
-def log_final_weights(model: keras.Model, variant: str, bins: int) -> None:
+def tags_shared(tags: dict[str, str]) -> dict[str, str]:
+    """The tags that hold for the whole pipeline (the parent run)."""
+    return {key: value for key, value in tags.items() if key not in ("variant", "config_hash")}
+
+
+def pipeline_key(config: Config, tags: dict[str, str]) -> str:
+    """What every variant of one pipeline execution shares: config but variants, and code."""
+    import hashlib
+
+    shared = asdict(config)
+    shared.pop("variants")
+    shared.pop("tracking")
+    text = json.dumps(shared, sort_keys=True, default=str) + tags["git_commit"]
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def log_data_inputs(processed_dir: str) -> None:
+    """Which data the run used, with the manifest's digest, shown in the UI's Datasets."""
+    from reglab.data.prepare import mlflow_inputs
+
+    for dataset, context in mlflow_inputs(processed_dir):
+        mlflow.log_input(dataset, context=context)
+
+
+def log_weight_histograms(
+    by_epoch: dict[int, dict[str, dict[str, list[float]]]], variant: str
+) -> None:
+    """Images with a step (the UI scrubs through training), raw counts, a start/end overlay."""
+    for epoch, hists in sorted(by_epoch.items()):
+        figure = weights.plot_histograms(hists, f"{variant}: kernel weights, epoch {epoch}")
+        mlflow.log_image(weights.render(figure), key="weights/kernel_histograms", step=epoch)
+    tracking.log_text_artifact(
+        json.dumps({str(epoch): hists for epoch, hists in sorted(by_epoch.items())}),
+        "weights/histograms.json",
+    )
+    first, last = min(by_epoch), max(by_epoch)
+    names = list(by_epoch[first])
+    # The first layer and the last hidden one: where the tutorials look.
+    layers = [names[0], names[-2]] if len(names) > 2 else names
+    figure = weights.plot_start_end_overlay(
+        by_epoch[first],
+        by_epoch[last],
+        layers,
+        f"{variant}: kernel weights at epoch {first} and {last}",
+    )
+    tracking.log_figure(figure, "weights/histograms_start_end.png")
+    final = weights.plot_histograms(by_epoch[last], f"{variant}: kernel weights after training")
+    tracking.log_figure(final, "weights/histograms_final.png")
     import matplotlib.pyplot as plt
 
-    hists = weights.histograms(model, bins)
-    figure = weights.plot_histograms(hists, f"{variant}: kernel weights after training")
-    tracking.log_figure(figure, "weights/histograms_final.png")
-    plt.close(figure)
-    tracking.log_text_artifact(json.dumps(hists), "weights/histograms_final.json")
+    plt.close("all")

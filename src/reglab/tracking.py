@@ -12,6 +12,8 @@ from typing import Any
 
 import mlflow
 
+from reglab.errors import ReglabError
+
 log = logging.getLogger(__name__)
 
 
@@ -20,9 +22,36 @@ def resolve_uri(configured: str) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or configured
 
 
+class TrackingUnavailable(ReglabError):
+    """The tracking server does not answer."""
+
+
+def check_reachable(uri: str, timeout_s: float = 8.0) -> None:
+    """Fail fast on an HTTP tracking server that does not answer.
+
+    MLflow's own client retries for minutes; a user with a typo in the URI or a
+    stopped server should hear about it within seconds, before any epoch.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    health = uri.rstrip("/") + "/health"
+    try:
+        response = requests.get(health, timeout=timeout_s)
+        response.raise_for_status()
+    except requests.RequestException as error:
+        reason = type(error).__name__
+        raise TrackingUnavailable(
+            f"MLflow tracking server {uri} is unreachable ({reason}); start it, "
+            "or point MLFLOW_TRACKING_URI (or tracking.uri) at a running one"
+        ) from None
+
+
 def configure(uri: str, experiment: str | None = None) -> str:
     """Point MLflow at the tracking store (and experiment); returns the URI in use."""
     uri = resolve_uri(uri)
+    check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     if experiment:
         mlflow.set_experiment(experiment)
@@ -41,17 +70,74 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def start_variant_run(name: str, tags: Mapping[str, str]) -> mlflow.ActiveRun:
-    """A new run for one variant.
+PIPELINE_TAG = "reglab.pipeline"
 
-    Under `mlflow run`, MLFLOW_RUN_ID names the launcher's run; the variant's run
-    is nested under it (instead of every variant logging into that one run).
+
+def pipeline_parent(experiment_name: str, key: str, name: str, tags: Mapping[str, str]) -> str:
+    """The parent run that groups one pipeline's variants in the UI; made once per key.
+
+    The key hashes what the variants share (data, model, training, seed, code);
+    a variant re-trained under the same key joins the same parent, so the
+    group stays one pipeline, with the variant's older run kept beside it.
+    """
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(experiment_name)
+    found = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{PIPELINE_TAG}` = '{key}'",
+        max_results=1,
+        order_by=["attributes.start_time ASC"],
+    )
+    if found:
+        return found[0].info.run_id
+    parent = client.create_run(
+        experiment.experiment_id, run_name=name, tags={**tags, PIPELINE_TAG: key}
+    )
+    client.set_terminated(parent.info.run_id, "FINISHED")
+    return parent.info.run_id
+
+
+def start_variant_run(
+    name: str,
+    tags: Mapping[str, str],
+    parent_run_id: str | None = None,
+    log_system_metrics: bool = False,
+) -> contextlib.AbstractContextManager[mlflow.ActiveRun]:
+    """A new run for one variant, nested under its pipeline's parent run.
+
+    Under `mlflow run`, MLFLOW_RUN_ID names the launcher's run; that run is the
+    parent instead (otherwise every variant would log into that one run).
     """
     tags = dict(tags)
-    parent = os.environ.pop("MLFLOW_RUN_ID", None)
-    if parent:
-        tags["mlflow.parentRunId"] = parent
-    return mlflow.start_run(run_name=name, tags=tags)
+    parent_run_id = os.environ.pop("MLFLOW_RUN_ID", None) or parent_run_id
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    return ending_run(
+        mlflow.start_run(run_name=name, tags=tags, log_system_metrics=log_system_metrics)
+    )
+
+
+@contextlib.contextmanager
+def ending_run(active: mlflow.ActiveRun) -> Iterator[mlflow.ActiveRun]:
+    """End the run FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM."""
+    import signal
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield active
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -94,6 +180,8 @@ EPOCH_METRICS = {
     "val_data_loss": "val/data_loss",
     "val_total_loss": "val/total_loss",
     "val_accuracy": "val/accuracy",
+    "val_penalty": "val/penalty",
+    "val_penalty_share": "val/penalty_share",
     "fit_total_loss": "train/fit_total_loss",
     "fit_data_loss": "train/fit_data_loss",
     "fit_accuracy": "train/fit_accuracy",
@@ -132,7 +220,25 @@ def log_keras_model(
         model,
         name="model",
         signature=signature,
+        input_example=example_inputs,
         pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
         registered_model_name=registered_model_name,
     )
     return info.model_uri
+
+
+def git_state(directory: str | Path = ".") -> dict[str, str]:
+    """The commit the code ran from and whether the tree had uncommitted changes."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=directory, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": "unknown", "git_dirty": "unknown"}
+    return {"git_commit": commit, "git_dirty": str(dirty).lower()}

@@ -38,6 +38,8 @@ HISTORY_COLUMNS = (
     "val_data_loss",
     "val_accuracy",
     "val_total_loss",
+    "val_penalty",
+    "val_penalty_share",
     "penalty_share",
     "fit_total_loss",
     "fit_data_loss",
@@ -86,7 +88,9 @@ def compile_model(
     """Cross-entropy on one-hot labels (label smoothing needs them); data_loss is plain CE."""
     model.compile(
         optimizer=optimizer,
-        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing),
+        loss=keras.losses.CategoricalCrossentropy(
+            from_logits=True, label_smoothing=label_smoothing
+        ),
         metrics=[
             keras.metrics.CategoricalCrossentropy(from_logits=True, name="data_loss"),
             keras.metrics.CategoricalAccuracy(name="accuracy"),
@@ -147,12 +151,18 @@ class LossDecomposition(keras.callbacks.Callback):
                 "train_total_loss": total,
                 "train_accuracy": accuracy,
                 "val_total_loss": val_data_loss + weight_penalty,
-                "penalty_share": weight_penalty / total if total > 0 else 0.0,
+                "val_penalty": weight_penalty,
+                "val_penalty_share": _share(weight_penalty, val_data_loss + weight_penalty),
+                "penalty_share": _share(weight_penalty, total),
                 "fit_total_loss": fit_loss,
                 "fit_data_loss": logs.get("data_loss", float("nan")),
                 "fit_accuracy": logs.get("accuracy", float("nan")),
             }
         )
+
+
+def _share(part: float, whole: float) -> float:
+    return part / whole if whole > 0 else 0.0
 
 
 def _data_loss_and_accuracy(
@@ -243,7 +253,11 @@ def fit(
         chain.append(early_stopping)
     log.info(
         "training %s: %d train / %d validation images, %d epochs, batch %d",
-        label, len(x_train), len(x_val), epochs, batch_size,
+        label,
+        len(x_train),
+        len(x_val),
+        epochs,
+        batch_size,
     )
     model.fit(
         x_train,

@@ -83,3 +83,42 @@ def plot_histograms(hists: dict[str, dict[str, list[float]]], title: str) -> Any
     figure.suptitle(title)
     figure.tight_layout()
     return figure
+
+
+def render(figure: Any) -> np.ndarray:
+    """A matplotlib figure as an RGB array (for mlflow.log_image with a step)."""
+    import matplotlib.pyplot as plt
+
+    figure.canvas.draw()
+    image = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(figure)
+    return image
+
+
+def plot_start_end_overlay(
+    start: dict[str, dict[str, list[float]]],
+    end: dict[str, dict[str, list[float]]],
+    layers: list[str],
+    title: str,
+) -> Any:
+    """For each named kernel: its histogram before training and after, on one axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(layers), figsize=(5 * len(layers), 3.5), squeeze=False)
+    for axis, name in zip(axes.ravel(), layers, strict=True):
+        for label, hists, alpha in (("start", start, 0.45), ("end", end, 0.6)):
+            edges = np.asarray(hists[name]["edges"])
+            counts = np.asarray(hists[name]["counts"])
+            # Densities, so histograms with different bin widths compare fairly.
+            density = counts / max(counts.sum(), 1) / np.diff(edges)
+            axis.stairs(density, edges, fill=True, alpha=alpha, label=label)
+        axis.set_title(name, fontsize=9)
+        axis.set_xlabel("weight")
+        axis.set_ylabel("density")
+        axis.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure

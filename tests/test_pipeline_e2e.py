@@ -1,0 +1,202 @@
+"""End to end: the real `dvc repro` and `dvc exp run` on a tiny copy of the project.
+
+One copy, several checks in sequence (each `dvc` call costs TensorFlow start-ups):
+a first repro from nothing, what MLflow and the reports hold, a second repro that
+re-runs nothing, and an experiment that changes one variant and re-runs only it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+FASHION_MIRROR = Path("/usr/share/datasets/fashion-mnist")
+VARIANTS = {"baseline": "none", "l2": "l2"}
+EPOCH_METRICS = (
+    "train/data_loss",
+    "train/penalty",
+    "train/total_loss",
+    "train/accuracy",
+    "val/data_loss",
+    "val/accuracy",
+)
+
+
+def project_files() -> list[str]:
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
+    return [name for name in listed if name and (PROJECT_ROOT / name).is_file()]
+
+
+def run(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    if not FASHION_MIRROR.is_dir():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (make dataset)")
+    root = tmp_path_factory.mktemp("project")
+    for name in project_files():
+        target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PROJECT_ROOT / name, target)
+    # A tiny, two-variant configuration, made the way a user would: in conf/.
+    (root / "conf/variants/e2e.yaml").write_text(
+        "# @package variants\ndefaults:\n"
+        + "".join(f"  - /regularizer@{name}: {recipe}\n" for name, recipe in VARIANTS.items())
+    )
+    config = (root / "conf/config.yaml").read_text()
+    config = config.replace("  - variants: default", "  - variants: e2e")
+    config = config.replace("  - experiment: null", "  - experiment: tiny")
+    config += "\ntracking:\n  log_model: true\n"
+    (root / "conf/config.yaml").write_text(config)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    run([sys.executable, "-m", "reglab.config", "compose", "--output", "params.yaml"], root, env)
+    for command in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
+    ):
+        run(command, root, env)
+    first = run(["dvc", "repro"], root, env)
+    return root, env, first
+
+
+def stages_run(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+def client(root: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+
+def test_first_repro_runs_every_stage(project):
+    root, _, first = project
+    assert stages_run(first.stdout) == {
+        "download",
+        "preprocess",
+        "train@baseline",
+        "train@l2",
+        "evaluate@baseline",
+        "evaluate@l2",
+        "compare",
+    }
+    manifest = json.loads((root / "data/processed/manifest.json").read_text())
+    assert manifest["sizes"] == {"train": 400, "val": 200, "test": 300}
+    test_y = np.load(root / "data/processed/test_y.npy")
+    assert test_y.shape == (300,) and set(np.unique(test_y)) == set(range(10))
+
+
+def test_mlflow_holds_one_run_per_variant_with_decomposed_losses(project):
+    root, _, _ = project
+    mlflow_client = client(root)
+    experiment = mlflow_client.get_experiment_by_name("reglab")
+    runs = {r.info.run_name: r for r in mlflow_client.search_runs([experiment.experiment_id])}
+    assert set(VARIANTS) <= set(runs)
+    for name in VARIANTS:
+        run_info = runs[name]
+        assert run_info.info.status == "FINISHED"
+        assert run_info.data.tags["variant"] == name
+        assert run_info.data.params["variant"] == name
+        assert run_info.data.params["train.epochs"] == "1"
+        for key in EPOCH_METRICS:
+            history = mlflow_client.get_metric_history(run_info.info.run_id, key)
+            assert [m.step for m in history] == [1], key
+            assert math.isfinite(history[0].value), key
+        metrics = run_info.data.metrics
+        assert metrics["train/total_loss"] == pytest.approx(
+            metrics["train/data_loss"] + metrics["train/penalty"], rel=1e-6
+        )
+        assert 0 <= metrics["test/accuracy"] <= 1
+        artifacts = {a.path for a in mlflow_client.list_artifacts(run_info.info.run_id)}
+        assert {"config.json", "model_summary.txt", "weights"} <= artifacts
+        weights = {a.path for a in mlflow_client.list_artifacts(run_info.info.run_id, "weights")}
+        assert "weights/histograms_final.png" in weights
+    assert runs["baseline"].data.metrics["train/penalty"] == 0.0
+    assert runs["l2"].data.metrics["train/penalty"] > 0.0
+    summary = mlflow_client.download_artifacts(runs["l2"].info.run_id, "model_summary.txt")
+    assert "L2" in Path(summary).read_text()
+
+
+def test_logged_model_predicts_on_test_images(project):
+    import mlflow
+
+    root, _, _ = project
+    report = json.loads((root / "reports/eval/l2.json").read_text())
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    cwd = os.getcwd()
+    os.chdir(root)  # the sqlite store's artifacts live in ./mlruns
+    try:
+        model = mlflow.pyfunc.load_model(f"runs:/{report['mlflow_run_id']}/model")
+    finally:
+        os.chdir(cwd)
+    x_test = np.load(root / "data/processed/test_x.npy")[:16]
+    predictions = np.asarray(model.predict(x_test))
+    assert predictions.shape == (16, 10)
+    assert np.all(np.isfinite(predictions))
+
+
+def test_reports_hold_the_evaluation(project):
+    root, _, _ = project
+    mlflow_client = client(root)
+    accuracies = {}
+    for name in VARIANTS:
+        report = json.loads((root / f"reports/eval/{name}.json").read_text())
+        assert 0.2 < report["test_accuracy"] <= 1.0  # ten classes: chance is 0.1
+        assert report["test_data_loss"] > 0
+        assert report["generalization_gap"] == pytest.approx(
+            report["train_accuracy"] - report["test_accuracy"]
+        )
+        run_info = mlflow_client.get_run(report["mlflow_run_id"])
+        assert run_info.info.run_name == name
+        assert run_info.data.metrics["test/accuracy"] == pytest.approx(report["test_accuracy"])
+        accuracies[name] = report["test_accuracy"]
+    summary = (root / "reports/summary.md").read_text()
+    order = sorted(accuracies, key=accuracies.get, reverse=True)
+    positions = [summary.index(f"| {name} ") for name in order]
+    assert positions == sorted(positions), summary
+
+
+def test_second_repro_reruns_nothing(project):
+    root, env, _ = project
+    again = run(["dvc", "repro"], root, env)
+    assert stages_run(again.stdout) == set()
+
+
+def test_experiment_changing_one_variant_reruns_only_it(project):
+    root, env, _ = project
+    run(["git", "add", "-A"], root, env)
+    run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first run"],
+        root,
+        env,
+    )
+    result = run(["dvc", "exp", "run", "-S", "variants.l2.kernel.l2=0.01"], root, env)
+    assert stages_run(result.stdout) == {"train@l2", "evaluate@l2", "compare"}
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], root, env).stdout)
+    text = json.dumps(shown)
+    assert "test_accuracy" in text and "reports/eval/l2.json" in text
