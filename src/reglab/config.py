@@ -44,6 +44,8 @@ class PathsConfig:
     eval: str = "reports/eval"
     summary: str = "reports/summary.md"
     figures: str = "reports/figures"
+    # Per-epoch training state for resuming a killed run (not a DVC output).
+    checkpoints: str = ".reglab/checkpoints"
 
 
 @dataclass

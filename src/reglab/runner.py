@@ -30,8 +30,9 @@ from reglab.errors import ReglabError
 from reglab.models import build_model, describe_model
 from reglab.training import (
     HISTORY_COLUMNS,
+    Checkpoint,
+    EarlyStopping,
     compile_model,
-    early_stopping_callback,
     fit,
     make_optimizer,
     seed_everything,
@@ -65,28 +66,22 @@ def run_params(config: Config, variant: str) -> dict[str, Any]:
 
 
 class HistogramRecorder(keras.callbacks.Callback):
-    """Kernel histograms before training, every N epochs and at the end.
+    """Kernel histograms every N epochs, kept in ``extras["histograms"]``.
 
     Only the counts are taken during training (cheap); figures are drawn once
-    training is over, so the epochs run at full speed.
+    training is over, so the epochs run at full speed. Living in the checkpoint's
+    extras, they survive a restart.
     """
 
-    def __init__(self, every: int, bins: int):
+    def __init__(self, extras: dict[str, Any], every: int, bins: int):
         super().__init__()
+        self.extras = extras
         self.every = every
         self.bins = bins
-        self.by_epoch: dict[int, dict[str, dict[str, list[float]]]] = {}
-
-    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self.by_epoch[0] = weights.histograms(self.model, self.bins)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if (epoch + 1) % self.every == 0:
-            self.by_epoch[epoch + 1] = weights.histograms(self.model, self.bins)
-
-    def finish(self, epochs_trained: int) -> None:
-        if epochs_trained not in self.by_epoch:
-            self.by_epoch[epochs_trained] = weights.histograms(self.model, self.bins)
+            self.extras["histograms"][str(epoch + 1)] = weights.histograms(self.model, self.bins)
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -125,11 +120,17 @@ def replace_dir(staging: Path, target: Path) -> None:
 
 
 def train_variant(config: Config, variant: str) -> dict[str, Any]:
-    """Train one variant, log it to MLflow and write its outputs. Returns run.json's content."""
+    """Train one variant, log it to MLflow and write its outputs. Returns run.json's content.
+
+    A checkpoint after every epoch (outside DVC's outputs, which DVC deletes
+    before a stage runs) lets a killed run resume at its last epoch, in the
+    same MLflow run, and end with the numbers an uninterrupted run would have.
+    """
     recipe = config.variant(variant)
     splits = load_data(config.paths.processed)
+    uri = tracking.configure(config.tracking.uri, config.tracking.experiment)
     seed_everything(config.seed, config.train.deterministic)
-    x_train, y_train = splits["train"]
+    x_train, _ = splits["train"]
     num_classes = config.data.num_classes
 
     model = build_model(config.model, recipe, x_train.shape[1:], num_classes, config.seed)
@@ -142,30 +143,38 @@ def train_variant(config: Config, variant: str) -> dict[str, Any]:
     compile_model(model, optimizer, recipe.label_smoothing)
     stopper = None
     if recipe.early_stopping.enabled:
-        stop = recipe.early_stopping
-        stopper = early_stopping_callback(
-            stop.monitor, stop.patience, stop.min_delta, stop.restore_best_weights
+        rule = recipe.early_stopping
+        stopper = EarlyStopping(
+            rule.monitor, rule.patience, rule.min_delta, rule.restore_best_weights
         )
+    params = run_params(config, variant)
+    checkpoint = Checkpoint(Path(config.paths.checkpoints, variant), fingerprint_of(params))
+    resumed = checkpoint.peek()
 
-    uri = tracking.configure(config.tracking.uri, config.tracking.experiment)
     tags = run_tags(config, variant)
     parent = tracking.pipeline_parent(
         config.tracking.experiment, pipeline_key(config, tags), "pipeline", tags_shared(tags)
     )
-    recorder = HistogramRecorder(config.tracking.histogram_every, config.tracking.histogram_bins)
     model_dir = Path(config.paths.models, variant)
     model_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=model_dir.parent, prefix=f".{variant}.tmp-"))
     try:
         with tracking.start_variant_run(
-            variant, tags, parent, config.tracking.system_metrics
+            variant,
+            tags,
+            parent,
+            config.tracking.system_metrics,
+            run_id=resumed["extras"]["mlflow_run_id"] if resumed else None,
         ) as run:
-            mlflow.log_params(tracking.flatten(run_params(config, variant)))
-            tracking.log_text_artifact(
-                json.dumps(run_params(config, variant), indent=2, default=str), "config.json"
-            )
-            tracking.log_text_artifact(describe_model(model), "model_summary.txt")
-            log_data_inputs(config.paths.processed)
+            extras: dict[str, Any] = {"mlflow_run_id": run.info.run_id, "histograms": {}}
+            if not resumed:
+                mlflow.log_params(tracking.flatten(params))
+                tracking.log_text_artifact(json.dumps(params, indent=2, default=str), "config.json")
+                tracking.log_text_artifact(describe_model(model), "model_summary.txt")
+                log_data_inputs(config.paths.processed)
+                extras["histograms"]["0"] = weights.histograms(
+                    model, config.tracking.histogram_bins
+                )
             result = fit(
                 model,
                 splits["train"],
@@ -177,12 +186,23 @@ def train_variant(config: Config, variant: str) -> dict[str, Any]:
                 seed=config.seed,
                 label=variant,
                 train_probe_size=config.train.train_probe_size,
-                callbacks=[EpochLogger(config.tracking.sparsity_threshold), recorder],
+                callbacks=[
+                    EpochLogger(config.tracking.sparsity_threshold),
+                    HistogramRecorder(
+                        extras, config.tracking.histogram_every, config.tracking.histogram_bins
+                    ),
+                ],
                 early_stopping=stopper,
+                checkpoint=checkpoint,
+                extras=extras,
             )
-            recorder.finish(result.epochs_trained)
             tracking.flush()
-            log_weight_histograms(recorder.by_epoch, variant)
+            histograms = extras["histograms"]
+            histograms.setdefault(
+                str(result.epochs_trained),
+                weights.histograms(model, config.tracking.histogram_bins),
+            )
+            log_weight_histograms({int(k): v for k, v in histograms.items()}, variant)
             model.save(staging / "model.keras")
             if config.tracking.log_model:
                 tracking.log_keras_model(
@@ -196,6 +216,7 @@ def train_variant(config: Config, variant: str) -> dict[str, Any]:
                 "epochs_trained": result.epochs_trained,
                 "stopped_early": result.stopped_early,
                 "best_epoch": result.best_epoch,
+                "resumed_from_epoch": result.resumed_from_epoch,
                 "params_count": int(model.count_params()),
                 "best_val_data_loss": min(row["val_data_loss"] for row in result.history),
                 "config_hash": config_hash(config),
@@ -204,12 +225,19 @@ def train_variant(config: Config, variant: str) -> dict[str, Any]:
             (staging / "run.json").write_text(json.dumps(summary, indent=2) + "\n")
             write_history(result.history, Path(config.paths.history, f"{variant}.csv"))
             replace_dir(staging, model_dir)
+        checkpoint.clear()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info(
         "%s: trained %d epochs, run %s", variant, result.epochs_trained, summary["mlflow_run_id"]
     )
     return summary
+
+
+def fingerprint_of(params: dict[str, Any]) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def run_tags(config: Config, variant: str) -> dict[str, str]:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -203,20 +204,112 @@ class TrainingResult:
     epochs_trained: int
     stopped_early: bool
     best_epoch: int | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    resumed_from_epoch: int = 0
 
 
-def early_stopping_callback(
-    monitor: str, patience: int, min_delta: float, restore_best_weights: bool
-) -> keras.callbacks.EarlyStopping:
-    return keras.callbacks.EarlyStopping(
-        monitor=monitor,
-        patience=patience,
-        min_delta=min_delta,
-        restore_best_weights=restore_best_weights,
-        mode="max" if "accuracy" in monitor else "min",
-        verbose=0,
-    )
+@dataclass
+class EarlyStopping:
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
+
+    Kept here rather than as a Keras callback: training runs one ``fit`` call per
+    epoch (see :func:`fit`), and its state must survive a restart.
+    """
+
+    monitor: str = "val_data_loss"
+    patience: int = 3
+    min_delta: float = 0.0
+    restore_best_weights: bool = True
+    best: float | None = None
+    best_epoch: int | None = None
+    wait: int = 0
+
+    def update(self, value: float, epoch: int) -> tuple[bool, bool]:
+        """Returns (improved, stop)."""
+        sign = -1.0 if "accuracy" in self.monitor else 1.0
+        if self.best is None or sign * (value - self.best) < -self.min_delta:
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            return True, False
+        self.wait += 1
+        return False, self.wait >= self.patience
+
+    def state(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
+
+
+class Checkpoint:
+    """Training state after each epoch, so a killed run resumes where it stopped.
+
+    Holds the weights with the optimizer's state, the best weights (for early
+    stopping), the history so far and whatever the caller keeps in ``extras``.
+    A checkpoint written for another config (``fingerprint``) is discarded.
+    Every file is written to a temporary name and renamed, so a kill during a
+    save leaves the previous complete checkpoint.
+    """
+
+    def __init__(self, directory: str | Path, fingerprint: str):
+        self.directory = Path(directory)
+        self.fingerprint = fingerprint
+
+    @property
+    def state_file(self) -> Path:
+        return self.directory / "state.json"
+
+    def peek(self) -> dict[str, Any] | None:
+        """The saved state if it belongs to this config, without touching a model."""
+        import json
+
+        if not self.state_file.exists():
+            return None
+        state = json.loads(self.state_file.read_text())
+        if state.get("fingerprint") != self.fingerprint:
+            log.warning("discarding checkpoint %s: written for another config", self.directory)
+            self.clear()
+            return None
+        return state
+
+    def save(self, model: keras.Model, state: dict[str, Any], best: list | None) -> None:
+        import json
+        import os
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        epoch = state["epoch"]
+        weights_file = self.directory / f"epoch-{epoch}.weights.h5"
+        model.save_weights(weights_file)
+        if best is not None:
+            np.savez(self.directory / f"best-{epoch}.npz", *best)
+        temporary = self.directory / "state.json.tmp"
+        temporary.write_text(json.dumps({**state, "fingerprint": self.fingerprint}))
+        os.replace(temporary, self.state_file)  # the commit point
+        for stale in self.directory.iterdir():
+            if stale.name.startswith(("epoch-", "best-")) and f"-{epoch}." not in stale.name:
+                stale.unlink()
+
+    def restore(self, model: keras.Model, state: dict[str, Any]) -> list | None:
+        epoch = state["epoch"]
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(self.directory / f"epoch-{epoch}.weights.h5")
+        best_file = self.directory / f"best-{epoch}.npz"
+        if best_file.exists():
+            with np.load(best_file) as saved:
+                return [saved[f"arr_{index}"] for index in range(len(saved.files))]
+        return None
+
+    def clear(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def epoch_order(size: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """The order of the training images in an epoch: a function of (seed, epoch) alone.
+
+    Keras's own shuffling depends on how many epochs this process has run, so a
+    resumed run would see other batches; this order is the same after a restart.
+    """
+    if not shuffle:
+        return np.arange(size)
+    return np.random.default_rng([seed, epoch]).permutation(size)
 
 
 def fit(
@@ -232,12 +325,17 @@ def fit(
     label: str,
     train_probe_size: int = 2000,
     callbacks: list[keras.callbacks.Callback] | None = None,
-    early_stopping: keras.callbacks.EarlyStopping | None = None,
+    early_stopping: EarlyStopping | None = None,
+    checkpoint: Checkpoint | None = None,
+    extras: dict[str, Any] | None = None,
 ) -> TrainingResult:
     """Train a compiled model; returns the decomposed per-epoch history.
 
-    ``callbacks`` run after the loss decomposition (so they see its numbers) and
-    before early stopping (so logging sees the last epoch too).
+    One ``model.fit`` call per epoch, on the training images in
+    :func:`epoch_order`: the same seed gives the same batches whether or not the
+    run was interrupted. ``callbacks`` run after the loss decomposition, so they
+    see its numbers. ``extras`` is saved with each checkpoint and restored into
+    the same dict, for callers' own state.
     """
     x_train, y_train = train
     x_val, y_val = validation
@@ -249,29 +347,73 @@ def fit(
         history,
         *(callbacks or []),
     ]
-    if early_stopping is not None:
-        chain.append(early_stopping)
+    extras = extras if extras is not None else {}
+    start, best_weights = 0, None
+    state = checkpoint.peek() if checkpoint else None
+    if state:
+        best_weights = checkpoint.restore(model, state)
+        start = state["epoch"]
+        history.rows = state["history"]
+        extras.update(state["extras"])
+        if early_stopping is not None:
+            early_stopping.best = state["early_stopping"]["best"]
+            early_stopping.best_epoch = state["early_stopping"]["best_epoch"]
+            early_stopping.wait = state["early_stopping"]["wait"]
+        log.info("%s: resuming from the checkpoint after epoch %d", label, start)
     log.info(
-        "training %s: %d train / %d validation images, %d epochs, batch %d",
+        "training %s: %d train / %d validation images, epochs %d..%d, batch %d",
         label,
         len(x_train),
         len(x_val),
+        start + 1,
         epochs,
         batch_size,
     )
-    model.fit(
-        x_train,
-        y_train_1h,
-        batch_size=batch_size,
-        epochs=epochs,
-        shuffle=shuffle,
-        validation_data=(x_val, y_val_1h),
-        callbacks=chain,
-        verbose=0,
-    )
-    epochs_trained = len(history.rows)
-    stopped = early_stopping is not None and early_stopping.stopped_epoch > 0
-    best_epoch = None
-    if early_stopping is not None and early_stopping.best_epoch is not None:
-        best_epoch = int(early_stopping.best_epoch) + 1
-    return TrainingResult(history.rows, epochs_trained, stopped, best_epoch)
+    stopped = False
+    for epoch in range(start, epochs):
+        order = epoch_order(len(x_train), seed, epoch, shuffle)
+        model.fit(
+            x_train[order],
+            y_train_1h[order],
+            batch_size=batch_size,
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            shuffle=False,
+            validation_data=(x_val, y_val_1h),
+            callbacks=chain,
+            verbose=0,
+        )
+        if early_stopping is not None:
+            improved, stopped = early_stopping.update(
+                history.rows[-1][_history_key(early_stopping.monitor)], epoch + 1
+            )
+            if improved and early_stopping.restore_best_weights:
+                best_weights = model.get_weights()
+        if checkpoint is not None:
+            checkpoint.save(
+                model,
+                {
+                    "epoch": epoch + 1,
+                    "history": history.rows,
+                    "extras": extras,
+                    "early_stopping": early_stopping.state() if early_stopping else None,
+                },
+                best_weights,
+            )
+        if stopped:
+            log.info("%s: early stopping after epoch %d", label, epoch + 1)
+            break
+    best_epoch = early_stopping.best_epoch if early_stopping else None
+    if early_stopping is not None and early_stopping.restore_best_weights and best_weights:
+        model.set_weights(best_weights)
+    return TrainingResult(history.rows, len(history.rows), stopped, best_epoch, start)
+
+
+def _history_key(monitor: str) -> str:
+    """Early stopping watches the decomposed numbers (val_data_loss, val_accuracy, ...)."""
+    if monitor not in HISTORY_COLUMNS:
+        raise ValueError(
+            f"early_stopping.monitor={monitor!r}: unknown; "
+            f"choose one of {list(HISTORY_COLUMNS[1:])}"
+        )
+    return monitor
