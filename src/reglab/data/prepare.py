@@ -1,0 +1,400 @@
+"""From verified raw IDX files to the train / validation / test arrays every later stage reads.
+
+- The validation set is a stratified, seeded split of the official training set,
+  and the optional training subset a stratified, seeded sample of what is left:
+  the official test set never takes part in training or model selection.
+- A data set with no official test split (scikit-learn's digits) has one held
+  out first, by a stratified split with its own seed (``test_holdout_seed``),
+  so changing the experiment's ``seed`` never moves a test image into training.
+- Each split keeps the original order of its images (the chosen indices are
+  sorted): the split depends on the seed alone, not on how sampling walks.
+- Images become float32 in [0, 1] with a channel axis (NHWC); labels int64.
+- The output folder is written in a temporary sibling and swapped in whole,
+  with a manifest whose checksums and split digests make the data a run used
+  identifiable later (MLflow shows the digests as the run's inputs).
+  Same config, same bytes: nothing in the output depends on time or host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reglab.data.config import TEST_KEYS, TRAIN_KEYS, DataFile
+from reglab.data.errors import DataError, IdxFormatError
+from reglab.data.idx import check_magic, parse_idx, read_content
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+# MLflow's conventional contexts for a run's input data sets.
+CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+
+# Independent random streams per purpose, so that e.g. changing train_size does
+# not change which images go to validation.
+_HOLDOUT_STREAM, _VALIDATION_STREAM, _TRAIN_STREAM, _TEST_STREAM = range(4)
+
+Split = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """How to cut the raw data into train / val / test (see ``data`` in conf/)."""
+
+    seed: int
+    validation_size: int
+    train_size: int | None = None
+    test_size: int | None = None
+    test_holdout_size: int | None = None
+    test_holdout_seed: int = 0
+
+
+def _rng(seed: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([seed, stream])
+
+
+def stratified_split(
+    labels: np.ndarray, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pick ``size`` indices with the class proportions of ``labels``.
+
+    Each class gets its share rounded by largest remainder (ties to the lower
+    class), so every class proportion is within 1/size of the population's.
+    Returns (chosen, rest), both sorted.
+    """
+    total = len(labels)
+    if not 0 < size <= total:
+        raise ValueError(f"cannot take {size} of {total} items")
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * size / total
+    quotas = np.floor(exact).astype(np.int64)
+    shortfall = size - int(quotas.sum())
+    order = np.argsort(-(exact - quotas), kind="stable")
+    quotas[order[:shortfall]] += 1
+    chosen = [
+        rng.permutation(np.flatnonzero(labels == label))[:quota]
+        for label, quota in zip(classes, quotas, strict=True)
+    ]
+    picked = np.sort(np.concatenate(chosen))
+    mask = np.zeros(total, dtype=bool)
+    mask[picked] = True
+    return picked, np.flatnonzero(~mask)
+
+
+def read_raw(
+    raw_dir: Path, files: Mapping[str, DataFile], image_shape: Sequence[int], num_classes: int
+) -> dict[str, Split]:
+    """Read and check the raw IDX files: {"train": (images, labels)[, "test": ...]}.
+
+    Every file is checked against its SHA-256 in the config first, so a folder
+    holding another data set's files of the same names is refused.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    for key, data_file in files.items():
+        path = raw_dir / data_file.filename
+        if not path.is_file():
+            raise DataError(
+                f"{path}: missing; run `python -m reglab.stages.download` (or `dvc repro`)"
+            )
+        content = read_content(path)
+        actual = hashlib.sha256(content).hexdigest()
+        if actual != data_file.sha256:
+            raise DataError(
+                f"{path}: content SHA-256 {actual[:16]}... is not data.files.{key}.sha256 "
+                f"{data_file.sha256[:16]}...; run the download stage again"
+            )
+        array = parse_idx(content, str(path))
+        check_magic(array, str(path), 3 if key.endswith("images") else 1)
+        arrays[key] = array
+
+    splits: dict[str, Split] = {}
+    for name, (images_key, labels_key) in (("train", TRAIN_KEYS), ("test", TEST_KEYS)):
+        if images_key not in arrays:
+            continue
+        images, labels = arrays[images_key], arrays[labels_key]
+        images_path = raw_dir / files[images_key].filename
+        labels_path = raw_dir / files[labels_key].filename
+        if list(images.shape[1:]) != list(image_shape[:2]):
+            raise IdxFormatError(
+                f"{images_path}: images are {images.shape[1]}x{images.shape[2]}, "
+                f"data.image_shape says {image_shape[0]}x{image_shape[1]}"
+            )
+        if len(labels) != len(images):
+            raise IdxFormatError(
+                f"{labels_path}: {len(labels)} labels for the {len(images)} images in {images_path}"
+            )
+        if labels.size and int(labels.max()) >= num_classes:
+            raise IdxFormatError(
+                f"{labels_path}: label {int(labels.max())} is out of range for "
+                f"data.num_classes={num_classes}"
+            )
+        splits[name] = (images, labels)
+    return splits
+
+
+def make_splits(raw: Mapping[str, Split], plan: SplitPlan) -> tuple[dict[str, Split], str]:
+    """Cut train / val / test (still raw pixels); also say where the test set came from."""
+    pool_images, pool_labels = raw["train"]
+    if "test" in raw:
+        test_images, test_labels = raw["test"]
+        test_source = "the official test split"
+    else:
+        if plan.test_holdout_size is None:
+            raise DataError(
+                "data.test_holdout_size: required for a data set without an official test split"
+            )
+        _check_fits("data.test_holdout_size", plan.test_holdout_size, len(pool_labels) - 1)
+        held_out, kept = stratified_split(
+            pool_labels, plan.test_holdout_size, _rng(plan.test_holdout_seed, _HOLDOUT_STREAM)
+        )
+        test_images, test_labels = pool_images[held_out], pool_labels[held_out]
+        pool_images, pool_labels = pool_images[kept], pool_labels[kept]
+        test_source = (
+            f"held out: a stratified split of {len(held_out)} of the "
+            f"{len(held_out) + len(kept)} images with test_holdout_seed="
+            f"{plan.test_holdout_seed} (the data set has no official test split)"
+        )
+
+    needed = plan.validation_size + (plan.train_size or 1)
+    if needed > len(pool_labels):
+        raise DataError(
+            f"data.validation_size={plan.validation_size} plus data.train_size="
+            f"{plan.train_size or 'at least 1'} need {needed} images, but the training "
+            f"pool has {len(pool_labels)}; lower one of them"
+        )
+    validation, rest = stratified_split(
+        pool_labels, plan.validation_size, _rng(plan.seed, _VALIDATION_STREAM)
+    )
+    if plan.train_size is not None and plan.train_size < len(rest):
+        subset, _ = stratified_split(
+            pool_labels[rest], plan.train_size, _rng(plan.seed, _TRAIN_STREAM)
+        )
+        rest = rest[subset]
+    if plan.test_size is not None:
+        _check_fits("data.test_size", plan.test_size, len(test_labels))
+        if plan.test_size < len(test_labels):
+            subset, _ = stratified_split(test_labels, plan.test_size, _rng(plan.seed, _TEST_STREAM))
+            test_images, test_labels = test_images[subset], test_labels[subset]
+    splits = {
+        "train": (pool_images[rest], pool_labels[rest]),
+        "val": (pool_images[validation], pool_labels[validation]),
+        "test": (test_images, test_labels),
+    }
+    return splits, test_source
+
+
+def _check_fits(key: str, size: int, available: int) -> None:
+    if size > available:
+        raise DataError(f"{key}={size}: only {available} images are available; lower it")
+
+
+def to_model_inputs(
+    images: np.ndarray, labels: np.ndarray, image_shape: Sequence[int], pixel_max: float
+) -> Split:
+    """float32 images in [0, 1] with a channel axis (NHWC), and int64 labels."""
+    if images.size and float(images.max()) > pixel_max:
+        raise DataError(
+            f"pixel values reach {images.max()}, above data.pixel_max={pixel_max:g}; "
+            "the config does not describe this data"
+        )
+    scaled = images.reshape(len(images), *image_shape).astype(np.float32)
+    scaled /= np.float32(pixel_max)
+    return scaled, labels.astype(np.int64)
+
+
+def preprocess(
+    raw_dir: Path,
+    output_dir: Path,
+    *,
+    name: str,
+    data_format: str,
+    files: Mapping[str, DataFile],
+    image_shape: Sequence[int],
+    num_classes: int,
+    class_names: Sequence[str],
+    pixel_max: float,
+    plan: SplitPlan,
+) -> dict[str, Any]:
+    """Read ``raw_dir``, split, scale, and write arrays plus manifest to ``output_dir``.
+
+    Returns the manifest.
+    """
+    raw = read_raw(raw_dir, files, image_shape, num_classes)
+    cut, test_source = make_splits(raw, plan)
+    splits = {
+        split: to_model_inputs(images, labels, image_shape, pixel_max)
+        for split, (images, labels) in cut.items()
+    }
+    description = {
+        "format_version": MANIFEST_VERSION,
+        "dataset": name,
+        "source": {
+            "format": data_format,
+            "files": {key: asdict(data_file) for key, data_file in sorted(files.items())},
+            "test_split": test_source,
+        },
+        "seed": plan.seed,
+        "split_plan": asdict(plan),
+        "num_classes": num_classes,
+        "class_names": list(class_names) or [str(label) for label in range(num_classes)],
+        "image_shape": list(image_shape),
+        "scaling": f"float32(raw pixel) / {pixel_max:g}",
+    }
+    manifest = write_processed(output_dir, splits, description, num_classes)
+    log.info(
+        "%s: wrote %s into %s (test: %s)",
+        name,
+        ", ".join(f"{split} {size}" for split, size in manifest["sizes"].items()),
+        output_dir,
+        test_source,
+    )
+    return manifest
+
+
+def write_processed(
+    output_dir: Path,
+    splits: Mapping[str, Split],
+    description: Mapping[str, Any],
+    num_classes: int,
+) -> dict[str, Any]:
+    """Write ``<split>_x.npy``, ``<split>_y.npy`` and the manifest; swap the folder in whole."""
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}."))
+    try:
+        arrays: dict[str, dict[str, Any]] = {}
+        for split in SPLITS:
+            for part, array in zip("xy", splits[split], strict=True):
+                filename = f"{split}_{part}.npy"
+                np.save(staging / filename, array, allow_pickle=False)
+                arrays[filename] = {
+                    "sha256": _file_sha256(staging / filename),
+                    "shape": list(array.shape),
+                    "dtype": str(array.dtype),
+                }
+        manifest = {
+            **description,
+            "sizes": {split: len(splits[split][1]) for split in SPLITS},
+            "class_counts": {
+                split: np.bincount(splits[split][1], minlength=num_classes).tolist()
+                for split in SPLITS
+            },
+            "arrays": arrays,
+            # Short, as MLflow wants a dataset digest (its store keeps 36 characters).
+            "digests": {
+                split: hashlib.sha256(
+                    (
+                        arrays[f"{split}_x.npy"]["sha256"] + arrays[f"{split}_y.npy"]["sha256"]
+                    ).encode()
+                ).hexdigest()[:16]
+                for split in SPLITS
+            },
+        }
+        text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+        (staging / MANIFEST).write_text(text, encoding="utf-8")
+        _swap_in(staging, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def _swap_in(staging: Path, output_dir: Path) -> None:
+    """Replace ``output_dir`` by ``staging``; the old folder is moved aside first."""
+    os.chmod(staging, 0o755)  # mkdtemp makes it private; the outputs are ordinary files
+    if not output_dir.exists():
+        os.replace(staging, output_dir)
+        return
+    retired = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.old."))
+    try:
+        os.replace(output_dir, retired / output_dir.name)
+        os.replace(staging, output_dir)
+    finally:
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_manifest(directory: str | Path) -> dict[str, Any]:
+    """The manifest preprocess wrote into ``directory``."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise DataError(
+            f"{path}: missing; run `python -m reglab.stages.preprocess` (or `dvc repro`)"
+        )
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_splits(directory: str | Path, verify: bool = True) -> dict[str, Split]:
+    """{"train": (x, y), "val": (x, y), "test": (x, y)} from a preprocess output folder.
+
+    With ``verify`` every array is checked against the manifest's SHA-256 first,
+    so a stage never trains or evaluates on arrays that changed behind its back.
+    """
+    directory = Path(directory)
+    manifest = load_manifest(directory)
+    if verify:
+        for filename, entry in manifest["arrays"].items():
+            path = directory / filename
+            if not path.is_file():
+                raise DataError(f"{path}: missing; run the preprocess stage again")
+            if _file_sha256(path) != entry["sha256"]:
+                raise DataError(
+                    f"{path}: SHA-256 differs from {directory / MANIFEST}; "
+                    "run the preprocess stage again"
+                )
+    return {
+        split: (
+            np.load(directory / f"{split}_x.npy", allow_pickle=False),
+            np.load(directory / f"{split}_y.npy", allow_pickle=False),
+        )
+        for split in SPLITS
+    }
+
+
+def mlflow_inputs(directory: str | Path) -> list[tuple[Any, str]]:
+    """One MLflow dataset per split with the manifest's digest, and its context.
+
+    For the training stage: ``for dataset, context in mlflow_inputs(path):
+    mlflow.log_input(dataset, context=context)``. The arrays are memory-mapped:
+    MLflow records only their schema and shapes.
+    """
+    import mlflow.data  # slow to import; only the stages that log need it
+
+    directory = Path(directory).resolve()
+    manifest = load_manifest(directory)
+    inputs = []
+    for split in SPLITS:
+        features = np.load(directory / f"{split}_x.npy", mmap_mode="r", allow_pickle=False)
+        targets = np.load(directory / f"{split}_y.npy", mmap_mode="r", allow_pickle=False)
+        with warnings.catch_warnings():
+            # MLflow registers its local source twice (for "" and "file") and warns
+            # that a local path is ambiguous between the two identical classes.
+            warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways")
+            dataset = mlflow.data.from_numpy(
+                features,
+                targets=targets,
+                source=directory.as_uri(),
+                name=f"{manifest['dataset']}-{split}",
+                digest=manifest["digests"][split],
+            )
+        inputs.append((dataset, CONTEXTS[split]))
+    return inputs
