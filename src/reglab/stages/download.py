@@ -1,0 +1,30 @@
+"""Stage `download`: a verified copy of every raw file of the data set in paths.raw."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from reglab.config import load_params
+from reglab.data.digits import export_digits
+from reglab.data.sources import fetch_files, resolve_mirrors
+from reglab.stages import run_stage
+
+
+def main(argv: list[str]) -> None:
+    config = load_params()
+    data, raw = config.data, Path(config.paths.raw)
+    if data.format == "sklearn_digits":
+        export_digits(data.files, raw)
+        return
+    fetch_files(
+        data.files,
+        resolve_mirrors(data.mirrors, data.extra_mirrors),
+        raw,
+        timeout_s=data.download.timeout_s,
+        retries=data.download.retries,
+        backoff_s=data.download.backoff_s,
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)
