@@ -261,7 +261,9 @@ class _Fetcher:
             progress = Progress(filename, total, done=start)
             try:
                 with temp.open(mode) as out:
-                    while chunk := response.read(_CHUNK):
+                    # read1 hands over what has arrived: bytes received before a
+                    # stall are kept for the resume instead of dying in a buffer.
+                    while chunk := response.read1(_CHUNK):
                         out.write(chunk)
                         progress.update(len(chunk))
             except (OSError, http.client.HTTPException) as error:
