@@ -25,7 +25,7 @@ import mlflow
 import numpy as np
 
 from reglab import tracking, weights
-from reglab.config import Config, config_hash, write_atomic
+from reglab.config import Config, config_hash, current_umask, write_atomic
 from reglab.errors import ReglabError
 from reglab.models import build_model, describe_model
 from reglab.training import (
@@ -158,6 +158,7 @@ def train_variant(config: Config, variant: str) -> dict[str, Any]:
     model_dir = Path(config.paths.models, variant)
     model_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=model_dir.parent, prefix=f".{variant}.tmp-"))
+    staging.chmod(0o777 & ~current_umask())
     try:
         with tracking.start_variant_run(
             variant,

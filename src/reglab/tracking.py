@@ -102,19 +102,24 @@ def start_variant_run(
     tags: Mapping[str, str],
     parent_run_id: str | None = None,
     log_system_metrics: bool = False,
+    run_id: str | None = None,
 ) -> contextlib.AbstractContextManager[mlflow.ActiveRun]:
-    """A new run for one variant, nested under its pipeline's parent run.
+    """A run for one variant, nested under its pipeline's parent run.
 
     Under `mlflow run`, MLFLOW_RUN_ID names the launcher's run; that run is the
     parent instead (otherwise every variant would log into that one run).
+    ``run_id`` reopens an interrupted run of the same variant to resume it.
     """
     tags = dict(tags)
     parent_run_id = os.environ.pop("MLFLOW_RUN_ID", None) or parent_run_id
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    return ending_run(
-        mlflow.start_run(run_name=name, tags=tags, log_system_metrics=log_system_metrics)
-    )
+    if run_id:
+        active = mlflow.start_run(run_id=run_id, log_system_metrics=log_system_metrics)
+        mlflow.set_tags(tags)
+    else:
+        active = mlflow.start_run(run_name=name, tags=tags, log_system_metrics=log_system_metrics)
+    return ending_run(active)
 
 
 @contextlib.contextmanager
