@@ -294,6 +294,12 @@ def evaluate_variant(
 ) -> Evaluation:
     """Evaluate ``<model_dir>/model.keras`` and put the facts from ``run.json`` first."""
     info = read_run_info(model_dir / "run.json")
+    variant, seed = parse_run_key(model_dir.name)
+    if info["variant"] != variant or (seed is not None and int(info["seed"]) != seed):
+        raise EvaluationError(
+            f"{model_dir / 'run.json'}: holds variant {info['variant']!r} seed {info['seed']}, "
+            f"which does not match its folder {model_dir.name!r}; re-run the train stage"
+        )
     for split in ("train", "test"):
         if split not in splits:
             raise EvaluationError(f"the processed data has no {split!r} split; re-run preprocess")
@@ -335,6 +341,16 @@ def evaluate_variant(
 def report_json(report: Mapping[str, Any]) -> str:
     """The report as JSON text; NaN is refused because it is not valid JSON."""
     return json.dumps(dict(report), indent=2, allow_nan=False) + "\n"
+
+
+def write_outputs(result: Evaluation, report_path: Path, confusion_path: Path) -> None:
+    """The eval JSON (DVC metrics) and the per-image CSV (DVC confusion plot), each atomically."""
+    from reglab.config import write_atomic
+
+    write_atomic(report_path, report_json(result.report))
+    labels, predicted = result.test_labels, result.test_predicted
+    write_atomic(confusion_path, confusion_csv(labels, predicted, result.report["class_names"]))
+    log.info("wrote %s and %s", report_path, confusion_path)
 
 
 def confusion_csv(labels: np.ndarray, predicted: np.ndarray, class_names: Sequence[str]) -> str:

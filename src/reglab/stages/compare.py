@@ -1,0 +1,34 @@
+"""DVC stage `compare`: leaderboard, summary and figures across all variants."""
+
+import dataclasses
+from pathlib import Path
+
+from reglab import report
+from reglab.config import load_params, write_atomic
+from reglab.errors import ReglabError
+from reglab.stages import run_stage
+from reglab.tracking import resolve_uri
+
+
+def main(argv: list[str]) -> None:
+    if argv:
+        raise ReglabError("usage: python -m reglab.stages.compare")
+    config = load_params()
+    paths = config.paths
+    reports = report.load_reports(
+        Path(paths.eval), list(config.variants), getattr(config, "seeds", None)
+    )
+    comparison = report.compare(
+        reports,
+        report.load_histories(Path(paths.history), reports),
+        report.load_first_layer_kernels(Path(paths.models), reports),
+        {name: dataclasses.asdict(recipe) for name, recipe in config.variants.items()},
+        figures_dir=Path(paths.figures),
+        summary_path=Path(paths.summary),
+    )
+    write_atomic(Path(paths.summary), comparison.markdown)
+    report.log_comparison(comparison, resolve_uri(config.tracking.uri), config.tracking.experiment)
+
+
+if __name__ == "__main__":
+    run_stage(main)

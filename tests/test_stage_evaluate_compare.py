@@ -1,0 +1,199 @@
+"""The evaluate and compare stages on tiny real Keras models and a real sqlite MLflow store."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from reglab.config import compose, to_yaml
+from reglab.data.prepare import write_processed
+from reglab.errors import ReglabError
+from reglab.evaluation import EvaluationError
+from reglab.stages import compare as compare_stage
+from reglab.stages import evaluate as evaluate_stage
+from tests.conftest import digits_splits
+
+EXPERIMENT = "reglab-stage-test"
+VARIANTS = ("baseline", "l2")
+
+
+def tiny_model(l2: float, seed: int) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    regularizer = keras.regularizers.L2(l2) if l2 else None
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu", kernel_regularizer=regularizer),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, kernel_regularizer=regularizer),
+        ]
+    )
+
+
+def write_params(root: Path, tracking_uri: str) -> None:
+    """params.yaml as the stages read it: the real conf/, shrunk to two variants."""
+    cfg = compose(["experiment=tiny", f"tracking.experiment={EXPERIMENT}"])
+    cfg.variants = {name: cfg.variants[name] for name in VARIANTS}
+    cfg.variants.l2.kernel.l2 = 1e-2
+    cfg.tracking.uri = tracking_uri
+    (root / "params.yaml").write_text(to_yaml(cfg))
+
+
+@pytest.fixture(scope="module")
+def splits() -> dict:
+    return digits_splits()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, splits: dict) -> dict:
+    """A project folder (cwd) with processed digits, two trained variants and their MLflow runs.
+
+    Module-scoped: creating an MLflow sqlite store and fitting models is the slow part.
+    """
+    import mlflow
+
+    root = tmp_path_factory.mktemp("project")
+    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+        patch.chdir(root)  # artifacts of a sqlite store land in ./mlruns
+        mlflow.set_tracking_uri(tracking_uri)
+        write_processed(root / "data/processed", splits, {"source": "digits"}, num_classes=10)
+        write_params(root, tracking_uri)
+        mlflow.set_experiment(EXPERIMENT)
+        run_ids = {}
+        x_train, y_train = splits["train"]
+        for index, (variant, l2) in enumerate(zip(VARIANTS, (0.0, 1e-2), strict=True)):
+            model = tiny_model(l2, seed=index)
+            model.compile(
+                optimizer="adam",
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            )
+            fitted = model.fit(x_train, y_train, epochs=2, batch_size=64, verbose=0)
+            model_dir = root / "models" / variant
+            model_dir.mkdir(parents=True)
+            model.save(model_dir / "model.keras")
+            with mlflow.start_run(run_name=variant) as run:
+                mlflow.log_metric("train/data_loss", fitted.history["loss"][-1], step=2)
+            run_ids[variant] = run.info.run_id
+            write_run_json(model_dir, variant, run.info.run_id, int(model.count_params()))
+            history = root / "reports/history" / f"{variant}.csv"
+            history.parent.mkdir(parents=True, exist_ok=True)
+            rows = ["epoch,train_data_loss,val_data_loss"]
+            losses = fitted.history["loss"]
+            rows += [f"{epoch},{loss},{loss + 0.1 * epoch}" for epoch, loss in enumerate(losses, 1)]
+            history.write_text("\n".join(rows) + "\n")
+        yield {"root": root, "splits": splits, "run_ids": run_ids, "uri": tracking_uri}
+        while mlflow.active_run():
+            mlflow.end_run()
+
+
+def write_run_json(model_dir: Path, variant: str, run_id: str, params_count: int = 0) -> None:
+    info = {
+        "variant": variant,
+        "seed": 42,
+        "mlflow_run_id": run_id,
+        "tracking_uri": "unused",
+        "epochs_trained": 2,
+        "params_count": params_count,
+    }
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "run.json").write_text(json.dumps(info))
+
+
+@pytest.fixture
+def bare_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, splits: dict) -> Path:
+    """Config and data but no trained model: for the checks that fail before any model loads."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    write_processed(tmp_path / "data/processed", splits, {"source": "digits"}, num_classes=10)
+    write_params(tmp_path, f"sqlite:///{tmp_path / 'never-created.db'}")
+    write_run_json(tmp_path / "models/l2", "l2", "no-run")
+    return tmp_path
+
+
+def test_evaluate_then_compare(project, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    root, splits = project["root"], project["splits"]
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", project["uri"])
+    for variant in VARIANTS:
+        evaluate_stage.main([variant])
+
+    # The JSON holds exactly what an independent computation gives.
+    report = json.loads((root / "reports/eval/l2.json").read_text())
+    model = keras.saving.load_model(root / "models/l2/model.keras")
+    x_test, y_test = splits["test"]
+    logits = model.predict(x_test, verbose=0)
+    expected_loss = float(
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y_test, logits)
+    )
+    assert report["test_accuracy"] == pytest.approx(np.mean(logits.argmax(1) == y_test))
+    assert report["test_data_loss"] == pytest.approx(expected_loss, rel=1e-4)
+    x_train, y_train = splits["train"]
+    train_accuracy = np.mean(model.predict(x_train, verbose=0).argmax(1) == y_train)
+    assert report["train_accuracy"] == pytest.approx(train_accuracy)
+    assert report["generalization_gap"] == pytest.approx(train_accuracy - report["test_accuracy"])
+    assert report["data_loss_gap"] == pytest.approx(
+        report["test_data_loss"] - report["train_data_loss"]
+    )
+    assert np.sum(report["confusion_matrix"]) == len(y_test)
+    assert len(report["per_class_accuracy"]) == 10
+    kernels = np.concatenate([layer.kernel.numpy().ravel() for layer in model.layers[::2]])
+    assert report["sparsity"] == pytest.approx(np.mean(np.abs(kernels) < 1e-3))
+    assert report["mlflow_run_id"] == project["run_ids"]["l2"]
+    assert (report["variant"], report["seed"], report["epochs_trained"]) == ("l2", 42, 2)
+    assert 0 <= report["ece"] <= 1
+
+    with (root / "reports/plots/confusion/l2.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(y_test)
+    assert set(rows[0]) == {"actual", "predicted"}
+
+    # The test metrics arrived in the variant's own run, with the confusion matrix.
+    client = MlflowClient(project["uri"])
+    metrics = client.get_run(project["run_ids"]["l2"]).data.metrics
+    assert metrics["test/accuracy"] == pytest.approx(report["test_accuracy"])
+    assert metrics["test/data_loss"] == pytest.approx(report["test_data_loss"])
+    assert metrics["test/ece"] == pytest.approx(report["ece"])
+    assert metrics["test/generalization_gap"] == pytest.approx(report["generalization_gap"])
+    assert "test/class_accuracy/t-shirt_top" in metrics
+    artifacts = {a.path for a in client.list_artifacts(project["run_ids"]["l2"], "evaluation")}
+    assert {"evaluation/confusion_matrix.png", "evaluation/confusion_matrix.json"} <= artifacts
+
+    compare_stage.main([])
+    summary = (root / "reports/summary.md").read_text()
+    reports = {v: json.loads((root / f"reports/eval/{v}.json").read_text()) for v in VARIANTS}
+    best = max(VARIANTS, key=lambda v: reports[v]["test_accuracy"])
+    assert f"| 1 | {'**baseline**' if best == 'baseline' else best} | 1 |" in summary
+    for name in ("val_data_loss.png", "first_layer_weights.png", "test_metrics.png"):
+        assert (root / "reports/figures" / name).stat().st_size > 0
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    (run,) = client.search_runs(
+        [experiment.experiment_id], "attributes.run_name = 'compare'", max_results=5
+    )
+    assert run.data.tags["best_variant"] == best
+    assert run.data.metrics["test_accuracy/l2"] == pytest.approx(reports["l2"]["test_accuracy"])
+    logged = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"summary.md", "figures", "leaderboard.json"} <= logged
+
+
+def test_evaluate_refuses_an_unknown_variant_and_a_missing_model(bare_project):
+    with pytest.raises(ReglabError, match="unknown"):
+        evaluate_stage.main(["dropout"])
+    with pytest.raises(EvaluationError, match="model.keras: not found"):
+        evaluate_stage.main(["l2"])
+    assert not (bare_project / "reports/eval/l2.json").exists()
+    assert not (bare_project / "never-created.db").exists()
+
+
+def test_evaluate_refuses_a_run_json_of_another_variant(bare_project):
+    write_run_json(bare_project / "models/l2", "baseline", "no-run")
+    with pytest.raises(EvaluationError, match="does not match its folder 'l2'"):
+        evaluate_stage.main(["l2"])
