@@ -18,8 +18,17 @@ log = logging.getLogger(__name__)
 
 
 def resolve_uri(configured: str) -> str:
-    """MLFLOW_TRACKING_URI in the environment wins over the config."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or configured
+    """MLFLOW_TRACKING_URI in the environment wins over the config.
+
+    A relative sqlite path is made absolute: the run records where its store
+    really is, and MLflow (which caches stores by URI) never mixes up two
+    projects' ``sqlite:///mlflow.db`` in one process.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        uri = prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
 
 
 class TrackingUnavailable(ReglabError):

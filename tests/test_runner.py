@@ -1,0 +1,231 @@
+"""Training one variant for real: determinism, resume after SIGKILL, failures, MLflow runs.
+
+Runs on scikit-learn's bundled digits through the real download and preprocess
+stages, in a temporary project folder with its own sqlite MLflow store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from reglab.config import compose, to_yaml, validate
+from reglab.runner import train_variant
+from reglab.training import TrainingDiverged
+
+DIGITS = [
+    "data=digits",
+    "experiment=tiny",
+    "model.padding=same",
+    "train.epochs=3",
+    "train.batch_size=64",
+    "train.train_probe_size=200",
+]
+
+
+def make_project(root: Path, overrides: list[str]) -> Path:
+    """A project folder with params.yaml and processed digits, made by the real stages."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(to_yaml(compose(DIGITS + overrides)))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    for stage in ("download", "preprocess"):
+        subprocess.run(
+            [sys.executable, "-m", f"reglab.stages.{stage}"], cwd=root, env=env, check=True,
+            capture_output=True,
+        )
+    return root
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return make_project(tmp_path_factory.mktemp("digits"), []) / "data"
+
+
+@pytest.fixture
+def project(tmp_path, data_dir, monkeypatch):
+    """A fresh working folder sharing the processed digits; MLflow store inside it."""
+    (tmp_path / "data").symlink_to(data_dir)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    return tmp_path
+
+
+def config_for(*overrides: str):
+    return validate(compose(DIGITS + list(overrides)))
+
+
+def saved_weights(path: Path) -> list[np.ndarray]:
+    import reglab.regularizers  # noqa: F401 - registers custom regularizers
+
+    return keras.saving.load_model(path, safe_mode=True).get_weights()
+
+
+def store(root: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+
+def test_same_seed_gives_the_same_weights_bit_for_bit_and_another_seed_does_not(project):
+    config = config_for()
+    first = train_variant(config, "dropout")
+    weights_first = saved_weights(project / "models/dropout/model.keras")
+    history_first = (project / "reports/history/dropout.csv").read_text()
+    keras.backend.clear_session()
+    second = train_variant(config, "dropout")
+    weights_second = saved_weights(project / "models/dropout/model.keras")
+    assert first["mlflow_run_id"] != second["mlflow_run_id"]
+    assert all(np.array_equal(a, b) for a, b in zip(weights_first, weights_second, strict=True))
+    assert (project / "reports/history/dropout.csv").read_text() == history_first
+
+    keras.backend.clear_session()
+    train_variant(config_for("seed=7"), "dropout")
+    weights_other = saved_weights(project / "models/dropout/model.keras")
+    assert not all(
+        np.array_equal(a, b) for a, b in zip(weights_first, weights_other, strict=True)
+    )
+
+
+def test_runs_are_grouped_under_one_pipeline_parent_with_tags(project):
+    config = config_for()
+    baseline = train_variant(config, "baseline")
+    keras.backend.clear_session()
+    l2 = train_variant(config, "l2")
+    client = store(project)
+    runs = [client.get_run(s["mlflow_run_id"]) for s in (baseline, l2)]
+    parents = {run.data.tags["mlflow.parentRunId"] for run in runs}
+    assert len(parents) == 1
+    parent = client.get_run(parents.pop())
+    assert parent.info.run_name == "pipeline"
+    for run, name in zip(runs, ("baseline", "l2"), strict=True):
+        tags = run.data.tags
+        assert tags["variant"] == name and tags["dataset"] == "digits"
+        assert tags["git_dirty"] in ("true", "false", "unknown")
+        assert len(tags["config_hash"]) == 16
+        assert run.data.params["regularizer.kernel.l2"] == str(config.variants[name].kernel.l2)
+        # Data loss and penalty apart, per epoch; weight statistics per layer.
+        history = client.get_metric_history(run.info.run_id, "train/penalty")
+        assert [m.step for m in history] == [1, 2, 3]
+        sparsity = client.get_metric_history(run.info.run_id, "weights/conv_1/kernel/sparsity")
+        assert len(sparsity) == 3 and all(0 <= m.value <= 1 for m in sparsity)
+        images = {a.path for a in client.list_artifacts(run.info.run_id, "images")}
+        assert images, "kernel histograms are logged as images with a step"
+        raw = json.loads(
+            Path(client.download_artifacts(run.info.run_id, "weights/histograms.json")).read_text()
+        )
+        assert sorted(raw, key=int) == ["0", "3"]
+        assert sum(raw["0"]["conv_1/kernel"]["counts"]) == 3 * 3 * 1 * 32
+    assert runs[0].data.metrics["train/penalty"] == 0
+    assert runs[1].data.metrics["train/penalty"] > 0
+    inputs = client.get_run(l2["mlflow_run_id"]).inputs.dataset_inputs
+    assert {i.tags[0].value for i in inputs} >= {"training", "validation"}
+
+
+def test_a_diverging_run_ends_failed_and_writes_no_model(project):
+    config = config_for("optimizer.name=sgd", "optimizer.learning_rate=1e12")
+    with pytest.raises(TrainingDiverged, match="variant baseline: the training loss became"):
+        train_variant(config, "baseline")
+    client = store(project)
+    experiment = client.get_experiment_by_name("reglab")
+    (run,) = client.search_runs([experiment.experiment_id], "tags.variant = 'baseline'")
+    assert run.info.status == "FAILED"
+    assert not (project / "models/baseline").exists()
+    assert not (project / "reports/history/baseline.csv").exists()
+    assert not list((project / "models").glob(".baseline*"))
+
+
+def test_unreachable_tracking_server_fails_fast_before_training(project, monkeypatch):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there once closed
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    started = time.monotonic()
+    with pytest.raises(Exception, match=rf"http://127.0.0.1:{port} is unreachable"):
+        train_variant(config_for(), "baseline")
+    assert time.monotonic() - started < 10
+    assert not (project / "models").exists() or not any((project / "models").iterdir())
+
+
+def start_training(root: Path, variant: str) -> subprocess.Popen:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "reglab.stages.train", variant], cwd=root, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def wait_for_checkpoint(root: Path, variant: str, process: subprocess.Popen, epoch: int) -> None:
+    state = root / ".reglab/checkpoints" / variant / "state.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if state.exists() and json.loads(state.read_text())["epoch"] >= epoch:
+            return
+        assert process.poll() is None, process.stdout.read()
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+def test_sigkilled_training_resumes_and_ends_like_an_uninterrupted_run(tmp_path, data_dir):
+    overrides = ["train.epochs=4"]
+    straight = tmp_path / "straight"
+    killed = tmp_path / "killed"
+    for root in (straight, killed):
+        root.mkdir()
+        (root / "data").symlink_to(data_dir)
+        (root / "params.yaml").write_text(to_yaml(compose(DIGITS + overrides)))
+
+    assert start_training(straight, "dropout").wait() == 0
+
+    process = start_training(killed, "dropout")
+    wait_for_checkpoint(killed, "dropout", process, epoch=2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "models/dropout").exists()  # nothing half-written was trusted
+    resumed = start_training(killed, "dropout")
+    output = resumed.communicate()[0]
+    assert resumed.returncode == 0, output
+    assert "resuming from the checkpoint after epoch" in output
+
+    run_info = json.loads((killed / "models/dropout/run.json").read_text())
+    assert run_info["resumed_from_epoch"] >= 2
+    a = saved_weights(straight / "models/dropout/model.keras")
+    b = saved_weights(killed / "models/dropout/model.keras")
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert (killed / "reports/history/dropout.csv").read_text() == (
+        straight / "reports/history/dropout.csv"
+    ).read_text()
+    client = store(killed)
+    run = client.get_run(run_info["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    steps = {m.step for m in client.get_metric_history(run.info.run_id, "val/data_loss")}
+    assert steps == {1, 2, 3, 4}
+    assert not (killed / ".reglab/checkpoints/dropout").exists()
+
+
+def test_sigterm_ends_the_run_killed(tmp_path, data_dir):
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "data").symlink_to(data_dir)
+    (root / "params.yaml").write_text(to_yaml(compose(DIGITS + ["train.epochs=50"])))
+    process = start_training(root, "baseline")
+    wait_for_checkpoint(root, "baseline", process, epoch=1)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=120)
+    assert process.returncode != 0
+    client = store(root)
+    experiment = client.get_experiment_by_name("reglab")
+    (run,) = client.search_runs([experiment.experiment_id], "tags.variant = 'baseline'")
+    assert run.info.status == "KILLED"
+    assert not (root / "models/baseline").exists()
