@@ -19,36 +19,10 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from reglab.config import compose, to_yaml, validate
+from reglab.config import compose, to_yaml
 from reglab.runner import train_variant
 from reglab.training import TrainingDiverged
-
-DIGITS = [
-    "data=digits",
-    "experiment=tiny",
-    "model.padding=same",
-    "train.epochs=3",
-    "train.batch_size=64",
-    "train.train_probe_size=200",
-]
-
-
-def make_project(root: Path, overrides: list[str]) -> Path:
-    """A project folder with params.yaml and processed digits, made by the real stages."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "params.yaml").write_text(to_yaml(compose(DIGITS + overrides)))
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    for stage in ("download", "preprocess"):
-        subprocess.run(
-            [sys.executable, "-m", f"reglab.stages.{stage}"], cwd=root, env=env, check=True,
-            capture_output=True,
-        )
-    return root
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return make_project(tmp_path_factory.mktemp("digits"), []) / "data"
+from tests.conftest import DIGITS, config_for
 
 
 @pytest.fixture
@@ -59,10 +33,6 @@ def project(tmp_path, data_dir, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     return tmp_path
-
-
-def config_for(*overrides: str):
-    return validate(compose(DIGITS + list(overrides)))
 
 
 def saved_weights(path: Path) -> list[np.ndarray]:
@@ -90,9 +60,7 @@ def test_same_seed_gives_the_same_weights_bit_for_bit_and_another_seed_does_not(
     keras.backend.clear_session()
     train_variant(config_for("seed=7"), "dropout")
     weights_other = saved_weights(project / "models/dropout/model.keras")
-    assert not all(
-        np.array_equal(a, b) for a, b in zip(weights_first, weights_other, strict=True)
-    )
+    assert not all(np.array_equal(a, b) for a, b in zip(weights_first, weights_other, strict=True))
 
 
 def test_runs_are_grouped_under_one_pipeline_parent_with_tags(project):
@@ -161,8 +129,12 @@ def start_training(root: Path, variant: str) -> subprocess.Popen:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "reglab.stages.train", variant], cwd=root, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "reglab.stages.train", variant],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
