@@ -48,5 +48,14 @@ format: setup
 	$(BIN)/ruff check --fix src tests bench
 	$(BIN)/ruff format src tests bench
 
+# The performance benchmark (bench/README.md): bare Keras against the project's training.
+# BENCH_ARGS=--with-repro also times the default `dvc repro` in a temporary copy.
+bench: setup dataset
+	$(BIN)/python -m bench.benchmark $(BENCH_ARGS)
+
+.PHONY: bench-tiny
+bench-tiny: setup dataset  ## the benchmark's smoke version (seconds; what the tests run)
+	$(BIN)/python -m bench.benchmark --tiny $(BENCH_ARGS)
+
 clean:
 	rm -rf data models reports mlruns mlflow.db
