@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -232,6 +233,7 @@ def preprocess(
 
     Returns the manifest.
     """
+    started = time.perf_counter()
     raw = read_raw(raw_dir, files, image_shape, num_classes)
     cut, test_source = make_splits(raw, plan)
     splits = {
@@ -255,10 +257,11 @@ def preprocess(
     }
     manifest = write_processed(output_dir, splits, description, num_classes)
     log.info(
-        "%s: wrote %s into %s (test: %s)",
+        "%s: wrote %s into %s in %.1f s (test: %s)",
         name,
         ", ".join(f"{split} {size}" for split, size in manifest["sizes"].items()),
         output_dir,
+        time.perf_counter() - started,
         test_source,
     )
     return manifest
