@@ -114,7 +114,7 @@ def test_markdown_marks_not_significant_and_shows_mean_and_std():
     assert "Baseline test data loss: 0.6200 ± 0.0200." in loss_text
     assert "- clear: 0.4100 ± 0.0100 (lower, -0.2100" in loss_text
     assert (
-        "2 of 2 regularized variants have a lower test data loss than the baseline; 1 of them"
+        "2 of 2 regularized variants have a lower test data loss than the baseline (1 of them"
         in loss_text
     )
 

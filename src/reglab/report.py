@@ -408,25 +408,33 @@ def validation_loss_figure(
 
 
 def accuracy_loss_figure(summaries: Sequence[VariantSummary], path: Path) -> dict[str, Any]:
-    """Test accuracy and test data loss per variant as bars with ± std over seeds."""
+    """Test accuracy and test data loss per variant: points with ± std bars over seeds.
+
+    Points rather than bars: the differences are small, so the axis cannot start at zero.
+    """
     plt = _pyplot()
     names = [row.variant for row in summaries]
+    several = any(row.test_accuracy.std is not None for row in summaries)
     series: dict[str, Any] = {"variant": names}
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    positions = np.arange(len(names))
     for axis, key in zip(axes, ("test_accuracy", "test_data_loss"), strict=True):
         stats = [getattr(row, key) for row in summaries]
-        means = [stat.mean for stat in stats]
-        errors = [stat.std or 0.0 for stat in stats]
-        series[key] = means
+        series[key] = [stat.mean for stat in stats]
         series[f"{key}_std"] = [stat.std for stat in stats]
-        axis.bar(
-            names, means, yerr=errors, capsize=4, color=[f"C{i % 10}" for i in range(len(names))]
-        )
-        low, high = min(means) - max(errors), max(means) + max(errors)
-        margin = (high - low) * 0.5 or abs(high) * 0.01 or 0.01
-        axis.set_ylim(low - margin, high + margin)
-        axis.set_title(key.replace("_", " ") + " (mean ± std over seeds)")
-        axis.tick_params(axis="x", rotation=30)
+        for index, stat in enumerate(stats):
+            axis.errorbar(
+                positions[index],
+                stat.mean,
+                yerr=stat.std or 0.0,
+                fmt="o",
+                capsize=5 if stat.std else 0,
+                color=f"C{index % 10}",
+            )
+        axis.set_xticks(positions, names, rotation=30)
+        axis.set_xlim(-0.5, len(names) - 0.5)
+        suffix = " (mean ± std over seeds)" if several else ""
+        axis.set_title(key.replace("_", " ") + suffix)
         axis.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     _save(figure, path)
@@ -434,17 +442,21 @@ def accuracy_loss_figure(summaries: Sequence[VariantSummary], path: Path) -> dic
 
 
 def weight_histogram_figure(
-    kernels: Mapping[str, np.ndarray], path: Path, baseline: str = BASELINE, bins: int = 80
+    kernels: Mapping[str, np.ndarray], path: Path, baseline: str = BASELINE, bins: int | None = None
 ) -> dict[str, Any]:
     """First-layer kernel histograms: the baseline overlaid on each regularized variant.
 
     All panels share one set of bin edges so the counts are comparable between
-    variants (the first layer has the same shape in all of them).
+    variants (the first layer has the same shape in all of them). By default about
+    two bins per square root of the weight count: enough to show the shape of a few
+    hundred weights without turning it into noise.
     """
     if baseline not in kernels:
         raise ReportError(f"no first-layer kernel for {baseline!r}: cannot overlay the baseline")
     others = [name for name in kernels if name != baseline]
     values = {name: np.asarray(array, dtype=np.float64).ravel() for name, array in kernels.items()}
+    if bins is None:
+        bins = int(np.clip(2 * np.sqrt(len(values[baseline])), 10, 80))
     low = min(float(v.min()) for v in values.values())
     high = max(float(v.max()) for v in values.values())
     edges = (
@@ -462,7 +474,7 @@ def weight_histogram_figure(
     )
     for axis, name in zip(axes.ravel(), others, strict=False):
         axis.stairs(counts[baseline], edges, fill=True, alpha=0.45, color="grey", label=baseline)
-        axis.stairs(counts[name], edges, fill=True, alpha=0.55, color="C1", label=name)
+        axis.stairs(counts[name], edges, color="C1", linewidth=1.8, label=name)
         axis.set_title(f"{name} vs {baseline}", fontsize=9)
         axis.set_xlabel("weight")
         axis.set_ylabel("count")
@@ -547,7 +559,8 @@ def leaderboard_markdown(summaries: Sequence[VariantSummary], baseline: str = BA
     lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
     for rank, row in enumerate(summaries, start=1):
         name = f"**{row.variant}**" if row.variant == baseline else row.variant
-        epochs = "–" if row.epochs_trained is None else row.epochs_trained.format(1)
+        epochs = row.epochs_trained
+        epochs = "–" if epochs is None else epochs.format(1 if epochs.std is not None else 0)
         cells = [
             str(rank),
             name,
@@ -616,10 +629,12 @@ def data_loss_text(summaries: Sequence[VariantSummary], baseline: str = BASELINE
         )
     lower = [row for row in others if row.data_loss_vs_baseline.difference < 0]
     clear = [row for row in lower if row.data_loss_vs_baseline.significant]
+    judged = all(row.data_loss_vs_baseline.significant is not None for row in others)
+    spread = f"{len(clear)} of them beyond the seeds' spread" if judged else "one seed, no verdict"
     lines += [
         "",
         f"{len(lower)} of {len(others)} regularized variants have a lower test data loss than "
-        f"the baseline; {len(clear)} of them beyond the seeds' spread.",
+        f"the baseline ({spread}).",
     ]
     return "\n".join(lines)
 
