@@ -1,16 +1,254 @@
-"""Build a keras.Model from the model config and a regularizer recipe."""
+"""Build a keras.Model from the model config and a regularizer recipe.
+
+Three architectures, chosen by ``conf/model/*.yaml``:
+
+- ``cnn`` (default): Conv2D(32) -> MaxPool -> Conv2D(64) -> MaxPool -> Flatten
+  -> Dense(128) -> Dense(classes).
+- ``tutorial_cnn``: the small two-conv network of the Keras / TensorFlow
+  tutorials: the same conv blocks, no hidden Dense layer, dropout before the
+  classifier.
+- ``mlp``: Flatten -> Dense(512) -> Dense(512) -> Dense(classes), the dense
+  networks of the overfitting and dropout examples.
+
+Every model returns logits (no softmax): the loss is computed ``from_logits``.
+Layer names are stable (``conv_1``, ``dense_1``, ``logits``, ...) because
+metrics and histograms are logged per layer name.
+"""
 
 from __future__ import annotations
 
+import itertools
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from reglab.schema import bounded
+import keras
+import numpy as np
+from keras import layers
+
+from reglab.regularizers import RegularizerConfig, describe, format_value, layer_regularization
+from reglab.schema import ConfigError, bounded
+
+log = logging.getLogger(__name__)
+
+MODEL_NAMES: tuple[str, ...] = ("cnn", "tutorial_cnn", "mlp")
+ACTIVATIONS: tuple[str, ...] = ("relu", "elu", "gelu", "selu", "swish", "tanh")
 
 
 @dataclass
 class ModelConfig:
-    name: str = bounded("cnn", choices=["cnn"])
+    name: str = bounded("cnn", choices=MODEL_NAMES)
+    # One conv block per entry: Conv2D(filters) -> MaxPool(2). Empty for the MLP.
     conv_filters: list[int] = field(default_factory=lambda: [32, 64])
     kernel_size: int = bounded(3, ge=1)
+    # "valid" as in the tutorials; "same" keeps small inputs (8x8 digits) from
+    # shrinking to nothing before the second pooling.
+    padding: str = bounded("valid", choices=["valid", "same"])
+    # Hidden Dense layers between Flatten and the logits.
     dense_units: list[int] = field(default_factory=lambda: [128])
-    activation: str = "relu"
+    activation: str = bounded("relu", choices=ACTIVATIONS)
+
+    def validate(self) -> None:
+        for key, sizes in (("conv_filters", self.conv_filters), ("dense_units", self.dense_units)):
+            if any(size < 1 for size in sizes):
+                raise ValueError(f"{key}={sizes}: every size must be >= 1")
+        if self.name == "mlp" and self.conv_filters:
+            raise ValueError(
+                f"conv_filters={self.conv_filters}: the mlp has no conv layers; set it to []"
+            )
+        if self.name != "mlp" and not self.conv_filters:
+            raise ValueError(f"conv_filters=[]: model {self.name!r} needs at least one conv block")
+
+
+def _warn_unused(model: ModelConfig, recipe: RegularizerConfig) -> None:
+    """Say so when a recipe asks for something this architecture has no place for."""
+    if model.conv_filters:
+        return
+    conv_only = {
+        "dropout.conv_rate": recipe.dropout.conv_rate,
+        "spatial_dropout.rate": recipe.spatial_dropout.rate,
+        "group_lasso.conv": recipe.group_lasso.conv,
+    }
+    for key, value in conv_only.items():
+        if value:
+            log.warning("%s=%s has no effect: model %r has no conv layers", key, value, model.name)
+
+
+def _check_fits(x: keras.KerasTensor, model: ModelConfig, window: int, layer_name: str) -> None:
+    """A valid-padded window larger than the feature map is a config mistake; say which."""
+    if model.padding == "same":
+        return
+    height, width = x.shape[1:3]
+    if (height is not None and height < window) or (width is not None and width < window):
+        raise ConfigError(
+            f"model.conv_filters={model.conv_filters}: {layer_name} needs at least "
+            f"{window}x{window} pixels but gets {height}x{width}; use fewer conv blocks "
+            "or model.padding=same"
+        )
+
+
+def _seed_stream(seed: int, stream: int) -> Iterator[int]:
+    """Independent seeds, one per draw: the index-th of stream ``stream`` under ``seed``."""
+    for index in itertools.count():
+        yield int(np.random.SeedSequence([seed, stream, index]).generate_state(1)[0])
+
+
+def _input_layers(
+    inputs: keras.KerasTensor, recipe: RegularizerConfig, seeds: Iterator[int]
+) -> keras.KerasTensor:
+    """Augmentation then noise on the images; Keras makes both identities at inference."""
+    augmentation = recipe.augmentation
+    x = inputs
+    # Fashion-MNIST items sit on a black background: fill the uncovered border with 0.
+    fill = {"fill_mode": "constant", "fill_value": 0.0}
+    if augmentation.flip != "none":
+        x = layers.RandomFlip(augmentation.flip, seed=next(seeds), name="augment_flip")(x)
+    if augmentation.translation > 0:
+        x = layers.RandomTranslation(
+            augmentation.translation,
+            augmentation.translation,
+            seed=next(seeds),
+            name="augment_translation",
+            **fill,
+        )(x)
+    if augmentation.rotation > 0:
+        x = layers.RandomRotation(
+            augmentation.rotation, seed=next(seeds), name="augment_rotation", **fill
+        )(x)
+    if augmentation.zoom > 0:
+        x = layers.RandomZoom(augmentation.zoom, seed=next(seeds), name="augment_zoom", **fill)(x)
+    if recipe.gaussian_noise.stddev > 0:
+        x = layers.GaussianNoise(
+            recipe.gaussian_noise.stddev, seed=next(seeds), name="input_noise"
+        )(x)
+    return x
+
+
+def build_model(
+    model: ModelConfig,
+    recipe: RegularizerConfig,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    seed: int,
+) -> keras.Model:
+    """A fresh, uncompiled model returning logits.
+
+    Every initializer and random layer draws its own seed from ``seed``, so the
+    same seed gives the same initial weights and the same dropout masks, and no
+    two layers share a random stream. Initializers and random layers (dropout,
+    noise, augmentation) use separate streams: all variants of one model start
+    from the same weights whatever layers their recipe adds, so a comparison
+    between variants is not also a comparison between initializations.
+    """
+    model.validate()
+    _warn_unused(model, recipe)
+    weight_seeds = _seed_stream(seed, 0)
+    seeds = _seed_stream(seed, 1)
+
+    def initializers() -> dict[str, keras.initializers.Initializer]:
+        return {
+            "kernel_initializer": keras.initializers.GlorotUniform(seed=next(weight_seeds)),
+            "bias_initializer": keras.initializers.Zeros(),
+        }
+
+    inputs = keras.Input(shape=tuple(input_shape), name="images")
+    x = _input_layers(inputs, recipe, seeds)
+
+    conv_regularization = layer_regularization(recipe, "conv")
+    for block, filters in enumerate(model.conv_filters, start=1):
+        _check_fits(x, model, model.kernel_size, f"conv_{block}")
+        x = layers.Conv2D(
+            filters,
+            model.kernel_size,
+            activation=model.activation,
+            padding=model.padding,
+            name=f"conv_{block}",
+            **initializers(),
+            **conv_regularization,
+        )(x)
+        _check_fits(x, model, 2, f"pool_{block}")
+        x = layers.MaxPooling2D(2, padding=model.padding, name=f"pool_{block}")(x)
+
+        if recipe.spatial_dropout.rate > 0:
+            x = layers.SpatialDropout2D(
+                recipe.spatial_dropout.rate, seed=next(seeds), name=f"spatial_dropout_{block}"
+            )(x)
+        if recipe.dropout.conv_rate > 0:
+            x = layers.Dropout(
+                recipe.dropout.conv_rate, seed=next(seeds), name=f"dropout_conv_{block}"
+            )(x)
+
+    x = layers.Flatten(name="flatten")(x)
+    dense_regularization = layer_regularization(recipe, "dense")
+    dense_rate = recipe.dropout.dense_rate
+    for index, units in enumerate(model.dense_units, start=1):
+        x = layers.Dense(
+            units,
+            activation=model.activation,
+            name=f"dense_{index}",
+            **initializers(),
+            **dense_regularization,
+        )(x)
+        if dense_rate > 0:
+            x = layers.Dropout(dense_rate, seed=next(seeds), name=f"dropout_dense_{index}")(x)
+    if not model.dense_units and dense_rate > 0:
+        # No hidden Dense layer (tutorial_cnn): "before the classifier" is right after Flatten.
+        x = layers.Dropout(dense_rate, seed=next(seeds), name="dropout_dense")(x)
+
+    logits = layers.Dense(num_classes, name="logits", **initializers(), **dense_regularization)(x)
+    return keras.Model(inputs, logits, name=model.name)
+
+
+def _layer_settings(layer: keras.layers.Layer) -> str:
+    """The hyperparameters of the regularization layers (rate, stddev, factors)."""
+    config = layer.get_config()
+    keys = ("rate", "stddev", "mode", "height_factor", "width_factor", "factor")
+    shown = [f"{key}={format_value(config[key])}" for key in keys if key in config]
+    return ", ".join(shown) or "-"
+
+
+def describe_model(model: keras.Model) -> str:
+    """A text table of every layer: output shape, parameters, regularizers, constraint.
+
+    Logged as an MLflow artifact so a run shows exactly which penalty sat on
+    which layer, not just the recipe that asked for it.
+    """
+    header = (
+        "layer",
+        "type",
+        "output shape",
+        "params",
+        "kernel regularizer",
+        "bias regularizer",
+        "activity regularizer",
+        "kernel constraint",
+        "settings",
+    )
+    rows = [header]
+    for layer in model.layers:
+        output_shape = tuple(layer.output.shape)
+        is_weighted = hasattr(layer, "kernel_regularizer")
+        rows.append(
+            (
+                layer.name,
+                type(layer).__name__,
+                str(output_shape),
+                f"{layer.count_params():,}",
+                describe(getattr(layer, "kernel_regularizer", None)) if is_weighted else "-",
+                describe(getattr(layer, "bias_regularizer", None)) if is_weighted else "-",
+                describe(layer.activity_regularizer),
+                describe(getattr(layer, "kernel_constraint", None)) if is_weighted else "-",
+                "-" if is_weighted else _layer_settings(layer),
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    trainable = sum(int(keras.ops.size(weight)) for weight in model.trainable_weights)
+    lines.append("")
+    lines.append(
+        f"model {model.name}: {model.count_params():,} parameters ({trainable:,} trainable)"
+    )
+    return "\n".join(lines) + "\n"
