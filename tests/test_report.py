@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 
 import numpy as np
@@ -295,6 +297,16 @@ def test_compare_writes_figures_with_the_expected_series(tmp_path):
     bars = result.series["test_metrics"]
     assert bars["variant"] == ["l2", "dropout", "l2_small", "baseline"]
     assert bars["test_data_loss"] == pytest.approx([0.5, 0.45, 0.55, 0.7])
+
+    curves_rows = list(csv.DictReader(io.StringIO(result.plot_data["val_data_loss.csv"])))
+    assert len(curves_rows) == 4 * 3
+    l2_epoch_2 = next(r for r in curves_rows if r["variant"] == "l2" and r["epoch"] == "2")
+    assert float(l2_epoch_2["val_data_loss"]) == pytest.approx(0.65)
+    assert float(l2_epoch_2["train_data_loss"]) == pytest.approx(0.4)
+    board = list(csv.DictReader(io.StringIO(result.plot_data["leaderboard.csv"])))
+    assert [r["variant"] for r in board] == ["l2", "dropout", "l2_small", "baseline"]
+    assert float(board[0]["test_accuracy"]) == pytest.approx(0.8415)
+    assert board[0]["seeds"] == "2"
 
     text = result.markdown
     assert "| 1 | l2 | 2 | 0.8415 ± 0.0007 |" in text

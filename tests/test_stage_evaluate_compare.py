@@ -172,6 +172,11 @@ def test_evaluate_then_compare(project, monkeypatch):
     reports = {v: json.loads((root / f"reports/eval/{v}.json").read_text()) for v in VARIANTS}
     best = max(VARIANTS, key=lambda v: reports[v]["test_accuracy"])
     assert f"| 1 | {'**baseline**' if best == 'baseline' else best} | 1 |" in summary
+    curves = list(csv.DictReader((root / "reports/plots/val_data_loss.csv").open()))
+    assert [(r["variant"], r["epoch"]) for r in curves[:2]] == [
+        ("baseline", "1"),
+        ("baseline", "2"),
+    ]
     for name in ("val_data_loss.png", "first_layer_weights.png", "test_metrics.png"):
         assert (root / "reports/figures" / name).stat().st_size > 0
     experiment = client.get_experiment_by_name(EXPERIMENT)

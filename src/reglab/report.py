@@ -679,6 +679,34 @@ def summary_markdown(
 
 
 # ---------------------------------------------------------------------------
+# DVC plot data: CSVs that `dvc plots show` / `dvc plots diff` render.
+
+
+def learning_curves_csv(curves: Mapping[str, Mapping[str, Sequence[Any]]]) -> str:
+    """Long format, one row per variant and epoch, for a template that colours by ``variant``.
+
+    Long rather than wide so that dvc.yaml need not list the variant names.
+    """
+    lines = ["variant,epoch,val_data_loss,train_data_loss"]
+    for variant, curve in curves.items():
+        train = curve.get("train_data_loss") or [None] * len(curve["epoch"])
+        for epoch, val, tr in zip(curve["epoch"], curve["val_data_loss"], train, strict=True):
+            lines.append(f"{variant},{epoch},{val!r},{'' if tr is None else repr(tr)}")
+    return "\n".join(lines) + "\n"
+
+
+def leaderboard_csv(summaries: Sequence[VariantSummary]) -> str:
+    """Mean test metrics per variant (a bar template plots one column against ``variant``)."""
+    lines = ["variant,test_accuracy,test_data_loss,generalization_gap,seeds"]
+    for row in summaries:
+        lines.append(
+            f"{row.variant},{row.test_accuracy.mean!r},{row.test_data_loss.mean!r},"
+            f"{row.generalization_gap.mean!r},{len(row.seeds)}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------
 # The whole comparison.
 
 
@@ -689,6 +717,8 @@ class Comparison:
     figures: dict[str, Path] = field(default_factory=dict)
     series: dict[str, Any] = field(default_factory=dict)
     sweeps: list[Sweep] = field(default_factory=list)
+    # File name -> CSV text, for the DVC plots folder.
+    plot_data: dict[str, str] = field(default_factory=dict)
 
     @property
     def best(self) -> VariantSummary:
@@ -738,7 +768,10 @@ def compare(
         if name not in figures:  # a figure from an earlier run no longer applies
             (figures_dir / filename).unlink(missing_ok=True)
     markdown = summary_markdown(summaries, figures, summary_path, baseline, sweeps)
-    return Comparison(summaries, markdown, figures, series, sweeps)
+    plot_data = {"leaderboard.csv": leaderboard_csv(summaries)}
+    if "validation_loss" in series:
+        plot_data["val_data_loss.csv"] = learning_curves_csv(series["validation_loss"])
+    return Comparison(summaries, markdown, figures, series, sweeps, plot_data)
 
 
 def log_comparison(comparison: Comparison, tracking_uri: str, experiment: str) -> str:
