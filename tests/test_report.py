@@ -202,9 +202,30 @@ def test_sweep_is_found_from_recipes_and_ordered_by_strength():
     }
     sweeps = strength_sweeps(recipes)
     assert len(sweeps) == 1
-    assert sweeps[0].parameter == "kernel.l2"
+    assert sweeps[0].parameters == ("kernel.l2",)
     assert sweeps[0].variants == ["l2_small", "l2", "l2_big"]
     assert sweeps[0].strengths == [1e-4, 1e-3, 1e-2]
+
+
+def test_keys_that_move_together_make_one_sweep_and_other_settings_split_it():
+    recipes = {
+        "baseline": recipe(),
+        "dropout_10": recipe(conv=0.1, dense=0.1),
+        "dropout_30": recipe(conv=0.3, dense=0.3),
+        "dropout_50": recipe(conv=0.5, dense=0.5),
+        "dropout_mixed": recipe(conv=0.25, dense=0.6),  # two strengths: in no sweep
+        "l2_rows": {**recipe(l2=1e-3), "orthogonal": {"mode": "rows"}},
+        "l2_cols": {**recipe(l2=1e-2), "orthogonal": {"mode": "columns"}},  # differs in mode
+    }
+    sweeps = strength_sweeps(recipes)
+    assert [(s.parameters, s.variants, s.strengths) for s in sweeps] == [
+        (
+            ("dropout.conv_rate", "dropout.dense_rate"),
+            ["dropout_10", "dropout_30", "dropout_50"],
+            [0.1, 0.3, 0.5],
+        )
+    ]
+    assert sweeps[0].label == "dropout.conv_rate = dropout.dense_rate"
 
 
 def test_mean_curve_over_seeds_of_unequal_length():
@@ -313,6 +334,7 @@ def test_compare_writes_figures_with_the_expected_series(tmp_path):
     assert "Best: **l2**" in text
     assert "](figures/val_data_loss.png)" in text
     assert "- kernel.l2: l2_small, l2" in text
+    assert result.series["strength_sweep"]["kernel.l2"]["parameters"] == ["kernel.l2"]
     assert "significant only when it exceeds the sum of the two standard deviations" in text
 
 

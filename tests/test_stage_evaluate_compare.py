@@ -202,3 +202,27 @@ def test_evaluate_refuses_a_run_json_of_another_variant(bare_project):
     write_run_json(bare_project / "models/l2", "baseline", "no-run")
     with pytest.raises(EvaluationError, match="does not match its folder 'l2'"):
         evaluate_stage.main(["l2"])
+
+
+def test_strength_sweeps_of_the_real_presets():
+    import dataclasses
+
+    from reglab.config import validate
+    from reglab.report import strength_sweeps
+
+    def sweeps(overrides):
+        config = validate(compose(overrides))
+        recipes = {name: dataclasses.asdict(r) for name, r in config.variants.items()}
+        return {sweep.label: sweep.variants for sweep in strength_sweeps(recipes)}
+
+    assert sweeps([]) == {}
+    assert sweeps(["experiment=all"]) == {}
+    assert sweeps(["experiment=strength_sweep"]) == {
+        "kernel.l2": ["l2_1e-5", "l2_1e-4", "l2_1e-3", "l2_1e-2", "l2_1e-1"],
+        "dropout.conv_rate = dropout.dense_rate": [
+            "dropout_10",
+            "dropout_30",
+            "dropout_50",
+            "dropout_70",
+        ],
+    }

@@ -279,54 +279,76 @@ def summarize(
 # Strength sweeps, read from the recipes.
 
 
-def flatten_recipe(recipe: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of a nested recipe: {"kernel.l2": 0.001, ...}; booleans are not strengths."""
-    flat: dict[str, float] = {}
+def flatten_recipe(recipe: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Leaves of a nested recipe: {"kernel.l2": 0.001, "orthogonal.mode": "rows", ...}."""
+    flat: dict[str, Any] = {}
     for key, value in recipe.items():
         name = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(value, Mapping):
             flat.update(flatten_recipe(value, name))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            flat[name] = float(value)
+        else:
+            flat[name] = tuple(value) if isinstance(value, list) else value
     return flat
+
+
+def _is_strength(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 @dataclass
 class Sweep:
-    """Variants whose recipes are identical except for one parameter."""
+    """Variants whose recipes differ only in one strength (one or more keys moving together)."""
 
-    parameter: str
+    parameters: tuple[str, ...]
     variants: list[str]
     strengths: list[float]
 
     @property
     def label(self) -> str:
-        return self.parameter
+        return " = ".join(self.parameters)
 
 
 def strength_sweeps(recipes: Mapping[str, Mapping[str, Any]]) -> list[Sweep]:
     """Find every strength sweep among the recipes.
 
-    A sweep over parameter ``p`` is a set of variants whose recipes agree on every
-    parameter except ``p`` and that hold at least two distinct positive values of
-    ``p``. Variants with ``p = 0`` (the baseline, usually) are left out: a log axis
-    cannot show zero, so the figure draws the baseline as a reference line instead.
+    A sweep is a set of at least two variants and a set of keys P such that the
+    variants' recipes agree on every key outside P, each variant holds one positive
+    number on all keys of P (its strength: P is usually one key, e.g. ``kernel.l2``,
+    or keys that move together, e.g. both dropout rates), and the strengths are not
+    all equal. Variants at strength 0 (the baseline, usually) are left out: a log
+    axis cannot show zero, so the figure draws the baseline as a reference line.
     """
     flat = {name: flatten_recipe(recipe) for name, recipe in recipes.items()}
-    parameters = sorted({key for values in flat.values() for key in values})
-    sweeps = []
-    for parameter in parameters:
-        groups: dict[tuple[tuple[str, float], ...], list[str]] = {}
-        for name, values in flat.items():
-            if values.get(parameter, 0.0) <= 0:
-                continue
-            rest = tuple(sorted((k, v) for k, v in values.items() if k != parameter))
-            groups.setdefault(rest, []).append(name)
-        for names in groups.values():
-            strengths = {name: flat[name][parameter] for name in names}
-            if len(set(strengths.values())) >= 2:
-                ordered = sorted(names, key=lambda name: (strengths[name], name))
-                sweeps.append(Sweep(parameter, ordered, [strengths[name] for name in ordered]))
+    keys = sorted({key for values in flat.values() for key in values})
+    flat = {name: {key: values.get(key) for key in keys} for name, values in flat.items()}
+
+    def strength(name: str, parameters: tuple[str, ...]) -> float | None:
+        values = {flat[name][key] for key in parameters}
+        value = values.pop() if len(values) == 1 else None
+        return float(value) if _is_strength(value) else None
+
+    # Candidate key sets: where two variants differ, if both have one strength there.
+    candidates = set()
+    names = sorted(flat)
+    for index, first in enumerate(names):
+        for second in names[index + 1 :]:
+            differing = tuple(k for k in keys if flat[first][k] != flat[second][k])
+            if differing and strength(first, differing) and strength(second, differing):
+                candidates.add(differing)
+
+    sweeps, seen = [], set()
+    for parameters in sorted(candidates):
+        groups: dict[tuple[Any, ...], dict[str, float]] = {}
+        for name in names:
+            value = strength(name, parameters)
+            if value is not None:
+                rest = tuple(flat[name][k] for k in keys if k not in parameters)
+                groups.setdefault(rest, {})[name] = value
+        for members in groups.values():
+            ordered = sorted(members, key=lambda name: (members[name], name))
+            if len(set(members.values())) >= 2 and tuple(ordered) not in seen:
+                seen.add(tuple(ordered))
+                sweeps.append(Sweep(parameters, ordered, [members[name] for name in ordered]))
     return sweeps
 
 
@@ -502,7 +524,7 @@ def strength_sweep_figure(
     for (acc_axis, sparse_axis), sweep in zip(axes, sweeps, strict=True):
         rows = [by_name[name] for name in sweep.variants]
         entry = {
-            "parameter": sweep.parameter,
+            "parameters": list(sweep.parameters),
             "variants": list(sweep.variants),
             "strength": list(sweep.strengths),
             "test_accuracy": [row.test_accuracy.mean for row in rows],
@@ -532,11 +554,11 @@ def strength_sweep_figure(
                 axis.axhline(entry[key], color="grey", linestyle="--", label=baseline)
                 axis.legend(fontsize=8)
             axis.set_xscale("log")
-            axis.set_xlabel(sweep.parameter)
+            axis.set_xlabel(sweep.label)
             axis.set_ylabel(ylabel)
             axis.grid(alpha=0.3, which="both")
-        acc_axis.set_title(f"{sweep.parameter}: test accuracy")
-        sparse_axis.set_title(f"{sweep.parameter}: kernel sparsity")
+        acc_axis.set_title(f"{sweep.label}: test accuracy")
+        sparse_axis.set_title(f"{sweep.label}: kernel sparsity")
     figure.tight_layout()
     _save(figure, path)
     return series
@@ -669,7 +691,7 @@ def summary_markdown(
     ]
     if sweeps:
         parts += ["", "## Strength sweeps", ""]
-        parts += [f"- {sweep.parameter}: {', '.join(sweep.variants)}" for sweep in sweeps]
+        parts += [f"- {sweep.label}: {', '.join(sweep.variants)}" for sweep in sweeps]
     if figures:
         parts += ["", "## Figures", ""]
         for name, path in figures.items():
