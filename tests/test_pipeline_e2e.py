@@ -63,7 +63,9 @@ def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     # A tiny, two-variant configuration, made the way a user would: in conf/.
     (root / "conf/variants/e2e.yaml").write_text(
         "# @package variants\ndefaults:\n"
-        + "".join(f"  - /regularizer@{name}: {recipe}\n" for name, recipe in VARIANTS.items())
+        + "".join(
+            f"  - /regularizer@{name}: [none, {recipe}]\n" for name, recipe in VARIANTS.items()
+        )
     )
     config = (root / "conf/config.yaml").read_text()
     config = config.replace("  - variants: default", "  - variants: e2e")

@@ -24,8 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from reglab.data.config import DataConfig
-from reglab.models import ModelConfig
-from reglab.regularizers import RegularizerConfig
+from reglab.recipes import ModelConfig, RegularizerConfig
 from reglab.schema import ConfigError, bounded, check
 
 log = logging.getLogger(__name__)

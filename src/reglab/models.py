@@ -20,44 +20,16 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import keras
 import numpy as np
 from keras import layers
 
+from reglab.recipes import ACTIVATIONS, MODEL_NAMES, ModelConfig  # noqa: F401
 from reglab.regularizers import RegularizerConfig, describe, format_value, layer_regularization
-from reglab.schema import ConfigError, bounded
+from reglab.schema import ConfigError
 
 log = logging.getLogger(__name__)
-
-MODEL_NAMES: tuple[str, ...] = ("cnn", "tutorial_cnn", "mlp")
-ACTIVATIONS: tuple[str, ...] = ("relu", "elu", "gelu", "selu", "swish", "tanh")
-
-
-@dataclass
-class ModelConfig:
-    name: str = bounded("cnn", choices=MODEL_NAMES)
-    # One conv block per entry: Conv2D(filters) -> MaxPool(2). Empty for the MLP.
-    conv_filters: list[int] = field(default_factory=lambda: [32, 64])
-    kernel_size: int = bounded(3, ge=1)
-    # "valid" as in the tutorials; "same" keeps small inputs (8x8 digits) from
-    # shrinking to nothing before the second pooling.
-    padding: str = bounded("valid", choices=["valid", "same"])
-    # Hidden Dense layers between Flatten and the logits.
-    dense_units: list[int] = field(default_factory=lambda: [128])
-    activation: str = bounded("relu", choices=ACTIVATIONS)
-
-    def validate(self) -> None:
-        for key, sizes in (("conv_filters", self.conv_filters), ("dense_units", self.dense_units)):
-            if any(size < 1 for size in sizes):
-                raise ValueError(f"{key}={sizes}: every size must be >= 1")
-        if self.name == "mlp" and self.conv_filters:
-            raise ValueError(
-                f"conv_filters={self.conv_filters}: the mlp has no conv layers; set it to []"
-            )
-        if self.name != "mlp" and not self.conv_filters:
-            raise ValueError(f"conv_filters=[]: model {self.name!r} needs at least one conv block")
 
 
 def _warn_unused(model: ModelConfig, recipe: RegularizerConfig) -> None:

@@ -15,165 +15,28 @@ and are read by :mod:`reglab.training`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import keras
 from keras import ops
 
-from reglab.schema import bounded
-
-LayerType = Literal["conv", "dense"]
-LAYER_TYPES: tuple[str, ...] = ("conv", "dense")
-
-# Columns of the training history (reglab.training) that early stopping may watch:
-# the data loss is the cross-entropy alone, the total loss adds the penalties.
-EARLY_STOPPING_MONITORS: tuple[str, ...] = ("val_data_loss", "val_total_loss", "val_accuracy")
-FLIP_MODES: tuple[str, ...] = ("none", "horizontal", "vertical", "horizontal_and_vertical")
-
-
-# --------------------------------------------------------------------------- schema
-
-
-@dataclass
-class LayerPenaltyConfig:
-    """Strengths for one layer type; ``null`` means "use the shared value above"."""
-
-    l1: float | None = bounded(None, ge=0)
-    l2: float | None = bounded(None, ge=0)
-
-
-@dataclass
-class PenaltyConfig:
-    """L1/L2 strengths on one kind of tensor (kernel, bias or activity).
-
-    ``l1`` and ``l2`` apply to every Conv2D and Dense layer; ``conv`` and ``dense``
-    override them for one layer type (for example an L2 penalty on Dense layers
-    only: ``l2: 1e-3`` and ``conv: {l2: 0.0}``).
-    """
-
-    l1: float = bounded(0.0, ge=0)
-    l2: float = bounded(0.0, ge=0)
-    conv: LayerPenaltyConfig = field(default_factory=LayerPenaltyConfig)
-    dense: LayerPenaltyConfig = field(default_factory=LayerPenaltyConfig)
-
-    def strengths(self, layer_type: LayerType) -> tuple[float, float]:
-        """The (l1, l2) strengths that apply to ``layer_type``."""
-        override: LayerPenaltyConfig = getattr(self, layer_type)
-        l1 = self.l1 if override.l1 is None else override.l1
-        l2 = self.l2 if override.l2 is None else override.l2
-        return l1, l2
-
-
-@dataclass
-class OrthogonalConfig:
-    """Keras's OrthogonalRegularizer on every Dense kernel (it accepts rank-2 kernels only).
-
-    ``columns`` pushes the weight vectors of different output units apart, which
-    is what "decorrelated features" usually means for a Dense kernel.
-    """
-
-    factor: float = bounded(0.0, ge=0)
-    mode: str = bounded("columns", choices=["rows", "columns"])
-
-
-@dataclass
-class GroupLassoConfig:
-    """:class:`GroupLasso` strength per layer type: groups are conv filters / dense units."""
-
-    conv: float = bounded(0.0, ge=0)
-    dense: float = bounded(0.0, ge=0)
-
-
-@dataclass
-class DropoutConfig:
-    """Dropout rate per position: after each conv block, and before the classifier."""
-
-    conv_rate: float = bounded(0.0, ge=0, lt=1)
-    dense_rate: float = bounded(0.0, ge=0, lt=1)
-
-
-@dataclass
-class SpatialDropoutConfig:
-    """SpatialDropout2D after each conv block: drops whole feature maps, not pixels."""
-
-    rate: float = bounded(0.0, ge=0, lt=1)
-
-
-@dataclass
-class GaussianNoiseConfig:
-    """Additive zero-mean Gaussian noise on the input images (training only)."""
-
-    stddev: float = bounded(0.0, ge=0)
-
-
-@dataclass
-class MaxNormConfig:
-    """MaxNorm constraint on every kernel: each unit's / filter's incoming weight vector
-    is rescaled to norm <= max_value after every update. ``null`` turns it off."""
-
-    max_value: float | None = bounded(None, gt=0)
-
-
-@dataclass
-class AugmentationConfig:
-    """Random image transformations, active only in training.
-
-    ``translation``, ``rotation`` and ``zoom`` are the Keras layers' factors:
-    a fraction of the image size (translation, zoom) or of a full turn (rotation).
-    """
-
-    flip: str = bounded("none", choices=FLIP_MODES)
-    translation: float = bounded(0.0, ge=0, lt=1)
-    rotation: float = bounded(0.0, ge=0, lt=1)
-    zoom: float = bounded(0.0, ge=0, lt=1)
-
-    @property
-    def enabled(self) -> bool:
-        return self.flip != "none" or any((self.translation, self.rotation, self.zoom))
-
-
-@dataclass
-class EarlyStoppingConfig:
-    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs."""
-
-    enabled: bool = False
-    monitor: str = bounded("val_data_loss", choices=EARLY_STOPPING_MONITORS)
-    patience: int = bounded(3, ge=1)
-    min_delta: float = bounded(0.0, ge=0)
-    restore_best_weights: bool = True
-
-
-@dataclass
-class RegularizerConfig:
-    """One regularization recipe. Every technique defaults to off."""
-
-    kernel: PenaltyConfig = field(default_factory=PenaltyConfig)
-    bias: PenaltyConfig = field(default_factory=PenaltyConfig)
-    activity: PenaltyConfig = field(default_factory=PenaltyConfig)
-    orthogonal: OrthogonalConfig = field(default_factory=OrthogonalConfig)
-    group_lasso: GroupLassoConfig = field(default_factory=GroupLassoConfig)
-    dropout: DropoutConfig = field(default_factory=DropoutConfig)
-    spatial_dropout: SpatialDropoutConfig = field(default_factory=SpatialDropoutConfig)
-    gaussian_noise: GaussianNoiseConfig = field(default_factory=GaussianNoiseConfig)
-    max_norm: MaxNormConfig = field(default_factory=MaxNormConfig)
-    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
-    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
-    # Decoupled weight decay (AdamW): weights shrink by learning_rate * weight_decay
-    # per step, independently of Adam's gradient scaling, unlike an L2 penalty.
-    weight_decay: float = bounded(0.0, ge=0)
-    label_smoothing: float = bounded(0.0, ge=0, lt=1)
-
-    def validate(self) -> None:
-        # Both would sit in the same place after each conv block; stacking them is
-        # almost never meant, so ask the user to pick one.
-        if self.dropout.conv_rate > 0 and self.spatial_dropout.rate > 0:
-            raise ValueError(
-                f"dropout.conv_rate={self.dropout.conv_rate} and "
-                f"spatial_dropout.rate={self.spatial_dropout.rate} are both set; "
-                "after a conv block use one of them and set the other to 0"
-            )
-
+from reglab.recipes import (  # noqa: F401 - the schema, re-exported here
+    EARLY_STOPPING_MONITORS,
+    FLIP_MODES,
+    LAYER_TYPES,
+    AugmentationConfig,
+    DropoutConfig,
+    EarlyStoppingConfig,
+    GaussianNoiseConfig,
+    GroupLassoConfig,
+    LayerPenaltyConfig,
+    LayerType,
+    MaxNormConfig,
+    OrthogonalConfig,
+    PenaltyConfig,
+    RegularizerConfig,
+    SpatialDropoutConfig,
+)
 
 # ------------------------------------------------------------- custom regularizers
 

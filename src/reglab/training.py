@@ -48,6 +48,10 @@ HISTORY_COLUMNS = (
 )
 
 
+# Images the activity penalty is measured on at the end of each epoch.
+PENALTY_SAMPLE = 256
+
+
 class TrainingDiverged(ReglabError):
     """The loss became NaN or infinite."""
 
@@ -103,8 +107,15 @@ def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return np.eye(num_classes, dtype=np.float32)[np.asarray(labels, dtype=np.int64)]
 
 
-def penalty(model: keras.Model) -> float:
-    """Sum of model.losses: every weight penalty at the model's current weights."""
+def penalty(model: keras.Model, sample: np.ndarray | None = None) -> float:
+    """Sum of model.losses: the weight penalties at the model's current weights.
+
+    Activity penalties depend on the inputs and exist only after a call; with a
+    ``sample``, the model is called on it (dropout off) so they are measured on
+    it too instead of being left over from a training step.
+    """
+    if sample is not None:
+        model(sample, training=False)
     losses = [float(keras.ops.convert_to_numpy(keras.ops.sum(loss))) for loss in model.losses]
     return float(sum(losses))
 
@@ -142,7 +153,7 @@ class LossDecomposition(keras.callbacks.Callback):
             )
         x, y = self.train_probe
         data_loss, accuracy = _data_loss_and_accuracy(self.model, x, y, self.batch_size)
-        weight_penalty = penalty(self.model)
+        weight_penalty = penalty(self.model, x[:PENALTY_SAMPLE])
         total = data_loss + weight_penalty
         val_data_loss = logs.get("val_data_loss", float("nan"))
         logs.update(
