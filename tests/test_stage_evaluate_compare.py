@@ -67,6 +67,8 @@ def project(tmp_path_factory: pytest.TempPathFactory, splits: dict) -> dict:
         write_params(root, tracking_uri)
         mlflow.set_experiment(EXPERIMENT)
         run_ids = {}
+        with mlflow.start_run(run_name="pipeline") as parent:
+            pass  # the train stage nests variant runs under one pipeline run
         x_train, y_train = splits["train"]
         for index, (variant, l2) in enumerate(zip(VARIANTS, (0.0, 1e-2), strict=True)):
             model = tiny_model(l2, seed=index)
@@ -78,7 +80,8 @@ def project(tmp_path_factory: pytest.TempPathFactory, splits: dict) -> dict:
             model_dir = root / "models" / variant
             model_dir.mkdir(parents=True)
             model.save(model_dir / "model.keras")
-            with mlflow.start_run(run_name=variant) as run:
+            tags = {"mlflow.parentRunId": parent.info.run_id}
+            with mlflow.start_run(run_name=variant, tags=tags) as run:
                 mlflow.log_metric("train/data_loss", fitted.history["loss"][-1], step=2)
             run_ids[variant] = run.info.run_id
             write_run_json(model_dir, variant, run.info.run_id, int(model.count_params()))
@@ -88,7 +91,13 @@ def project(tmp_path_factory: pytest.TempPathFactory, splits: dict) -> dict:
             losses = fitted.history["loss"]
             rows += [f"{epoch},{loss},{loss + 0.1 * epoch}" for epoch, loss in enumerate(losses, 1)]
             history.write_text("\n".join(rows) + "\n")
-        yield {"root": root, "splits": splits, "run_ids": run_ids, "uri": tracking_uri}
+        yield {
+            "root": root,
+            "splits": splits,
+            "run_ids": run_ids,
+            "uri": tracking_uri,
+            "parent": parent.info.run_id,
+        }
         while mlflow.active_run():
             mlflow.end_run()
 
@@ -184,6 +193,7 @@ def test_evaluate_then_compare(project, monkeypatch):
         [experiment.experiment_id], "attributes.run_name = 'compare'", max_results=5
     )
     assert run.data.tags["best_variant"] == best
+    assert run.data.tags["mlflow.parentRunId"] == project["parent"]
     assert run.data.metrics["test_accuracy/l2"] == pytest.approx(reports["l2"]["test_accuracy"])
     logged = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"summary.md", "figures", "leaderboard.json"} <= logged

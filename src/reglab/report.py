@@ -216,6 +216,7 @@ class VariantSummary:
     epochs_trained: Stat | None
     accuracy_vs_baseline: Delta | None = None
     data_loss_vs_baseline: Delta | None = None
+    mlflow_run_ids: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         def plain(value: Any) -> Any:
@@ -254,6 +255,7 @@ def summarize(
                 sparsity=_optional_stat(runs, "sparsity"),
                 params_count=params.pop() if len(params) == 1 else None,
                 epochs_trained=_optional_stat(runs, "epochs_trained"),
+                mlflow_run_ids=[run["mlflow_run_id"] for run in runs if run.get("mlflow_run_id")],
             )
         )
     by_name = {row.variant: row for row in rows}
@@ -785,7 +787,7 @@ def compare(
     if sweeps:
         draw("strength_sweep", strength_sweep_figure, sweeps, summaries, baseline=baseline)
     else:
-        log.info("no strength sweep among the variants (no recipes differing in one strength)")
+        log.info("no strength sweep among the variants (see strength_sweeps for the rule)")
     for name, filename in FIGURE_FILES.items():
         if name not in figures:  # a figure from an earlier run no longer applies
             (figures_dir / filename).unlink(missing_ok=True)
@@ -796,16 +798,41 @@ def compare(
     return Comparison(summaries, markdown, figures, series, sweeps, plot_data)
 
 
+def common_parent(run_ids: Sequence[str]) -> str | None:
+    """The parent run all the variants' runs are nested under, if they share one."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    parents = set()
+    for run_id in run_ids:
+        try:
+            parents.add(client.get_run(run_id).data.tags.get("mlflow.parentRunId"))
+        except mlflow.exceptions.MlflowException:
+            log.warning(
+                "MLflow run %s not found in this store; compare run stays top-level", run_id
+            )
+            return None
+    return parents.pop() if len(parents) == 1 else None
+
+
 def log_comparison(comparison: Comparison, tracking_uri: str, experiment: str) -> str:
-    """A run named "compare" in the variants' experiment: summary, figures, headline metrics."""
+    """A run named "compare" in the variants' experiment: summary, figures, headline metrics.
+
+    Nested under the variants' pipeline run when they share one, so the UI shows
+    the comparison next to the runs it compares.
+    """
     import mlflow
 
     from reglab.tracking import configure
 
     configure(tracking_uri, experiment)
-    with mlflow.start_run(run_name="compare") as run:
+    run_ids = [run_id for row in comparison.summaries for run_id in row.mlflow_run_ids]
+    parent = common_parent(run_ids) if run_ids else None
+    tags = {"reglab.stage": "compare", "best_variant": comparison.best.variant}
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    with mlflow.start_run(run_name="compare", tags=tags) as run:
         best = comparison.best
-        mlflow.set_tags({"reglab.stage": "compare", "best_variant": best.variant})
         metrics = {}
         for row in comparison.summaries:
             metrics[f"test_accuracy/{row.variant}"] = row.test_accuracy.mean
