@@ -225,7 +225,7 @@ def test_keys_that_move_together_make_one_sweep_and_other_settings_split_it():
             [0.1, 0.3, 0.5],
         )
     ]
-    assert sweeps[0].label == "dropout.conv_rate = dropout.dense_rate"
+    assert sweeps[0].label == "dropout.{conv_rate,dense_rate}"
 
 
 def test_mean_curve_over_seeds_of_unequal_length():

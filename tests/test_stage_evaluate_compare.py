@@ -229,7 +229,7 @@ def test_strength_sweeps_of_the_real_presets():
     assert sweeps(["experiment=all"]) == {}
     assert sweeps(["experiment=strength_sweep"]) == {
         "kernel.l2": ["l2_1e-5", "l2_1e-4", "l2_1e-3", "l2_1e-2", "l2_1e-1"],
-        "dropout.conv_rate = dropout.dense_rate": [
+        "dropout.{conv_rate,dense_rate}": [
             "dropout_10",
             "dropout_30",
             "dropout_50",

@@ -307,7 +307,14 @@ class Sweep:
 
     @property
     def label(self) -> str:
-        return " = ".join(self.parameters)
+        """``kernel.l2``, or for keys moving together ``dropout.{conv_rate,dense_rate}``."""
+        if len(self.parameters) == 1:
+            return self.parameters[0]
+        prefix = os.path.commonprefix(list(self.parameters))
+        prefix = prefix[: prefix.rfind(".") + 1]
+        if not prefix:
+            return " = ".join(self.parameters)
+        return prefix + "{" + ",".join(key[len(prefix) :] for key in self.parameters) + "}"
 
 
 def strength_sweeps(recipes: Mapping[str, Mapping[str, Any]]) -> list[Sweep]:
@@ -521,6 +528,8 @@ def strength_sweep_figure(
     by_name = {row.variant: row for row in summaries}
     base = by_name.get(baseline)
     plt = _pyplot()
+    from matplotlib.ticker import NullFormatter
+
     figure, axes = plt.subplots(len(sweeps), 2, figsize=(10, 3.6 * len(sweeps)), squeeze=False)
     series: dict[str, dict[str, Any]] = {}
     for (acc_axis, sparse_axis), sweep in zip(axes, sweeps, strict=True):
@@ -556,11 +565,14 @@ def strength_sweep_figure(
                 axis.axhline(entry[key], color="grey", linestyle="--", label=baseline)
                 axis.legend(fontsize=8)
             axis.set_xscale("log")
+            # Ticks at the swept strengths only: minor log ticks crowd a short range.
+            axis.xaxis.set_minor_formatter(NullFormatter())
+            axis.set_xticks(entry["strength"], [f"{value:g}" for value in entry["strength"]])
             axis.set_xlabel(sweep.label)
             axis.set_ylabel(ylabel)
             axis.grid(alpha=0.3, which="both")
-        acc_axis.set_title(f"{sweep.label}: test accuracy")
-        sparse_axis.set_title(f"{sweep.label}: kernel sparsity")
+        acc_axis.set_title(f"{sweep.label}: test accuracy", fontsize=10)
+        sparse_axis.set_title(f"{sweep.label}: kernel sparsity", fontsize=10)
     figure.tight_layout()
     _save(figure, path)
     return series
