@@ -9,20 +9,14 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from reglab.config import CONF_DIR, compose, to_yaml, validate
+from reglab.config import compose, conf_dir, to_yaml, validate
 from reglab.errors import ReglabError
 
 log = logging.getLogger("reglab")
 USAGE = "usage: reglab {train,compose} [hydra overrides...]"
-
-
-def _conf_dir() -> str:
-    local = Path.cwd() / "conf"
-    return str(local if (local / "config.yaml").exists() else CONF_DIR)
 
 
 def train_job(cfg: DictConfig) -> float | None:
@@ -59,7 +53,9 @@ def main(argv: list[str] | None = None) -> None:
             return
         import hydra
 
-        app = hydra.main(config_path=_conf_dir(), config_name="cli", version_base=None)(train_job)
+        app = hydra.main(config_path=str(conf_dir()), config_name="cli", version_base=None)(
+            train_job
+        )
         sys.argv = [sys.argv[0], *overrides]
         app()
     except ReglabError as error:

@@ -140,6 +140,12 @@ def validate(raw: dict[str, Any] | DictConfig) -> Config:
     return config
 
 
+def conf_dir() -> Path:
+    """The project's conf/: the one in the working folder (where DVC runs), else ours."""
+    local = Path.cwd() / "conf"
+    return local if (local / "config.yaml").exists() else CONF_DIR
+
+
 def compose(overrides: list[str] | None = None, config_dir: Path | None = None) -> DictConfig:
     """Compose conf/ with Hydra overrides, exactly as DVC's Hydra integration does."""
     from hydra import compose as hydra_compose
@@ -147,7 +153,7 @@ def compose(overrides: list[str] | None = None, config_dir: Path | None = None) 
     from hydra.errors import HydraException
 
     try:
-        with initialize_config_dir(str(config_dir or CONF_DIR), version_base=None):
+        with initialize_config_dir(str(config_dir or conf_dir()), version_base=None):
             cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
     except HydraException as error:
         raise ConfigError(str(error).splitlines()[0]) from None

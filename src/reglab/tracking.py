@@ -218,21 +218,39 @@ def flush() -> None:
     mlflow.flush_async_logging()
 
 
+class _KerasFlavor:
+    """mlflow.keras whose save_model makes the model folder first.
+
+    MLflow 3.17's Keras flavor writes the input example before it creates the
+    folder, so ``input_example=`` fails with FileNotFoundError; creating the
+    (empty) folder first is all the flavor needs.
+    """
+
+    __name__ = "mlflow.keras"
+
+    @staticmethod
+    def save_model(path: str, **kwargs: Any) -> Any:
+        os.makedirs(path, exist_ok=True)
+        return mlflow.keras.save_model(path=path, **kwargs)
+
+
 def log_keras_model(
     model: Any, example_inputs: Any, registered_model_name: str | None = None
 ) -> str:
-    """Log with MLflow's Keras flavor, with a signature; returns the model URI.
+    """Log with MLflow's Keras flavor, with a signature and an input example.
 
     Pip requirements are given explicitly: inferring them costs seconds per model.
     """
     import keras
     import tensorflow as tf
-    from mlflow.models import infer_signature
+    from mlflow.models import Model, infer_signature
 
     signature = infer_signature(example_inputs, model.predict(example_inputs, verbose=0))
-    info = mlflow.keras.log_model(
-        model,
+    info = Model.log(
+        artifact_path=None,
         name="model",
+        flavor=_KerasFlavor,
+        model=model,
         signature=signature,
         input_example=example_inputs,
         pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
