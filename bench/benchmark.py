@@ -65,6 +65,7 @@ class Settings:
     matmul_size: int = 2048
     matmul_repeats: int = 10
     with_repro: bool = False
+    profile: bool = False
     workdir: str | None = None
     keep: bool = False
 
@@ -145,6 +146,7 @@ def summarize_side(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "steps_s",
         "validation_s",
         "epoch_end_s",
+        "callbacks_s",
         "peak_rss_mib",
         "process_s",
     ]
@@ -354,6 +356,15 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
             "pipeline",
         )
         hardware = pipeline["hardware"]
+        profile = None
+        if settings.profile:
+            # Its own run: cProfile slows Python down, so no timed run is profiled.
+            spec = {
+                **training_spec,
+                "run_dir": str(workspace / "project-profiled"),
+                "profile": True,
+            }
+            profile = run_workload("project", spec, workspace, "project-profiled")["profile"]
         repro = measure_repro(workspace) if settings.with_repro else None
     finally:
         if not settings.keep:
@@ -381,6 +392,7 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
         "input_pipeline": summarize_pipelines(pipeline["rows"]),
         "pipeline_rows": pipeline["rows"],
         "repro": repro,
+        "profile": profile,
         "runs": {"bare": bare_runs, "project": project_runs},
         "total_s": time.perf_counter() - started,
     }
@@ -409,8 +421,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"{project['first_epoch_samples_per_s']:>12.0f}",
         f"{'epoch: steps s':34}{bare['steps_s']:>12.3f}{project['steps_s']:>12.3f}",
         f"{'epoch: validation s':34}{bare['validation_s']:>12.3f}{project['validation_s']:>12.3f}",
-        f"{'epoch: epoch-end callbacks s':34}{bare['epoch_end_s']:>12.3f}"
-        f"{project['epoch_end_s']:>12.3f}",
+        f"{'epoch: epoch end s':34}{bare['epoch_end_s']:>12.3f}{project['epoch_end_s']:>12.3f}",
+        f"{'  of which callbacks s':34}{bare['callbacks_s']:>12.3f}{project['callbacks_s']:>12.3f}",
         f"{'peak RSS MiB':34}{bare['peak_rss_mib']:>12.0f}{project['peak_rss_mib']:>12.0f}",
         f"{'process wall s':34}{bare['process_s']:>12.1f}{project['process_s']:>12.1f}",
     ]
@@ -456,6 +468,12 @@ def format_report(report: dict[str, Any]) -> str:
             f"dvc repro, nothing changed: {repro['dvc_repro_unchanged']['wall_s']:.1f} s; "
             f"dvc exp show: {repro['dvc_exp_show']['wall_s']:.1f} s",
         ]
+    if report["profile"]:
+        lines += ["", "profile of one project run (cumulative s, calls):"]
+        lines += [
+            f"{entry['cumulative_s']:>9.2f} {entry['calls']:>6}  {entry['function']}"
+            for entry in report["profile"][:20]
+        ]
     lines.append(f"\nbenchmark wall time: {report['total_s']:.0f} s")
     return "\n".join(lines)
 
@@ -495,6 +513,9 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, Path]:
     )
     parser.add_argument("--batch-sizes", type=lambda text: [int(size) for size in text.split(",")])
     parser.add_argument("--with-repro", action="store_true", help="also time the default dvc repro")
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile one project run with cProfile"
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="the JSON report")
     parser.add_argument("--workdir", help="keep the workspace here instead of a temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the workspace (logs, stores)")
@@ -505,6 +526,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, Path]:
             setattr(settings, key, getattr(args, key))
     settings.overrides += args.override
     settings.with_repro = args.with_repro
+    settings.profile = args.profile
     settings.workdir = args.workdir
     settings.keep = args.keep or args.workdir is not None
     if settings.epochs < 2:

@@ -46,12 +46,13 @@ def peak_rss_mib() -> float:
 def make_epoch_timer() -> Any:
     """A callback that splits each epoch into steps, validation and the rest.
 
-    It overrides no batch hook, so Keras keeps dispatching batch callbacks
-    asynchronously and the timer costs nothing per step. An epoch lasts from
-    its ``on_epoch_begin`` to the next epoch's: every callback's
-    ``on_epoch_end`` counts, and so does work between two ``model.fit`` calls
-    when a caller fits one epoch per call (a checkpoint, a reshuffle). The last
-    epoch ends at ``on_train_end``.
+    It goes last in the callback list, so ``callbacks_s`` is the time the other
+    callbacks' ``on_epoch_end`` took. It overrides no batch hook, so Keras keeps
+    dispatching batch callbacks asynchronously and the timer costs nothing per
+    step. An epoch lasts from its ``on_epoch_begin`` to the next epoch's: every
+    callback's ``on_epoch_end`` counts, and so does work between two
+    ``model.fit`` calls when a caller fits one epoch per call (a checkpoint, a
+    reshuffle). The last epoch ends at ``on_train_end``.
     """
     import keras
 
@@ -71,11 +72,14 @@ def make_epoch_timer() -> Any:
                 return
             steps_end = marks.get("steps_end", now)
             validation_end = marks.get("validation_end", steps_end)
+            callbacks_end = marks.get("callbacks_end", validation_end)
             self.epochs.append(
                 {
                     "steps_s": steps_end - marks["begin"],
                     "validation_s": validation_end - steps_end,
                     "epoch_end_s": now - validation_end,
+                    # Part of epoch_end_s: the callbacks before this one in the list.
+                    "callbacks_s": callbacks_end - validation_end,
                     "total_s": now - marks["begin"],
                 }
             )
@@ -99,6 +103,10 @@ def make_epoch_timer() -> Any:
         def on_test_end(self, logs: dict[str, Any] | None = None) -> None:
             if self._current is not None:
                 self._current["validation_end"] = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            if self._current is not None:
+                self._current["callbacks_end"] = time.perf_counter()
 
         def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
             self._ended_at = time.perf_counter()
@@ -147,6 +155,7 @@ def summarize_epochs(epochs: list[dict[str, float]], train_samples: int) -> dict
         "steps_s": median("steps_s"),
         "validation_s": median("validation_s"),
         "epoch_end_s": median("epoch_end_s"),
+        "callbacks_s": median("callbacks_s"),
         # Whole epochs: steps, validation and every epoch-end callback.
         "epoch_samples_per_s": statistics.median(
             train_samples / epoch["total_s"] for epoch in steady
@@ -295,9 +304,19 @@ def run_project(spec: dict[str, Any]) -> dict[str, Any]:
     record: dict[str, Any] = {}
     timer = instrument_fit(record)
     config = load_params(spec["params"], check_fresh=False)
+    profiler = None
+    if spec.get("profile"):
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     start = time.perf_counter()
     summary = train_variant(config, spec["variant"])
     record["train_variant_s"] = time.perf_counter() - start
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(run_dir / "project.prof")
+        record["profile"] = profile_entries(profiler)
     # MLflow set-up, artifacts, histogram figures, the model logged: before and after training.
     record["outside_epochs_s"] = record["train_variant_s"] - sum(
         epoch["total_s"] for epoch in timer.epochs
@@ -305,6 +324,39 @@ def run_project(spec: dict[str, Any]) -> dict[str, Any]:
     record["epochs_trained"] = summary["epochs_trained"]
     train_samples = spec["sizes"]["train"]
     return {**record, **summarize_epochs(timer.epochs, train_samples)}
+
+
+# Functions outside reglab worth seeing in the profile: where an epoch's time can go.
+PROFILED_NAMES = {
+    "fit",
+    "predict",
+    "evaluate",
+    "save_weights",
+    "log_metrics",
+    "log_image",
+    "log_figure",
+    "log_model",
+    "log_input",
+    "start_run",
+    "flush_async_logging",
+    "enable_op_determinism",
+}
+
+
+def profile_entries(profiler: Any, limit: int = 40) -> list[dict[str, Any]]:
+    """The profile's reglab functions and a few named library ones, by cumulative time."""
+    import pstats
+
+    stats = pstats.Stats(profiler)
+    entries = []
+    for (filename, line, name), (_, calls, _, cumulative, _) in stats.stats.items():  # type: ignore[attr-defined]
+        if "/reglab/" in filename or name in PROFILED_NAMES:
+            short = filename.split("site-packages/")[-1].split("/src/")[-1]
+            entries.append(
+                {"function": f"{short}:{line}:{name}", "calls": calls, "cumulative_s": cumulative}
+            )
+    entries.sort(key=lambda entry: entry["cumulative_s"], reverse=True)
+    return entries[:limit]
 
 
 def input_dataset(

@@ -57,6 +57,7 @@ def epoch(total: float, steps: float) -> dict[str, float]:
     return {
         "steps_s": steps,
         "validation_s": 0.1,
+        "callbacks_s": 0.01,
         "epoch_end_s": total - steps - 0.1,
         "total_s": total,
     }
@@ -81,6 +82,7 @@ def run_result(epoch_rate: float, step_rate: float, **extra: float) -> dict[str,
         "steps_s": 0.8,
         "validation_s": 0.1,
         "epoch_end_s": 0.1,
+        "callbacks_s": 0.05,
         "peak_rss_mib": 900.0,
         "process_s": 30.0,
         "forward_flops_per_sample": 1000,
