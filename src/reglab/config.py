@@ -43,6 +43,8 @@ class PathsConfig:
     eval: str = "reports/eval"
     summary: str = "reports/summary.md"
     figures: str = "reports/figures"
+    # Data behind `dvc plots show`: confusion matrices, learning curves, leaderboard.
+    plots: str = "reports/plots"
     # Per-epoch training state for resuming a killed run (not a DVC output).
     checkpoints: str = ".reglab/checkpoints"
 

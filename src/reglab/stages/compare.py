@@ -27,7 +27,7 @@ def main(argv: list[str]) -> None:
         summary_path=Path(paths.summary),
     )
     write_atomic(Path(paths.summary), comparison.markdown)
-    plots = Path(getattr(paths, "plots", None) or Path(paths.eval).parent / "plots")
+    plots = Path(paths.plots)
     for name, text in comparison.plot_data.items():
         write_atomic(plots / name, text)
     report.log_comparison(comparison, resolve_uri(config.tracking.uri), config.tracking.experiment)

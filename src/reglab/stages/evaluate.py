@@ -29,7 +29,7 @@ def main(argv: list[str]) -> None:
         calibration_bins=config.evaluation.calibration_bins,
         sparsity_threshold=config.tracking.sparsity_threshold,
     )
-    plots = Path(getattr(paths, "plots", None) or Path(paths.eval).parent / "plots")
+    plots = Path(paths.plots)
     evaluation.write_outputs(
         result, Path(paths.eval, f"{key}.json"), plots / "confusion" / f"{key}.csv"
     )
