@@ -67,11 +67,14 @@ def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
             f"  - /regularizer@{name}: [none, {recipe}]\n" for name, recipe in VARIANTS.items()
         )
     )
+    (root / "conf/experiment/e2e.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - tiny\n  - override /variants: e2e\n"
+        "tracking:\n  log_model: true\n"
+    )
     config = (root / "conf/config.yaml").read_text()
-    config = config.replace("  - variants: default", "  - variants: e2e")
-    config = config.replace("  - experiment: null", "  - experiment: tiny")
-    config += "\ntracking:\n  log_model: true\n"
-    (root / "conf/config.yaml").write_text(config)
+    (root / "conf/config.yaml").write_text(
+        config.replace("  - experiment: null", "  - experiment: e2e")
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"

@@ -91,6 +91,9 @@ class EvaluationConfig:
 @dataclass
 class Config:
     seed: int = bounded(42, ge=0)
+    # More seeds for every variant (train_seed / evaluate_seed stages, models/<variant>@<seed>):
+    # the leaderboard then shows mean ± std over [seed, *extra_seeds].
+    extra_seeds: list[int] = field(default_factory=list)
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -100,7 +103,16 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed, *self.extra_seeds]
+
     def validate(self) -> None:
+        if len(set(self.seeds)) != len(self.seeds) or any(seed < 0 for seed in self.seeds):
+            raise ConfigError(
+                f"extra_seeds={self.extra_seeds}: seeds must be distinct, >= 0 "
+                f"and differ from seed={self.seed}"
+            )
         if not self.variants:
             raise ConfigError("variants: empty; compose at least one regularizer recipe")
         for name in self.variants:

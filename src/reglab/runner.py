@@ -10,6 +10,7 @@ The train stage, the ad-hoc command line and the MLproject entry point all call
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -27,6 +28,7 @@ import numpy as np
 from reglab import tracking, weights
 from reglab.config import Config, config_hash, current_umask, write_atomic
 from reglab.errors import ReglabError
+from reglab.evaluation import parse_run_key
 from reglab.models import build_model, describe_model
 from reglab.training import (
     HISTORY_COLUMNS,
@@ -119,14 +121,22 @@ def replace_dir(staging: Path, target: Path) -> None:
         os.replace(staging, target)
 
 
-def train_variant(config: Config, variant: str) -> dict[str, Any]:
+def train_variant(config: Config, key: str) -> dict[str, Any]:
     """Train one variant, log it to MLflow and write its outputs. Returns run.json's content.
+
+    ``key`` is the variant's name, or ``<variant>@<seed>`` for one of the extra
+    seeds; it names the outputs (``models/<key>``, ``<history>/<key>.csv``).
 
     A checkpoint after every epoch (outside DVC's outputs, which DVC deletes
     before a stage runs) lets a killed run resume at its last epoch, in the
     same MLflow run, and end with the numbers an uninterrupted run would have.
     """
+    variant, seed = parse_run_key(key)
     recipe = config.variant(variant)
+    if seed is not None:
+        if seed not in config.extra_seeds:
+            raise ReglabError(f"{key}: seed {seed} is not in extra_seeds={config.extra_seeds}")
+        config = dataclasses.replace(config, seed=seed)
     splits = load_data(config.paths.processed)
     uri = tracking.configure(config.tracking.uri, config.tracking.experiment)
     seed_everything(config.seed, config.train.deterministic)
@@ -148,20 +158,20 @@ def train_variant(config: Config, variant: str) -> dict[str, Any]:
             rule.monitor, rule.patience, rule.min_delta, rule.restore_best_weights
         )
     params = run_params(config, variant)
-    checkpoint = Checkpoint(Path(config.paths.checkpoints, variant), fingerprint_of(params))
+    checkpoint = Checkpoint(Path(config.paths.checkpoints, key), fingerprint_of(params))
     resumed = checkpoint.peek()
 
     tags = run_tags(config, variant)
     parent = tracking.pipeline_parent(
         config.tracking.experiment, pipeline_key(config, tags), "pipeline", tags_shared(tags)
     )
-    model_dir = Path(config.paths.models, variant)
+    model_dir = Path(config.paths.models, key)
     model_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=model_dir.parent, prefix=f".{variant}.tmp-"))
+    staging = Path(tempfile.mkdtemp(dir=model_dir.parent, prefix=f".{key}.tmp-"))
     staging.chmod(0o777 & ~current_umask())
     try:
         with tracking.start_variant_run(
-            variant,
+            key,
             tags,
             parent,
             config.tracking.system_metrics,
@@ -185,7 +195,7 @@ def train_variant(config: Config, variant: str) -> dict[str, Any]:
                 batch_size=config.train.batch_size,
                 shuffle=config.train.shuffle,
                 seed=config.seed,
-                label=variant,
+                label=key,
                 train_probe_size=config.train.train_probe_size,
                 callbacks=[
                     EpochLogger(config.tracking.sparsity_threshold),
@@ -203,7 +213,7 @@ def train_variant(config: Config, variant: str) -> dict[str, Any]:
                 str(result.epochs_trained),
                 weights.histograms(model, config.tracking.histogram_bins),
             )
-            log_weight_histograms({int(k): v for k, v in histograms.items()}, variant)
+            log_weight_histograms({int(k): v for k, v in histograms.items()}, key)
             model.save(staging / "model.keras")
             if config.tracking.log_model:
                 tracking.log_keras_model(
@@ -224,14 +234,12 @@ def train_variant(config: Config, variant: str) -> dict[str, Any]:
             }
             mlflow.log_metrics({"epochs_trained": result.epochs_trained})
             (staging / "run.json").write_text(json.dumps(summary, indent=2) + "\n")
-            write_history(result.history, Path(config.paths.history, f"{variant}.csv"))
+            write_history(result.history, Path(config.paths.history, f"{key}.csv"))
             replace_dir(staging, model_dir)
         checkpoint.clear()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info(
-        "%s: trained %d epochs, run %s", variant, result.epochs_trained, summary["mlflow_run_id"]
-    )
+    log.info("%s: trained %d epochs, run %s", key, result.epochs_trained, summary["mlflow_run_id"])
     return summary
 
 
@@ -265,8 +273,8 @@ def pipeline_key(config: Config, tags: dict[str, str]) -> str:
     import hashlib
 
     shared = asdict(config)
-    shared.pop("variants")
-    shared.pop("tracking")
+    for own in ("variants", "tracking", "seed"):  # a variant's own, or one seed of several
+        shared.pop(own)
     text = json.dumps(shared, sort_keys=True, default=str) + tags["git_commit"]
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

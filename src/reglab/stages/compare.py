@@ -15,9 +15,7 @@ def main(argv: list[str]) -> None:
         raise ReglabError("usage: python -m reglab.stages.compare")
     config = load_params()
     paths = config.paths
-    reports = report.load_reports(
-        Path(paths.eval), list(config.variants), getattr(config, "seeds", None)
-    )
+    reports = report.load_reports(Path(paths.eval), list(config.variants), config.seeds)
     comparison = report.compare(
         reports,
         report.load_histories(Path(paths.history), reports),

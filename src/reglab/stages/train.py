@@ -7,7 +7,7 @@ from reglab.stages import run_stage
 
 def main(argv: list[str]) -> None:
     if len(argv) != 1:
-        raise ReglabError("usage: python -m reglab.stages.train <variant>")
+        raise ReglabError("usage: python -m reglab.stages.train <variant>[@<seed>]")
     from reglab.runner import train_variant  # TensorFlow loads only after the config is valid
 
     train_variant(load_params(), argv[0])
