@@ -129,3 +129,23 @@ def test_compose_command_writes_nothing_on_bad_input(tmp_path):
 def test_missing_params_file_says_what_to_run(tmp_path):
     with pytest.raises(ConfigError, match="make params"):
         load_params(Path(tmp_path, "params.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.activation=os.system", "model.activation='os.system': must be one of"),
+        ("+variants.l2._target_=os.system", "_target_"),
+        ("optimizer.name=builtins.eval", "optimizer.name='builtins.eval': must be one of"),
+    ],
+)
+def test_config_cannot_name_arbitrary_python_callables(override, message):
+    """Only the project's registered options: nothing from the command line is instantiated."""
+    with pytest.raises(ConfigError, match=message):
+        validate(compose([override]))
+
+
+def test_extra_seeds_must_be_distinct_from_the_seed():
+    assert validate(compose(["experiment=seeds"])).seeds == [42, 43, 44]
+    with pytest.raises(ConfigError, match=r"extra_seeds=\[42\]: seeds must be distinct"):
+        validate(compose(["extra_seeds=[42]"]))

@@ -138,6 +138,8 @@ def train_variant(config: Config, key: str) -> dict[str, Any]:
             raise ReglabError(f"{key}: seed {seed} is not in extra_seeds={config.extra_seeds}")
         config = dataclasses.replace(config, seed=seed)
     splits = load_data(config.paths.processed)
+    model_dir = Path(config.paths.models, key)
+    model_dir.parent.mkdir(parents=True, exist_ok=True)  # unwritable? fail before any work
     uri = tracking.configure(config.tracking.uri, config.tracking.experiment)
     seed_everything(config.seed, config.train.deterministic)
     x_train, _ = splits["train"]
@@ -165,8 +167,6 @@ def train_variant(config: Config, key: str) -> dict[str, Any]:
     parent = tracking.pipeline_parent(
         config.tracking.experiment, pipeline_key(config, tags), "pipeline", tags_shared(tags)
     )
-    model_dir = Path(config.paths.models, key)
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=model_dir.parent, prefix=f".{key}.tmp-"))
     staging.chmod(0o777 & ~current_umask())
     try:
@@ -182,6 +182,10 @@ def train_variant(config: Config, key: str) -> dict[str, Any]:
                 mlflow.log_params(tracking.flatten(params))
                 tracking.log_text_artifact(json.dumps(params, indent=2, default=str), "config.json")
                 tracking.log_text_artifact(describe_model(model), "model_summary.txt")
+                # Enough to re-create the run from MLflow alone (see the README).
+                tracking.log_text_artifact(
+                    tracking.installed_packages(), "environment/requirements.txt"
+                )
                 log_data_inputs(config.paths.processed)
                 extras["histograms"]["0"] = weights.histograms(
                     model, config.tracking.histogram_bins

@@ -274,3 +274,15 @@ def git_state(directory: str | Path = ".") -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": "unknown", "git_dirty": "unknown"}
     return {"git_commit": commit, "git_dirty": str(dirty).lower()}
+
+
+def installed_packages() -> str:
+    """`pip freeze` of the running environment: what a re-run must install."""
+    from importlib import metadata
+
+    lines = {
+        f"{dist.metadata['Name']}=={dist.version}"
+        for dist in metadata.distributions()
+        if dist.metadata["Name"]
+    }
+    return "\n".join(sorted(lines, key=str.lower)) + "\n"

@@ -1,0 +1,73 @@
+"""Stage entry points: user errors are one line and exit code 2, outputs are never half-written."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reglab.errors import ReglabError
+from reglab.stages import run_stage
+
+
+def run_failing(error: BaseException, capsys) -> tuple[int, str]:
+    def stage(argv: list[str]) -> None:
+        raise error
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(stage, [])
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_user_error_is_one_line_and_exit_code_2(capsys):
+    code, err = run_failing(ReglabError("variant='l3': unknown; choose one of ['l1']"), capsys)
+    assert code == 2
+    assert err == "error: variant='l3': unknown; choose one of ['l1']\n"
+
+
+@pytest.mark.parametrize(
+    ("number", "advice"),
+    [
+        (errno.ENOSPC, "free some disk space"),
+        (errno.EACCES, "make the folder writable"),
+        (errno.EROFS, "the file system is read-only"),
+    ],
+)
+def test_write_errors_name_the_file_and_what_to_do(capsys, number, advice):
+    error = OSError(number, os.strerror(number), "models/l2/model.keras")
+    code, err = run_failing(error, capsys)
+    assert code == 2
+    assert err.startswith(f"error: cannot write models/l2/model.keras: {os.strerror(number)}; ")
+    assert advice in err and err.count("\n") == 1
+
+
+def test_other_errors_keep_their_traceback(capsys):
+    with pytest.raises(ValueError, match="a bug"):
+        run_stage(lambda argv: (_ for _ in ()).throw(ValueError("a bug")), [])
+
+
+def test_a_file_where_the_output_folder_belongs_is_a_clear_error(tmp_path, data_dir):
+    """For real: the train stage cannot create models/ because a file is there."""
+    from reglab.config import compose, to_yaml
+    from tests.conftest import DIGITS
+
+    (tmp_path / "data").symlink_to(data_dir)
+    (tmp_path / "params.yaml").write_text(to_yaml(compose(DIGITS + ["train.epochs=1"])))
+    (tmp_path / "models").write_text("not a folder")
+    result = subprocess.run(
+        [sys.executable, "-m", "reglab.stages.train", "baseline"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot write")
+    assert "models" in last and "a file stands where a folder is expected" in last
+    assert (tmp_path / "models").read_text() == "not a folder"
+    assert not Path(tmp_path, "reports").exists()
