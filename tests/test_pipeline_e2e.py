@@ -210,3 +210,71 @@ def test_experiment_changing_one_variant_reruns_only_it(project):
     shown = json.loads(run(["dvc", "exp", "show", "--json"], root, env).stdout)
     text = json.dumps(shown)
     assert "test_accuracy" in text and "reports/eval/l2.json" in text
+
+
+def test_dvc_plots_show_renders_learning_curves_and_confusion_matrices(project):
+    root, env, _ = project
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], root, env).stdout)
+    names = set(shown)
+    assert "reports/plots/val_data_loss.csv" in names
+    assert {"reports/plots/confusion/baseline.csv", "reports/plots/confusion/l2.csv"} <= names
+    curves = json.dumps(shown["reports/plots/val_data_loss.csv"])
+    assert '"variant"' in curves and "baseline" in curves and "l2" in curves
+
+
+def test_a_second_pipeline_at_the_same_time_refuses(project):
+    import time
+
+    root, env, _ = project
+    first = subprocess.Popen(
+        ["dvc", "repro", "--force", "compare"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        time.sleep(3)  # DVC takes its lock at once; compare needs far longer than this
+        assert first.poll() is None, first.stdout.read()
+        second = subprocess.run(
+            ["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True, timeout=120
+        )
+    finally:
+        output = first.communicate(timeout=600)[0]
+    assert second.returncode != 0
+    assert "Unable to acquire lock" in second.stderr + second.stdout
+    assert first.returncode == 0, output
+    assert "l2" in (root / "reports/summary.md").read_text()
+
+
+def test_mlflow_run_trains_one_variant_with_overrides(project):
+    root, env, _ = project
+    run(
+        [
+            "mlflow",
+            "run",
+            ".",
+            "-e",
+            "train",
+            "-P",
+            "variant=l2",
+            "-P",
+            "epochs=1",
+            "--env-manager",
+            "local",
+            "--experiment-name",
+            "adhoc",
+        ],
+        root,
+        {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"},
+    )
+    mlflow_client = client(root)
+    experiment = mlflow_client.get_experiment_by_name("adhoc")
+    runs = mlflow_client.search_runs([experiment.experiment_id])
+    launcher = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(launcher) == 1 and launcher[0].info.status == "FINISHED"
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == launcher[0].info.run_id]
+    assert [r.info.run_name for r in nested] == ["l2"]
+    assert nested[0].data.params["train.epochs"] == "1"
+    assert nested[0].data.metrics["val/accuracy"] > 0.1

@@ -62,7 +62,12 @@ def configure(uri: str, experiment: str | None = None) -> str:
     uri = resolve_uri(uri)
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
-    if experiment:
+    launcher = os.environ.get("MLFLOW_RUN_ID")
+    if launcher:
+        # Under `mlflow run`: nest in the launcher's experiment, where its run is.
+        experiment_id = mlflow.MlflowClient().get_run(launcher).info.experiment_id
+        mlflow.set_experiment(experiment_id=experiment_id)
+    elif experiment:
         mlflow.set_experiment(experiment)
     return uri
 
@@ -83,6 +88,16 @@ PIPELINE_TAG = "reglab.pipeline"
 
 
 def pipeline_parent(experiment_name: str, key: str, name: str, tags: Mapping[str, str]) -> str:
+    """The parent run that groups one pipeline's variants in the UI; made once per key.
+
+    Under `mlflow run`, the launcher's run (MLFLOW_RUN_ID) is the parent instead.
+    """
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return os.environ["MLFLOW_RUN_ID"]
+    return _find_or_make_parent(experiment_name, key, name, tags)
+
+
+def _find_or_make_parent(experiment_name: str, key: str, name: str, tags: Mapping[str, str]) -> str:
     """The parent run that groups one pipeline's variants in the UI; made once per key.
 
     The key hashes what the variants share (data, model, training, seed, code);
