@@ -278,8 +278,12 @@ def _rss(process: Any) -> int:
         return 0
 
 
-def measure_repro(workspace: Path) -> dict[str, Any]:
-    """The default pipeline, as `make run` runs it, in a temporary copy of the project."""
+def measure_repro(workspace: Path, overrides: list[str]) -> dict[str, Any]:
+    """The pipeline, as `make run` runs it, in a temporary copy of the project.
+
+    ``overrides`` (the benchmark's own, such as ``experiment=tiny``) go into the
+    composed params.yaml; with none it is the default pipeline.
+    """
     copy = workspace / "project"
     for name in project_files():
         target = copy / name
@@ -289,7 +293,7 @@ def measure_repro(workspace: Path) -> dict[str, Any]:
     env.pop("PYTHONPATH")
     log_path = workspace / "repro.log"
     setup = [
-        [sys.executable, "-m", "reglab.config", "compose", "--output", "params.yaml"],
+        [sys.executable, "-m", "reglab.config", "compose", "--output", "params.yaml", *overrides],
         ["git", "init", "-q"],
         ["git", "add", "-A"],
         [
@@ -365,7 +369,7 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
                 "profile": True,
             }
             profile = run_workload("project", spec, workspace, "project-profiled")["profile"]
-        repro = measure_repro(workspace) if settings.with_repro else None
+        repro = measure_repro(workspace, settings.overrides) if settings.with_repro else None
     finally:
         if not settings.keep:
             shutil.rmtree(workspace, ignore_errors=True)
