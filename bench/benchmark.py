@@ -309,7 +309,9 @@ def measure_repro(workspace: Path, overrides: list[str]) -> dict[str, Any]:
     ]
     for command in setup:
         timed_command(command, copy, env, log_path)
-    log.info("dvc repro (the default pipeline) ...")
+    log.info(
+        "dvc repro %s...", " ".join(overrides) + " " if overrides else "(the default pipeline) "
+    )
     first = timed_command(["dvc", "repro"], copy, env, log_path)
     log.info("dvc repro: %.0f s", first["wall_s"])
     unchanged = timed_command(["dvc", "repro"], copy, env, log_path)
