@@ -468,7 +468,8 @@ def format_report(report: dict[str, Any]) -> str:
         repro = report["repro"]
         lines += [
             "",
-            f"dvc repro (default pipeline): {repro['dvc_repro']['wall_s']:.0f} s, peak memory "
+            f"dvc repro ({' '.join(report['settings']['overrides']) or 'default pipeline'}): "
+            f"{repro['dvc_repro']['wall_s']:.0f} s, peak memory "
             f"{repro['dvc_repro']['peak_tree_rss_mib']:.0f} MiB (process tree), largest process "
             f"{repro['dvc_repro']['max_process_rss_mib']:.0f} MiB",
             f"dvc repro, nothing changed: {repro['dvc_repro_unchanged']['wall_s']:.1f} s; "
