@@ -268,7 +268,6 @@ def run_hardware(spec: dict[str, Any]) -> dict[str, Any]:
         "device": f"GPU ({len(gpus)} visible)" if gpus else "CPU (no GPU visible)",
         "cpu_count": os.cpu_count(),
         "tensorflow": tf.__version__,
-        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
     }
 
 
