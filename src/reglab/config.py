@@ -64,7 +64,7 @@ class TrainConfig:
     # Seeded TensorFlow ops: the same seed gives the same weights, bit for bit.
     deterministic: bool = True
     # Training images measured each epoch with dropout off for train/data_loss.
-    train_probe_size: int = bounded(2000, ge=1)
+    train_probe_size: int = bounded(512, ge=1)
 
 
 @dataclass

@@ -114,7 +114,9 @@ def penalty(model: keras.Model, sample: np.ndarray | None = None) -> float:
     ``sample``, the model is called on it (dropout off) so they are measured on
     it too instead of being left over from a training step.
     """
-    if sample is not None:
+    if sample is not None and any(
+        getattr(layer, "activity_regularizer", None) for layer in model.layers
+    ):
         model(sample, training=False)
     losses = [float(keras.ops.convert_to_numpy(keras.ops.sum(loss))) for loss in model.losses]
     return float(sum(losses))
@@ -180,8 +182,17 @@ def _share(part: float, whole: float) -> float:
 def _data_loss_and_accuracy(
     model: keras.Model, x: np.ndarray, y_one_hot: np.ndarray, batch_size: int
 ) -> tuple[float, float]:
-    """Plain cross-entropy and accuracy with dropout and noise off (training=False)."""
-    logits = model.predict(x, batch_size=batch_size, verbose=0)
+    """Plain cross-entropy and accuracy with dropout and noise off (training=False).
+
+    ``predict_on_batch`` reuses the compiled predict function; ``predict`` would
+    build a data adapter and callbacks every epoch, a measurable cost.
+    """
+    logits = np.concatenate(
+        [
+            model.predict_on_batch(x[start : start + batch_size])
+            for start in range(0, len(x), batch_size)
+        ]
+    )
     return cross_entropy(logits, y_one_hot), float(
         np.mean(np.argmax(logits, axis=1) == np.argmax(y_one_hot, axis=1))
     )
@@ -334,7 +345,7 @@ def fit(
     shuffle: bool,
     seed: int,
     label: str,
-    train_probe_size: int = 2000,
+    train_probe_size: int = 512,
     callbacks: list[keras.callbacks.Callback] | None = None,
     early_stopping: EarlyStopping | None = None,
     checkpoint: Checkpoint | None = None,
