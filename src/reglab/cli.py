@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] not in ("train", "compose"):
         print(USAGE, file=sys.stderr)
         sys.exit(2)
-    command, overrides = argv[0], argv[1:]
+    # `mlflow run` passes an empty `overrides` parameter as ''; it means none.
+    command, overrides = argv[0], [arg for arg in argv[1:] if arg.strip()]
     try:
         if command == "compose":
             cfg = compose(overrides)
