@@ -201,3 +201,53 @@ def test_sigterm_ends_the_run_killed(tmp_path, data_dir):
     (run,) = client.search_runs([experiment.experiment_id], "tags.variant = 'baseline'")
     assert run.info.status == "KILLED"
     assert not (root / "models/baseline").exists()
+
+
+def test_command_line_multirun_tracks_each_job(tmp_path, data_dir):
+    """`reglab train -m`: Hydra's sweep, one MLflow run per job, outputs out of DVC's way."""
+    (tmp_path / "data").symlink_to(data_dir)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "reglab",
+            "train",
+            "-m",
+            "variant=baseline,l2",
+            *DIGITS,
+            "train.epochs=1",
+            "tracking.log_model=false",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    client = store(tmp_path)
+    experiment = client.get_experiment_by_name("reglab")
+    runs = client.search_runs([experiment.experiment_id], "tags.variant != ''")
+    assert sorted(r.info.run_name for r in runs) == ["baseline", "l2"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert not (tmp_path / "models").exists()  # the pipeline's outputs are untouched
+    saved = sorted(p.parent.name for p in (tmp_path / "multirun").rglob("model.keras"))
+    assert saved == ["baseline", "l2"]
+
+
+def test_command_line_rejects_a_bad_override_in_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "reglab", "train", "variant=l2", "variants.l2.kernel.l2=-1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: variants.l2.kernel.l2=-1.0: must be >= 0"
+    )
+    assert not (tmp_path / "mlflow.db").exists()
