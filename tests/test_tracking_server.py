@@ -74,7 +74,17 @@ def test_training_logs_metrics_images_and_model_to_a_real_server(
     (tmp_path / "data").symlink_to(data_dir)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    summary = train_variant(config_for("tracking.log_model=true"), "l2")
+    # System metrics every second, so a short run still records some.
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+    summary = train_variant(
+        config_for(
+            "tracking.log_model=true",
+            "tracking.registered_model_name=reglab-digits",
+            "tracking.system_metrics=true",
+        ),
+        "l2",
+    )
     assert summary["tracking_uri"] == uri
 
     client = MlflowClient(tracking_uri=uri)
@@ -92,6 +102,11 @@ def test_training_logs_metrics_images_and_model_to_a_real_server(
     stored = [p for p in (root / "artifacts").rglob("*") if p.is_file()]
     assert any(p.name == "model_summary.txt" for p in stored)
     assert any(p.suffix == ".png" for p in stored)
+
+    assert any(key.startswith("system/cpu_utilization") for key in run.data.metrics)
+    assert any(key.startswith("system/system_memory_usage") for key in run.data.metrics)
+    (version,) = client.search_model_versions("name = 'reglab-digits'")
+    assert version.run_id == run.info.run_id
 
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
