@@ -29,7 +29,7 @@ from reglab.schema import ConfigError
             "data: class_names has 2 names but num_classes=10; give one name per class",
         ),
         (["data.image_shape=[28,28]"], "data: image_shape=[28, 28]: give [height, width, chan"),
-        (["+data.pixel_max=0"], "data.pixel_max=0.0: must be > 0"),
+        (["data.pixel_max=0"], "data.pixel_max=0.0: must be > 0"),
         (["~data.files.test_labels"], "data: files: has test_images alone; give both of"),
     ],
 )
