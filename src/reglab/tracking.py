@@ -292,12 +292,15 @@ def git_state(directory: str | Path = ".") -> dict[str, str]:
 
 
 def installed_packages() -> str:
-    """`pip freeze` of the running environment: what a re-run must install."""
+    """`pip freeze` of the running environment: what a re-run must install.
+
+    The project itself is left out: it comes from the git commit, not an index.
+    """
     from importlib import metadata
 
     lines = {
         f"{dist.metadata['Name']}=={dist.version}"
         for dist in metadata.distributions()
-        if dist.metadata["Name"]
+        if dist.metadata["Name"] and dist.metadata["Name"].lower() != "reglab"
     }
     return "\n".join(sorted(lines, key=str.lower)) + "\n"
