@@ -297,13 +297,19 @@ class Checkpoint:
         epoch = state["epoch"]
         weights_file = self.directory / f"epoch-{epoch}.weights.h5"
         model.save_weights(weights_file)
+        # save_weights leaves out the random layers' seed states; without them a
+        # resumed run would draw other dropout masks than an uninterrupted one.
+        np.savez(self.directory / f"seeds-{epoch}.npz", *[v.numpy() for v in seed_states(model)])
         if best is not None:
             np.savez(self.directory / f"best-{epoch}.npz", *best)
         temporary = self.directory / "state.json.tmp"
         temporary.write_text(json.dumps({**state, "fingerprint": self.fingerprint}))
         os.replace(temporary, self.state_file)  # the commit point
         for stale in self.directory.iterdir():
-            if stale.name.startswith(("epoch-", "best-")) and f"-{epoch}." not in stale.name:
+            if (
+                stale.name.startswith(("epoch-", "best-", "seeds-"))
+                and f"-{epoch}." not in stale.name
+            ):
                 stale.unlink()
 
     def restore(self, model: keras.Model, state: dict[str, Any]) -> list | None:
@@ -311,6 +317,9 @@ class Checkpoint:
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         model.load_weights(self.directory / f"epoch-{epoch}.weights.h5")
+        with np.load(self.directory / f"seeds-{epoch}.npz") as saved:
+            for index, variable in enumerate(seed_states(model)):
+                variable.assign(saved[f"arr_{index}"])
         best_file = self.directory / f"best-{epoch}.npz"
         if best_file.exists():
             with np.load(best_file) as saved:
@@ -321,6 +330,12 @@ class Checkpoint:
         import shutil
 
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def seed_states(model: keras.Model) -> list[Any]:
+    """The seed generators' state variables: in ``variables`` but not in ``weights``."""
+    weights = {id(variable) for variable in model.weights}
+    return [variable for variable in model.variables if id(variable) not in weights]
 
 
 def epoch_order(size: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
