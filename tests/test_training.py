@@ -8,9 +8,12 @@ import pytest
 
 from reglab.training import (
     HISTORY_COLUMNS,
+    EarlyStopping,
     TrainingDiverged,
     compile_model,
     cross_entropy,
+    epoch_batches,
+    epoch_order,
     fit,
     make_optimizer,
     one_hot,
@@ -121,3 +124,56 @@ def test_non_finite_loss_stops_at_once_naming_variant_and_epoch(splits):
 def test_weight_decay_means_adamw():
     assert isinstance(make_optimizer("adam", 1e-3, weight_decay=1e-4), keras.optimizers.AdamW)
     assert type(make_optimizer("adam", 1e-3)) is keras.optimizers.Adam
+
+
+def test_early_stopping_stops_after_patience_and_restores_the_best_weights(splits):
+    seed_everything(3)
+    model = small_model()
+    compile_model(model, make_optimizer("adam", 1e-2))
+    weights_after = {}
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            weights_after[epoch + 1] = [w.copy() for w in self.model.get_weights()]
+
+    # min_delta larger than any change: epoch 1 is the best, and patience 2 stops after epoch 3.
+    stopper = EarlyStopping("val_data_loss", patience=2, min_delta=100.0)
+    result = fit(
+        model,
+        splits["train"],
+        splits["val"],
+        num_classes=10,
+        epochs=10,
+        batch_size=64,
+        shuffle=True,
+        seed=3,
+        label="stopper",
+        callbacks=[Snapshot()],
+        early_stopping=stopper,
+    )
+    assert (result.epochs_trained, result.stopped_early, result.best_epoch) == (3, True, 1)
+    assert sorted(weights_after) == [1, 2, 3]
+    assert not np.array_equal(weights_after[3][0], weights_after[1][0])
+    for restored, best in zip(model.get_weights(), weights_after[1], strict=True):
+        np.testing.assert_array_equal(restored, best)
+
+
+def test_epoch_batches_follow_each_epochs_order_and_never_straddle_epochs():
+    x = np.arange(10, dtype=np.float32).reshape(10, 1)
+    y = np.arange(10, dtype=np.float32) * 10
+    batches = [
+        (bx.numpy().ravel().astype(int).tolist(), by.numpy().astype(int).tolist())
+        for bx, by in epoch_batches(x, y, seed=5, epochs=range(2, 4), batch_size=4, shuffle=True)
+    ]
+    # 10 images at batch 4: batches of 4, 4 and 2 in each epoch.
+    assert [len(bx) for bx, _ in batches] == [4, 4, 2, 4, 4, 2]
+    for epoch, chunk in zip((2, 3), (batches[:3], batches[3:]), strict=True):
+        seen = [i for bx, _ in chunk for i in bx]
+        assert seen == epoch_order(10, 5, epoch, True).tolist()
+        assert all(by == [10 * i for i in bx] for bx, by in chunk)
+    assert batches[0][0] != batches[3][0]
+    unshuffled = [
+        bx.numpy().ravel().astype(int).tolist()
+        for bx, _ in epoch_batches(x, y, seed=5, epochs=range(1), batch_size=4, shuffle=False)
+    ]
+    assert unshuffled == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
