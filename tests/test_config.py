@@ -29,7 +29,7 @@ def test_default_config_has_the_five_default_variants():
     assert config.variants["l1_l2"].kernel.l1 > 0 and config.variants["l1_l2"].kernel.l2 > 0
     assert 0 < config.variants["dropout"].dropout.dense_rate < 1
     assert config.data.name == "fashion_mnist"
-    assert config.data.train_size == 5000
+    assert config.data.train_size == 1000
     assert config.data.validation_size == 2000
     assert config.tracking.uri == "sqlite:///mlflow.db"
 

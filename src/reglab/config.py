@@ -84,7 +84,7 @@ class TrackingConfig:
 
 @dataclass
 class EvaluationConfig:
-    batch_size: int = bounded(1024, ge=1)
+    batch_size: int = bounded(512, ge=1)
     calibration_bins: int = bounded(15, ge=1)
 
 
