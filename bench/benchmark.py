@@ -60,7 +60,9 @@ class Settings:
     variant: str = "baseline"
     overrides: list[str] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
-    pipelines: list[str] = field(default_factory=lambda: ["arrays", "tf_data", "synthetic"])
+    pipelines: list[str] = field(
+        default_factory=lambda: ["arrays", "tf_data", "epoch_batches", "synthetic"]
+    )
     pipeline_epochs: int = 3
     matmul_size: int = 2048
     matmul_repeats: int = 10
@@ -208,7 +210,7 @@ def summarize_pipelines(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for batch_size, speeds in sorted(by_batch.items()):
         entry: dict[str, Any] = {"batch_size": batch_size, **speeds}
         if "synthetic" in speeds:
-            for pipeline in ("arrays", "tf_data"):
+            for pipeline in ("arrays", "tf_data", "epoch_batches"):
                 if pipeline in speeds:
                     entry[f"{pipeline}_of_synthetic"] = speeds[pipeline] / speeds["synthetic"]
         table.append(entry)

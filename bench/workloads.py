@@ -22,6 +22,7 @@ by wrapping ``keras.Model.fit`` so the project's code runs unchanged.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -46,8 +47,10 @@ def peak_rss_mib() -> float:
 def make_epoch_timer() -> Any:
     """A callback that splits each epoch into steps, validation and the rest.
 
-    It goes last in the callback list, so ``callbacks_s`` is the time the other
-    callbacks' ``on_epoch_end`` took. It overrides no batch hook, so Keras keeps
+    It goes last in the callback list and its companion ``timer.first`` first,
+    so ``callbacks_s`` is the time the other callbacks' ``on_epoch_end`` took
+    (for the project: the loss decomposition with its validation pass, the
+    weight statistics, the checkpoint). It overrides no batch hook, so Keras keeps
     dispatching batch callbacks asynchronously and the timer costs nothing per
     step. An epoch lasts from its ``on_epoch_begin`` to the next epoch's: every
     callback's ``on_epoch_end`` counts, and so does work between two
@@ -112,7 +115,26 @@ def make_epoch_timer() -> Any:
             self._ended_at = time.perf_counter()
             self._close(self._ended_at)
 
-    return EpochTimer()
+    class StepsEnd(keras.callbacks.Callback):
+        """Goes first in the list: its ``on_epoch_end`` comes right after the steps
+        and any Keras validation pass, before every other callback's epoch end.
+        Without it, a fit with no ``validation_data`` would count its epoch-end
+        work as steps."""
+
+        def __init__(self, timer: EpochTimer) -> None:
+            super().__init__()
+            self.timer = timer
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            marks = self.timer._current
+            if marks is not None:
+                now = time.perf_counter()
+                marks.setdefault("steps_end", now)
+                marks.setdefault("validation_end", now)
+
+    timer = EpochTimer()
+    timer.first = StepsEnd(timer)
+    return timer
 
 
 def instrument_fit(record: dict[str, Any]) -> Any:
@@ -127,12 +149,15 @@ def instrument_fit(record: dict[str, Any]) -> Any:
     original_fit = keras.Model.fit
     timer = make_epoch_timer()
 
+    @functools.wraps(original_fit)  # __wrapped__ undoes the instrumentation
     def timed_fit(self: keras.Model, *args: Any, callbacks: Any = None, **kwargs: Any) -> Any:
         if "forward_flops_per_sample" not in record:
             record["forward_flops_per_sample"] = forward_flops_per_sample(self)
             record["params"] = int(self.count_params())
         record["fit_calls"] = record.get("fit_calls", 0) + 1
-        return original_fit(self, *args, callbacks=[*(callbacks or []), timer], **kwargs)
+        return original_fit(
+            self, *args, callbacks=[timer.first, *(callbacks or []), timer], **kwargs
+        )
 
     keras.Model.fit = timed_fit
     return timer
@@ -359,7 +384,7 @@ def profile_entries(profiler: Any, limit: int = 40) -> list[dict[str, Any]]:
 
 
 def input_dataset(
-    pipeline: str, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int
+    pipeline: str, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epochs: int
 ) -> tuple[Any, Any, dict[str, Any]]:
     """(x, y, fit keyword arguments) for one input pipeline."""
     import tensorflow as tf
@@ -375,6 +400,14 @@ def input_dataset(
             .prefetch(tf.data.AUTOTUNE)
         )
         return dataset, None, {}
+    if pipeline == "epoch_batches":
+        # The project's own: per-epoch orders (a function of seed and epoch) and
+        # a gather from in-memory tensors, prefetched.
+        from reglab.training import epoch_batches
+
+        steps = -(-len(x) // batch_size)
+        dataset = epoch_batches(x, y, seed, range(epochs), batch_size, shuffle=True)
+        return dataset, None, {"steps_per_epoch": steps, "shuffle": False}
     if pipeline == "synthetic":
         # One batch, already in memory, repeated: no input work at all, so this
         # is the model's own speed, the ceiling any input pipeline can reach.
@@ -402,7 +435,9 @@ def run_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
             keras.utils.set_random_seed(spec["seed"])
             model = build_tutorial_model(spec)
             timer.reset()
-            x, y, kwargs = input_dataset(pipeline, x_train, y_train, batch_size, spec["seed"])
+            x, y, kwargs = input_dataset(
+                pipeline, x_train, y_train, batch_size, spec["seed"], spec["pipeline_epochs"]
+            )
             model.fit(x, y, epochs=spec["pipeline_epochs"], verbose=0, **kwargs)
             epochs = summarize_epochs(timer.epochs, len(x_train))
             rows.append(

@@ -278,3 +278,48 @@ def test_every_recipe_in_the_catalogue_trains_one_epoch(variant, catalogue):
     )
     history = model.fit(x_train, y_train, epochs=1, batch_size=32, verbose=0)
     assert np.isfinite(history.history["loss"][0])
+
+
+@pytest.fixture
+def mixed_bfloat16():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_mixed_precision_is_one_switch_and_keeps_float32_logits(mixed_bfloat16, tmp_path):
+    from reglab.training import compile_model, fit, make_optimizer, seed_everything
+
+    seed_everything(0)
+    recipe = RegularizerConfig()
+    recipe.kernel.l2 = 1e-3
+    model = build_model(DIGITS_MODEL, recipe, (8, 8, 1), 10, seed=0)
+    conv = model.get_layer("conv_1")
+    assert (conv.compute_dtype, conv.variable_dtype) == ("bfloat16", "float32")
+    assert model.get_layer("logits").compute_dtype == "float32"
+    splits = digits_splits()
+    compile_model(model, make_optimizer("adam", 1e-2))
+    result = fit(
+        model,
+        splits["train"],
+        splits["val"],
+        num_classes=10,
+        epochs=2,
+        batch_size=64,
+        shuffle=True,
+        seed=0,
+        label="bf16",
+    )
+    last = result.history[-1]
+    assert np.isfinite(last["train_total_loss"]) and last["train_penalty"] > 0
+    assert last["val_accuracy"] > 0.5
+    assert model.predict(splits["val"][0][:4], verbose=0).dtype == np.float32
+    model.save(tmp_path / "model.keras")
+    keras.mixed_precision.set_global_policy("float32")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert loaded.get_layer("conv_1").compute_dtype == "bfloat16"
+
+
+def test_an_unknown_precision_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match=r"train.precision='float8': must be one of"):
+        validate(compose(["train.precision=float8"]))

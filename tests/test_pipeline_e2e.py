@@ -212,6 +212,40 @@ def test_experiment_changing_one_variant_reruns_only_it(project):
     assert "test_accuracy" in text and "reports/eval/l2.json" in text
 
 
+def test_extra_seeds_train_every_variant_again_and_the_leaderboard_shows_mean_and_std(project):
+    root, env, _ = project
+    result = run(["dvc", "exp", "run", "-S", "extra_seeds=[7]"], root, env)
+    ran = stages_run(result.stdout)
+    seed_stages = {
+        "train_seed@baseline-7",
+        "train_seed@l2-7",
+        "evaluate_seed@baseline-7",
+        "evaluate_seed@l2-7",
+        "compare",
+    }
+    assert seed_stages <= ran and "train@baseline" not in ran, result.stdout
+    mlflow_client = client(root)
+    for name in VARIANTS:
+        base = json.loads((root / f"reports/eval/{name}.json").read_text())
+        extra = json.loads((root / f"reports/eval/{name}@7.json").read_text())
+        assert (base["seed"], extra["seed"]) == (42, 7)
+        assert (root / f"models/{name}@7/model.keras").is_file()
+        tags = mlflow_client.get_run(extra["mlflow_run_id"]).data.tags
+        assert (tags["mlflow.runName"], tags["seed"]) == (f"{name}@7", "7")
+        # Two seeds: the leaderboard shows the mean and the sample std of the two.
+        accuracies = [base["test_accuracy"], extra["test_accuracy"]]
+        row = next(
+            line
+            for line in (root / "reports/summary.md").read_text().splitlines()
+            if line.startswith("| ") and line.split("|")[2].strip().strip("*") == name
+        )
+        cells = [cell.strip() for cell in row.split("|")]
+        assert cells[3] == "2"
+        mean, std = (float(part) for part in cells[4].split(" ± "))
+        assert mean == pytest.approx(np.mean(accuracies), abs=5e-5)
+        assert std == pytest.approx(np.std(accuracies, ddof=1), abs=5e-5)
+
+
 def test_dvc_plots_show_renders_learning_curves_and_confusion_matrices(project):
     root, env, _ = project
     shown = json.loads(run(["dvc", "plots", "show", "--json"], root, env).stdout)["data"]

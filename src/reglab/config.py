@@ -56,13 +56,19 @@ class OptimizerConfig:
     momentum: float = bounded(0.0, ge=0, lt=1)
 
 
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
 @dataclass
 class TrainConfig:
-    epochs: int = bounded(15, ge=1)
-    batch_size: int = bounded(128, ge=1)
+    epochs: int = bounded(20, ge=1)
+    batch_size: int = bounded(32, ge=1)
     shuffle: bool = True
     # Seeded TensorFlow ops: the same seed gives the same weights, bit for bit.
     deterministic: bool = True
+    # Keras dtype policy: float32, or mixed precision (float16 on GPUs, bfloat16
+    # on TPUs and CPUs with bf16 units); the logits stay float32 either way.
+    precision: str = bounded("float32", choices=PRECISIONS)
     # Training images measured each epoch with dropout off for train/data_loss.
     train_probe_size: int = bounded(512, ge=1)
 

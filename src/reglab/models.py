@@ -167,7 +167,11 @@ def build_model(
         # No hidden Dense layer (tutorial_cnn): "before the classifier" is right after Flatten.
         x = layers.Dropout(dense_rate, seed=next(seeds), name="dropout_dense")(x)
 
-    logits = layers.Dense(num_classes, name="logits", **initializers(), **dense_regularization)(x)
+    # float32 logits under a mixed-precision policy too: the softmax and the
+    # cross-entropy need the range, as Keras's mixed-precision guide advises.
+    logits = layers.Dense(
+        num_classes, name="logits", dtype="float32", **initializers(), **dense_regularization
+    )(x)
     return keras.Model(inputs, logits, name=model.name)
 
 

@@ -142,6 +142,7 @@ def train_variant(config: Config, key: str) -> dict[str, Any]:
     model_dir.parent.mkdir(parents=True, exist_ok=True)  # unwritable? fail before any work
     uri = tracking.configure(config.tracking.uri, config.tracking.experiment)
     seed_everything(config.seed, config.train.deterministic)
+    keras.mixed_precision.set_global_policy(config.train.precision)
     x_train, _ = splits["train"]
     num_classes = config.data.num_classes
 
