@@ -458,11 +458,11 @@ def format_report(report: dict[str, Any]) -> str:
         "input pipeline, training samples/s (synthetic = one batch repeated, the ceiling):",
     ]
     pipelines = report["settings"]["pipelines"]
-    lines.append(f"{'batch':>8}" + "".join(f"{name:>12}" for name in pipelines))
+    lines.append(f"{'batch':>8}" + "".join(f"{name:>15}" for name in pipelines))
     for entry in report["input_pipeline"]["by_batch_size"]:
         lines.append(
             f"{entry['batch_size']:>8}"
-            + "".join(f"{entry.get(name, float('nan')):>12.0f}" for name in pipelines)
+            + "".join(f"{entry.get(name, float('nan')):>15.0f}" for name in pipelines)
         )
     fastest = report["input_pipeline"]["fastest"]
     lines.append(f"fastest real pipeline: batch {fastest['batch_size']}, {fastest['pipeline']}")

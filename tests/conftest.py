@@ -49,6 +49,24 @@ def digits_splits(seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     }
 
 
+def fit_digits(model, splits, *, seed: int, label: str, epochs: int, **options):
+    """reglab.training.fit on digits splits, batch 64, shuffled: the tests' common call."""
+    from reglab.training import fit
+
+    return fit(
+        model,
+        splits["train"],
+        splits["val"],
+        num_classes=10,
+        epochs=epochs,
+        batch_size=64,
+        shuffle=True,
+        seed=seed,
+        label=label,
+        **options,
+    )
+
+
 def write_splits(directory: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
     """Processed-data layout the train stage reads (arrays + a manifest)."""
     import json

@@ -12,7 +12,7 @@ from reglab.config import compose, validate
 from reglab.models import ModelConfig, build_model, describe_model
 from reglab.regularizers import RegularizerConfig
 from reglab.schema import ConfigError
-from tests.conftest import PROJECT_ROOT, digits_splits
+from tests.conftest import PROJECT_ROOT, digits_splits, fit_digits
 
 FASHION_SHAPE = (28, 28, 1)
 # Read from the file so a variant added to the `all` set is tested without editing this.
@@ -288,7 +288,7 @@ def mixed_bfloat16():
 
 
 def test_mixed_precision_is_one_switch_and_keeps_float32_logits(mixed_bfloat16, tmp_path):
-    from reglab.training import compile_model, fit, make_optimizer, seed_everything
+    from reglab.training import compile_model, make_optimizer, seed_everything
 
     seed_everything(0)
     recipe = RegularizerConfig()
@@ -299,17 +299,7 @@ def test_mixed_precision_is_one_switch_and_keeps_float32_logits(mixed_bfloat16, 
     assert model.get_layer("logits").compute_dtype == "float32"
     splits = digits_splits()
     compile_model(model, make_optimizer("adam", 1e-2))
-    result = fit(
-        model,
-        splits["train"],
-        splits["val"],
-        num_classes=10,
-        epochs=2,
-        batch_size=64,
-        shuffle=True,
-        seed=0,
-        label="bf16",
-    )
+    result = fit_digits(model, splits, seed=0, label="bf16", epochs=2)
     last = result.history[-1]
     assert np.isfinite(last["train_total_loss"]) and last["train_penalty"] > 0
     assert last["val_accuracy"] > 0.5

@@ -14,13 +14,12 @@ from reglab.training import (
     cross_entropy,
     epoch_batches,
     epoch_order,
-    fit,
     make_optimizer,
     one_hot,
     penalty,
     seed_everything,
 )
-from tests.conftest import digits_splits
+from tests.conftest import digits_splits, fit_digits
 
 L2 = 1e-3
 
@@ -63,18 +62,7 @@ def test_history_keeps_data_loss_and_penalty_apart(splits):
     seed_everything(1)
     model = small_model(dropout_rate=0.3)
     compile_model(model, make_optimizer("adam", 1e-2))
-    result = fit(
-        model,
-        splits["train"],
-        splits["val"],
-        num_classes=10,
-        epochs=3,
-        batch_size=64,
-        shuffle=True,
-        seed=1,
-        label="l2",
-        train_probe_size=500,
-    )
+    result = fit_digits(model, splits, seed=1, label="l2", epochs=3, train_probe_size=500)
     assert result.epochs_trained == 3 and len(result.history) == 3
     assert list(result.history[0]) == list(HISTORY_COLUMNS)
     last = result.history[-1]
@@ -108,17 +96,7 @@ def test_non_finite_loss_stops_at_once_naming_variant_and_epoch(splits):
     with pytest.raises(
         TrainingDiverged, match=r"variant exploding: the training loss became .* epoch 1;"
     ):
-        fit(
-            model,
-            splits["train"],
-            splits["val"],
-            num_classes=10,
-            epochs=5,
-            batch_size=64,
-            shuffle=True,
-            seed=2,
-            label="exploding",
-        )
+        fit_digits(model, splits, seed=2, label="exploding", epochs=5)
 
 
 def test_weight_decay_means_adamw():
@@ -138,16 +116,12 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_weights(split
 
     # min_delta larger than any change: epoch 1 is the best, and patience 2 stops after epoch 3.
     stopper = EarlyStopping("val_data_loss", patience=2, min_delta=100.0)
-    result = fit(
+    result = fit_digits(
         model,
-        splits["train"],
-        splits["val"],
-        num_classes=10,
-        epochs=10,
-        batch_size=64,
-        shuffle=True,
+        splits,
         seed=3,
         label="stopper",
+        epochs=10,
         callbacks=[Snapshot()],
         early_stopping=stopper,
     )
