@@ -1,0 +1,114 @@
+"""Atomic file and folder writes, and file hashing: the one home for both.
+
+Every output a stage writes goes through here, so a kill or a full disk never
+leaves a half-written file where a later stage (or DVC) would trust it. One
+permission policy: files and folders get the modes a plain ``open`` and
+``mkdir`` would give under the user's umask (``mkstemp`` and ``mkdtemp`` make
+them private, which is no use for shared outputs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    return 0o666 & ~_umask()
+
+
+def dir_mode() -> int:
+    return 0o777 & ~_umask()
+
+
+def write_atomic(path: str | Path, content: str | bytes) -> Path:
+    """Write ``content`` to a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        if isinstance(content, str):
+            with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+                stream.write(content)
+        else:
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(content)
+        os.chmod(temporary, file_mode())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` for a writer that wants a file name
+    (``figure.savefig``, ``np.save``); renamed onto ``path`` when the block ends
+    without an error, removed otherwise."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.chmod(temporary, file_mode())
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def staging_dir(target: str | Path) -> Path:
+    """An empty folder beside ``target`` to fill before :func:`replace_dir` swaps it in."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    staging.chmod(dir_mode())
+    return staging
+
+
+def replace_dir(staging: str | Path, target: str | Path) -> None:
+    """Move a fully written folder onto ``target``; the old one is removed only after.
+
+    Two renames, not one: POSIX cannot rename a folder over a non-empty one.
+    A kill between them leaves the old folder under a dot-name beside the target,
+    never a mix of old and new files.
+    """
+    staging, target = Path(staging), Path(target)
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, target)
+        return
+    retired = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+    try:
+        os.replace(target, retired / target.name)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def writing_dir(target: str | Path) -> Iterator[Path]:
+    """Fill a staging folder in the block; it replaces ``target`` only if the block succeeds."""
+    staging = staging_dir(target)
+    try:
+        yield staging
+        replace_dir(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def file_sha256(path: str | Path) -> str:
+    with open(path, "rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
