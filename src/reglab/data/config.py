@@ -41,6 +41,9 @@ class DataConfig:
     mirrors: list[str] = field(default_factory=list)
     extra_mirrors: list[str] = field(default_factory=list)
     download: DownloadConfig = field(default_factory=DownloadConfig)
+    # Seeds the validation split and the training subset; its own key, so a
+    # training seed (seeds) never changes which images a model sees.
+    split_seed: int = bounded(42, ge=0)
     validation_size: int = bounded(5000, ge=1)
     # None: every official training image not used for validation.
     train_size: int | None = bounded(None, ge=1)
