@@ -38,7 +38,7 @@ dataset:
 	fi
 
 params: setup  ## compose conf/ into params.yaml (what every stage reads)
-	$(BIN)/python -m reglab.config compose --output params.yaml
+	$(BIN)/python -m reglab compose --output params.yaml
 
 lint: setup
 	$(BIN)/ruff check src tests bench

@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.workspace import clean_environment, copy_project
+
 log = logging.getLogger("bench")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -102,13 +104,9 @@ class Settings:
 
 
 def child_environment() -> dict[str, str]:
-    """The caller's environment without MLflow or DVC settings that would redirect runs."""
-    env = {
-        key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_"))
-    }
+    """A clean environment (no MLflow or DVC redirections) that can import bench."""
+    env = clean_environment()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return env
 
 
@@ -220,18 +218,6 @@ def summarize_pipelines(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def project_files() -> list[str]:
-    """Tracked and not-ignored files: what a fresh clone with local changes would hold."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    return [name for name in listed if name and (PROJECT_ROOT / name).is_file()]
-
-
 def timed_command(command: list[str], cwd: Path, env: dict[str, str], log_path: Path) -> dict:
     """Wall time and memory of a command and all its children.
 
@@ -286,31 +272,10 @@ def measure_repro(workspace: Path, overrides: list[str]) -> dict[str, Any]:
     ``overrides`` (the benchmark's own, such as ``experiment=tiny``) go into the
     composed params.yaml; with none it is the default pipeline.
     """
-    copy = workspace / "project"
-    for name in project_files():
-        target = copy / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(PROJECT_ROOT / name, target)
+    copy = copy_project(workspace / "project", overrides)
     env = child_environment()
     env.pop("PYTHONPATH")
     log_path = workspace / "repro.log"
-    setup = [
-        [sys.executable, "-m", "reglab.config", "compose", "--output", "params.yaml", *overrides],
-        ["git", "init", "-q"],
-        ["git", "add", "-A"],
-        [
-            "git",
-            "-c",
-            "user.name=bench",
-            "-c",
-            "user.email=bench@localhost",
-            "commit",
-            "-qm",
-            "copy",
-        ],
-    ]
-    for command in setup:
-        timed_command(command, copy, env, log_path)
     log.info(
         "dvc repro %s...", " ".join(overrides) + " " if overrides else "(the default pipeline) "
     )

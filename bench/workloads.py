@@ -53,9 +53,9 @@ def make_epoch_timer() -> Any:
     weight statistics, the checkpoint). It overrides no batch hook, so Keras keeps
     dispatching batch callbacks asynchronously and the timer costs nothing per
     step. An epoch lasts from its ``on_epoch_begin`` to the next epoch's: every
-    callback's ``on_epoch_end`` counts, and so does work between two
-    ``model.fit`` calls when a caller fits one epoch per call (a checkpoint, a
-    reshuffle). The last epoch ends at ``on_train_end``.
+    callback's ``on_epoch_end`` counts, and so would work between two
+    ``model.fit`` calls of a caller that fits in several calls (the project
+    fits once). The last epoch ends at ``on_train_end``.
     """
     import keras
 
@@ -228,7 +228,9 @@ def build_tutorial_model(spec: dict[str, Any]) -> Any:
 
 def run_prepare(spec: dict[str, Any]) -> dict[str, Any]:
     """params.yaml for the benchmark, and the project's own data stages run on it."""
-    from reglab.config import compose, to_yaml, validate, write_atomic
+    from reglab.compose import compose, to_yaml
+    from reglab.config import validate
+    from reglab.io import write_atomic
     from reglab.stages import download, preprocess
 
     workspace = Path(spec["workspace"])
@@ -245,7 +247,7 @@ def run_prepare(spec: dict[str, Any]) -> dict[str, Any]:
         "sizes": manifest["sizes"],
         "image_shape": list(config.data.image_shape),
         "num_classes": config.data.num_classes,
-        "seed": config.seed,
+        "seed": config.seeds[0],
         "epochs": config.train.epochs,
         "batch_size": config.train.batch_size,
         "learning_rate": config.optimizer.learning_rate,
@@ -322,7 +324,8 @@ def run_project(spec: dict[str, Any]) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     os.chdir(run_dir)  # the sqlite store's artifacts land in ./mlruns
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{run_dir / 'mlflow.db'}"
-    from reglab.config import load_params
+    from reglab.compose import load_params
+    from reglab.paths import run_key
     from reglab.runner import train_variant
 
     record: dict[str, Any] = {}
@@ -335,7 +338,7 @@ def run_project(spec: dict[str, Any]) -> dict[str, Any]:
         profiler = cProfile.Profile()
         profiler.enable()
     start = time.perf_counter()
-    summary = train_variant(config, spec["variant"])
+    summary = train_variant(config, run_key(spec["variant"], config.seeds[0]))
     record["train_variant_s"] = time.perf_counter() - start
     if profiler is not None:
         profiler.disable()

@@ -49,7 +49,7 @@ def digits_splits(seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     }
 
 
-def fit_digits(model, splits, *, seed: int, label: str, epochs: int, **options):
+def fit_digits(model, splits, *, seed: int, label: str, epochs: int, state=None, **options):
     """reglab.training.fit on digits splits, batch 64, shuffled: the tests' common call."""
     from reglab.training import fit
 
@@ -57,6 +57,7 @@ def fit_digits(model, splits, *, seed: int, label: str, epochs: int, **options):
         model,
         splits["train"],
         splits["val"],
+        state,
         num_classes=10,
         epochs=epochs,
         batch_size=64,
@@ -65,19 +66,6 @@ def fit_digits(model, splits, *, seed: int, label: str, epochs: int, **options):
         label=label,
         **options,
     )
-
-
-def write_splits(directory: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
-    """Processed-data layout the train stage reads (arrays + a manifest)."""
-    import json
-
-    directory.mkdir(parents=True, exist_ok=True)
-    for split, (x, y) in splits.items():
-        np.save(directory / f"{split}_x.npy", x)
-        np.save(directory / f"{split}_y.npy", y)
-    sizes = {split: len(y) for split, (_, y) in splits.items()}
-    (directory / "manifest.json").write_text(json.dumps({"sizes": sizes, "source": "digits"}))
-    return directory
 
 
 # Scikit-learn's digits through the real stages, shrunk: seconds per variant.
@@ -93,7 +81,7 @@ DIGITS = [
 
 def make_project(root: Path, overrides: list[str]) -> Path:
     """A project folder with params.yaml and processed digits, made by the real stages."""
-    from reglab.config import compose, to_yaml
+    from reglab.compose import compose, to_yaml
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(to_yaml(compose(DIGITS + overrides)))
@@ -115,6 +103,6 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def config_for(*overrides: str):
-    from reglab.config import compose, validate
+    from reglab.compose import compose_config
 
-    return validate(compose(DIGITS + list(overrides)))
+    return compose_config(DIGITS + list(overrides))

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from reglab.config import compose, load_params, to_yaml, validate
+from reglab.compose import compose, load_params, to_yaml
+from reglab.config import validate
 from reglab.schema import ConfigError
 from tests.conftest import PROJECT_ROOT
 
@@ -110,7 +111,7 @@ def test_compose_command_writes_nothing_on_bad_input(tmp_path):
         [
             sys.executable,
             "-m",
-            "reglab.config",
+            "reglab",
             "compose",
             "variants.l1.kernel.l1=-1",
             "--output",
@@ -146,7 +147,13 @@ def test_config_cannot_name_arbitrary_python_callables(override, message):
         validate(compose([override]))
 
 
-def test_extra_seeds_must_be_distinct_from_the_seed():
-    assert validate(compose(["experiment=seeds"])).seeds == [42, 43, 44]
-    with pytest.raises(ConfigError, match=r"extra_seeds=\[42\]: seeds must be distinct"):
-        validate(compose(["extra_seeds=[42]"]))
+def test_seeds_are_one_list_and_the_split_has_its_own():
+    config = validate(compose(["experiment=seeds"]))
+    assert config.seeds == [42, 43, 44] and config.data.split_seed == 42
+    assert validate(compose(["seeds=[7]"])).data.split_seed == 42
+    with pytest.raises(ConfigError, match=r"^seeds=\[42, 42\]: seeds must be distinct and >= 0$"):
+        validate(compose(["seeds=[42,42]"]))
+    with pytest.raises(ConfigError, match=r"^seeds=\[\]: give at least one training seed"):
+        validate(compose(["seeds=[]"]))
+    with pytest.raises(ConfigError, match=r"seed 7 is not in seeds=\[42\]; add it to seeds"):
+        validate(compose()).check_seed(7)

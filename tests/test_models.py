@@ -8,10 +8,12 @@ import keras
 import numpy as np
 import pytest
 
-from reglab.config import compose, validate
+from reglab.compose import compose
+from reglab.config import validate
 from reglab.models import ModelConfig, build_model, describe_model
 from reglab.regularizers import RegularizerConfig
 from reglab.schema import ConfigError
+from reglab.training import penalty
 from tests.conftest import PROJECT_ROOT, digits_splits, fit_digits
 
 FASHION_SHAPE = (28, 28, 1)
@@ -276,8 +278,26 @@ def test_every_recipe_in_the_catalogue_trains_one_epoch(variant, catalogue):
         ),
         run_eagerly=True,  # one step: tracing a graph would cost more than running it
     )
+    before = [w.copy() for w in model.get_weights()]
     history = model.fit(x_train, y_train, epochs=1, batch_size=32, verbose=0)
-    assert np.isfinite(history.history["loss"][0])
+    loss = history.history["loss"][0]
+    # Ten classes: a fresh model's cross-entropy is near ln(10) = 2.30; one epoch moves
+    # every kernel, and the penalty is there exactly when the recipe asks for one.
+    assert 0.5 < loss < 5.0
+    after = model.get_weights()
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    assert (penalty(model, x_train[:8]) > 0) == asks_for_a_penalty(recipe), variant
+
+
+def asks_for_a_penalty(recipe: RegularizerConfig) -> bool:
+    strengths = [
+        strength
+        for penalty_config in (recipe.kernel, recipe.bias, recipe.activity)
+        for layer_type in ("conv", "dense")
+        for strength in penalty_config.strengths(layer_type)
+    ]
+    others = (recipe.orthogonal.factor, recipe.group_lasso.conv, recipe.group_lasso.dense)
+    return any(value > 0 for value in (*strengths, *others))
 
 
 @pytest.fixture
@@ -301,7 +321,11 @@ def test_mixed_precision_is_one_switch_and_keeps_float32_logits(mixed_bfloat16, 
     compile_model(model, make_optimizer("adam", 1e-2))
     result = fit_digits(model, splits, seed=0, label="bf16", epochs=2)
     last = result.history[-1]
-    assert np.isfinite(last["train_total_loss"]) and last["train_penalty"] > 0
+    assert last["train_penalty"] > 0
+    assert last["train_total_loss"] == pytest.approx(
+        last["train_data_loss"] + last["train_penalty"], rel=1e-6
+    )
+    assert 0 < last["val_data_loss"] < 2.3  # better than chance after two epochs
     assert last["val_accuracy"] > 0.5
     assert model.predict(splits["val"][0][:4], verbose=0).dtype == np.float32
     model.save(tmp_path / "model.keras")

@@ -10,7 +10,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from reglab.config import CONF_DIR, compose, validate
+from reglab.compose import CONF_DIR, compose
+from reglab.config import validate
 from reglab.regularizers import RegularizerConfig
 from reglab.schema import ConfigError
 
@@ -230,10 +231,11 @@ def test_an_unknown_group_option_names_it(overrides, message):
 
 
 def test_a_bad_config_writes_nothing(tmp_path: Path, capsys):
-    from reglab.config import main
+    from reglab.cli import main
 
     output = tmp_path / "params.yaml"
-    status = main(["compose", "--output", str(output), "variants.l2.early_stopping.patience=0"])
-    assert status == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compose", "--output", str(output), "variants.l2.early_stopping.patience=0"])
+    assert exit_info.value.code == 2
     assert "variants.l2.early_stopping.patience=0: must be >= 1" in capsys.readouterr().err
     assert not output.exists()

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from reglab.config import compose, to_yaml
+from reglab.compose import compose, to_yaml
 from reglab.runner import train_variant
+from reglab.tracking import TrackingUnavailable
 from reglab.training import TrainingDiverged
 from tests.conftest import DIGITS, config_for
 
@@ -47,27 +48,32 @@ def store(root: Path) -> MlflowClient:
 
 def test_same_seed_gives_the_same_weights_bit_for_bit_and_another_seed_does_not(project):
     config = config_for()
-    first = train_variant(config, "dropout")
-    weights_first = saved_weights(project / "models/dropout/model.keras")
-    history_first = (project / "reports/history/dropout.csv").read_text()
+    first = train_variant(config, "dropout@42")
+    weights_first = saved_weights(project / "models/dropout@42/model.keras")
+    history_first = (project / "reports/history/dropout@42.csv").read_text()
     keras.backend.clear_session()
-    second = train_variant(config, "dropout")
-    weights_second = saved_weights(project / "models/dropout/model.keras")
+    second = train_variant(config, "dropout@42")
+    weights_second = saved_weights(project / "models/dropout@42/model.keras")
     assert first["mlflow_run_id"] != second["mlflow_run_id"]
     assert all(np.array_equal(a, b) for a, b in zip(weights_first, weights_second, strict=True))
-    assert (project / "reports/history/dropout.csv").read_text() == history_first
+    assert (project / "reports/history/dropout@42.csv").read_text() == history_first
 
     keras.backend.clear_session()
-    train_variant(config_for("seed=7"), "dropout")
-    weights_other = saved_weights(project / "models/dropout/model.keras")
+    # Seed 7 asked for among several seeds trains the same model as seed 7 alone.
+    train_variant(config_for("seeds=[42,7]"), "dropout@7")
+    weights_other = saved_weights(project / "models/dropout@7/model.keras")
     assert not all(np.array_equal(a, b) for a, b in zip(weights_first, weights_other, strict=True))
+    keras.backend.clear_session()
+    train_variant(config_for("seeds=[7]"), "dropout@7")
+    weights_alone = saved_weights(project / "models/dropout@7/model.keras")
+    assert all(np.array_equal(a, b) for a, b in zip(weights_other, weights_alone, strict=True))
 
 
 def test_runs_are_grouped_under_one_pipeline_parent_with_tags(project):
     config = config_for()
-    baseline = train_variant(config, "baseline")
+    baseline = train_variant(config, "baseline@42")
     keras.backend.clear_session()
-    l2 = train_variant(config, "l2")
+    l2 = train_variant(config, "l2@42")
     client = store(project)
     runs = [client.get_run(s["mlflow_run_id"]) for s in (baseline, l2)]
     parents = {run.data.tags["mlflow.parentRunId"] for run in runs}
@@ -76,7 +82,8 @@ def test_runs_are_grouped_under_one_pipeline_parent_with_tags(project):
     assert parent.info.run_name == "pipeline"
     for run, name in zip(runs, ("baseline", "l2"), strict=True):
         tags = run.data.tags
-        assert tags["variant"] == name and tags["dataset"] == "digits"
+        assert tags["variant"] == name and tags["dataset"] == "digits" and tags["seed"] == "42"
+        assert run.info.run_name == f"{name}@42" and run.data.params["seed"] == "42"
         assert tags["git_dirty"] in ("true", "false", "unknown")
         assert len(tags["config_hash"]) == 16
         assert run.data.params["regularizer.kernel.l2"] == str(config.variants[name].kernel.l2)
@@ -100,14 +107,14 @@ def test_runs_are_grouped_under_one_pipeline_parent_with_tags(project):
 
 def test_a_diverging_run_ends_failed_and_writes_no_model(project):
     config = config_for("optimizer.name=sgd", "optimizer.learning_rate=1e12")
-    with pytest.raises(TrainingDiverged, match="variant baseline: the training loss became"):
-        train_variant(config, "baseline")
+    with pytest.raises(TrainingDiverged, match="variant baseline@42: the training loss became"):
+        train_variant(config, "baseline@42")
     client = store(project)
     experiment = client.get_experiment_by_name("reglab")
     (run,) = client.search_runs([experiment.experiment_id], "tags.variant = 'baseline'")
     assert run.info.status == "FAILED"
-    assert not (project / "models/baseline").exists()
-    assert not (project / "reports/history/baseline.csv").exists()
+    assert not (project / "models/baseline@42").exists()
+    assert not (project / "reports/history/baseline@42.csv").exists()
     assert not list((project / "models").glob(".baseline*"))
 
 
@@ -119,8 +126,8 @@ def test_unreachable_tracking_server_fails_fast_before_training(project, monkeyp
         port = probe.getsockname()[1]  # nothing listens there once closed
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     started = time.monotonic()
-    with pytest.raises(Exception, match=rf"http://127.0.0.1:{port} is unreachable"):
-        train_variant(config_for(), "baseline")
+    with pytest.raises(TrackingUnavailable, match=rf"http://127.0.0.1:{port} is unreachable"):
+        train_variant(config_for(), "baseline@42")
     assert time.monotonic() - started < 10
     assert not (project / "models").exists() or not any((project / "models").iterdir())
 
@@ -158,32 +165,32 @@ def test_sigkilled_training_resumes_and_ends_like_an_uninterrupted_run(tmp_path,
         (root / "data").symlink_to(data_dir)
         (root / "params.yaml").write_text(to_yaml(compose(DIGITS + overrides)))
 
-    assert start_training(straight, "dropout").wait() == 0
+    assert start_training(straight, "dropout@42").wait() == 0
 
-    process = start_training(killed, "dropout")
-    wait_for_checkpoint(killed, "dropout", process, epoch=2)
+    process = start_training(killed, "dropout@42")
+    wait_for_checkpoint(killed, "dropout@42", process, epoch=2)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert not (killed / "models/dropout").exists()  # nothing half-written was trusted
-    resumed = start_training(killed, "dropout")
+    assert not (killed / "models/dropout@42").exists()  # nothing half-written was trusted
+    resumed = start_training(killed, "dropout@42")
     output = resumed.communicate()[0]
     assert resumed.returncode == 0, output
     assert "resuming from the checkpoint after epoch" in output
 
-    run_info = json.loads((killed / "models/dropout/run.json").read_text())
+    run_info = json.loads((killed / "models/dropout@42/run.json").read_text())
     assert run_info["resumed_from_epoch"] >= 2
-    a = saved_weights(straight / "models/dropout/model.keras")
-    b = saved_weights(killed / "models/dropout/model.keras")
+    a = saved_weights(straight / "models/dropout@42/model.keras")
+    b = saved_weights(killed / "models/dropout@42/model.keras")
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
-    assert (killed / "reports/history/dropout.csv").read_text() == (
-        straight / "reports/history/dropout.csv"
+    assert (killed / "reports/history/dropout@42.csv").read_text() == (
+        straight / "reports/history/dropout@42.csv"
     ).read_text()
     client = store(killed)
     run = client.get_run(run_info["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     steps = {m.step for m in client.get_metric_history(run.info.run_id, "val/data_loss")}
     assert steps == {1, 2, 3, 4}
-    assert not (killed / ".reglab/checkpoints/dropout").exists()
+    assert not (killed / ".reglab/checkpoints/dropout@42").exists()
 
 
 def test_sigterm_ends_the_run_killed(tmp_path, data_dir):
@@ -191,8 +198,8 @@ def test_sigterm_ends_the_run_killed(tmp_path, data_dir):
     root.mkdir()
     (root / "data").symlink_to(data_dir)
     (root / "params.yaml").write_text(to_yaml(compose(DIGITS + ["train.epochs=50"])))
-    process = start_training(root, "baseline")
-    wait_for_checkpoint(root, "baseline", process, epoch=1)
+    process = start_training(root, "baseline@42")
+    wait_for_checkpoint(root, "baseline@42", process, epoch=1)
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=120)
     assert process.returncode != 0
@@ -200,7 +207,7 @@ def test_sigterm_ends_the_run_killed(tmp_path, data_dir):
     experiment = client.get_experiment_by_name("reglab")
     (run,) = client.search_runs([experiment.experiment_id], "tags.variant = 'baseline'")
     assert run.info.status == "KILLED"
-    assert not (root / "models/baseline").exists()
+    assert not (root / "models/baseline@42").exists()
 
 
 def test_command_line_multirun_tracks_each_job(tmp_path, data_dir):
@@ -230,11 +237,11 @@ def test_command_line_multirun_tracks_each_job(tmp_path, data_dir):
     client = store(tmp_path)
     experiment = client.get_experiment_by_name("reglab")
     runs = client.search_runs([experiment.experiment_id], "tags.variant != ''")
-    assert sorted(r.info.run_name for r in runs) == ["baseline", "l2"]
+    assert sorted(r.info.run_name for r in runs) == ["baseline@42", "l2@42"]
     assert all(r.info.status == "FINISHED" for r in runs)
     assert not (tmp_path / "models").exists()  # the pipeline's outputs are untouched
     saved = sorted(p.parent.name for p in (tmp_path / "multirun").rglob("model.keras"))
-    assert saved == ["baseline", "l2"]
+    assert saved == ["baseline@42", "l2@42"]
 
 
 def test_command_line_rejects_a_bad_override_in_one_line(tmp_path):

@@ -52,14 +52,14 @@ def test_other_errors_keep_their_traceback(capsys):
 
 def test_a_file_where_the_output_folder_belongs_is_a_clear_error(tmp_path, data_dir):
     """For real: the train stage cannot create models/ because a file is there."""
-    from reglab.config import compose, to_yaml
+    from reglab.compose import compose, to_yaml
     from tests.conftest import DIGITS
 
     (tmp_path / "data").symlink_to(data_dir)
     (tmp_path / "params.yaml").write_text(to_yaml(compose(DIGITS + ["train.epochs=1"])))
     (tmp_path / "models").write_text("not a folder")
     result = subprocess.run(
-        [sys.executable, "-m", "reglab.stages.train", "baseline"],
+        [sys.executable, "-m", "reglab.stages.train", "baseline@42"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

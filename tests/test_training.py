@@ -6,16 +6,15 @@ import keras
 import numpy as np
 import pytest
 
+from reglab.checkpoint import TrainingState
+from reglab.metrics import HISTORY_COLUMNS, cross_entropy
 from reglab.training import (
-    HISTORY_COLUMNS,
     EarlyStopping,
     TrainingDiverged,
     compile_model,
-    cross_entropy,
     epoch_batches,
     epoch_order,
     make_optimizer,
-    one_hot,
     penalty,
     seed_everything,
 )
@@ -44,7 +43,7 @@ def splits():
 
 def test_cross_entropy_matches_hand_computation():
     logits = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
-    labels = one_hot(np.array([0, 2]), 3)
+    labels = np.array([0, 2])
     expected = np.mean([-np.log(np.exp(2) / (np.exp(2) + 2)), -np.log(1 / 3)])
     assert cross_entropy(logits, labels) == pytest.approx(expected, rel=1e-12)
 
@@ -63,7 +62,7 @@ def test_history_keeps_data_loss_and_penalty_apart(splits):
     model = small_model(dropout_rate=0.3)
     compile_model(model, make_optimizer("adam", 1e-2))
     result = fit_digits(model, splits, seed=1, label="l2", epochs=3, train_probe_size=500)
-    assert result.epochs_trained == 3 and len(result.history) == 3
+    assert result.epoch == 3 and len(result.history) == 3
     assert list(result.history[0]) == list(HISTORY_COLUMNS)
     last = result.history[-1]
     # The penalty is the weights' L2 penalty at the end of the epoch...
@@ -77,9 +76,7 @@ def test_history_keeps_data_loss_and_penalty_apart(splits):
     )
     x_val, y_val = splits["val"]
     val_logits = model.predict(x_val, verbose=0)
-    assert last["val_data_loss"] == pytest.approx(
-        cross_entropy(val_logits, one_hot(y_val, 10)), rel=1e-4
-    )
+    assert last["val_data_loss"] == pytest.approx(cross_entropy(val_logits, y_val), rel=1e-4)
     assert last["val_accuracy"] == pytest.approx(np.mean(val_logits.argmax(1) == y_val), abs=1e-6)
     assert last["penalty_share"] == pytest.approx(last["train_penalty"] / last["train_total_loss"])
     # Keras's own training-time total includes the penalty; it is kept under its own name.
@@ -110,26 +107,75 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_weights(split
     compile_model(model, make_optimizer("adam", 1e-2))
     weights_after = {}
 
-    class Snapshot(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            weights_after[epoch + 1] = [w.copy() for w in self.model.get_weights()]
+    def snapshot(epoch, row):
+        weights_after[epoch] = [w.copy() for w in model.get_weights()]
 
     # min_delta larger than any change: epoch 1 is the best, and patience 2 stops after epoch 3.
-    stopper = EarlyStopping("val_data_loss", patience=2, min_delta=100.0)
+    stopper = EarlyStopping("val_data_loss", 2, 100.0, restore_best_weights=True)
     result = fit_digits(
         model,
         splits,
         seed=3,
         label="stopper",
         epochs=10,
-        callbacks=[Snapshot()],
+        hooks=[snapshot],
         early_stopping=stopper,
     )
-    assert (result.epochs_trained, result.stopped_early, result.best_epoch) == (3, True, 1)
+    assert (result.epoch, result.stopped_early) == (3, True)
+    # Keras counts epochs from 0: the best is the first.
+    assert result.early_stopping == {
+        "wait": 2,
+        "best": result.history[0]["val_data_loss"],
+        "best_epoch": 0,
+        "stopped_epoch": 2,
+    }
     assert sorted(weights_after) == [1, 2, 3]
     assert not np.array_equal(weights_after[3][0], weights_after[1][0])
     for restored, best in zip(model.get_weights(), weights_after[1], strict=True):
         np.testing.assert_array_equal(restored, best)
+
+
+def test_a_resumed_run_with_early_stopping_ends_like_an_uninterrupted_one(splits, tmp_path):
+    from reglab.checkpoint import Checkpoint
+
+    def fresh_model():
+        keras.backend.clear_session()
+        seed_everything(4)
+        model = small_model(dropout_rate=0.3)
+        compile_model(model, make_optimizer("adam", 1e-2))
+        return model
+
+    def stopper(state=None):
+        state = state or TrainingState()
+        return EarlyStopping(
+            "val_data_loss", 2, 100.0, True, state.early_stopping, state.best_weights
+        )
+
+    straight_model = fresh_model()
+    straight = fit_digits(
+        straight_model, splits, seed=4, label="s", epochs=10, early_stopping=stopper()
+    )
+    checkpoint = Checkpoint(tmp_path / "checkpoint", "config-1")
+    # The same run, stopped after epoch 2 (as by a kill) and resumed from its checkpoint.
+    fit_digits(
+        fresh_model(), splits, seed=4, label="r", epochs=2, early_stopping=stopper(),
+        checkpoint=checkpoint,
+    )  # fmt: skip
+    state = checkpoint.load()
+    assert state.epoch == 2 and state.early_stopping["wait"] == 1
+    resumed_model = fresh_model()
+    resumed = fit_digits(
+        resumed_model, splits, seed=4, label="r", epochs=10, state=state,
+        early_stopping=stopper(state), checkpoint=checkpoint,
+    )  # fmt: skip
+    assert resumed.epoch == straight.epoch == 3 and resumed.stopped_early
+    assert resumed.history == straight.history
+    assert resumed.early_stopping == straight.early_stopping
+    for a, b in zip(resumed_model.get_weights(), straight_model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # A checkpoint written under another config is not resumed from, and goes.
+    assert Checkpoint(tmp_path / "checkpoint", "config-2").load() is None
+    assert not (tmp_path / "checkpoint").exists()
 
 
 def test_epoch_batches_follow_each_epochs_order_and_never_straddle_epochs():

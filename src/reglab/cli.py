@@ -1,63 +1,104 @@
-"""Ad-hoc command line with Hydra's override grammar, multirun sweeps included.
+"""The command line: compose the config, check params.yaml, train ad hoc (Hydra's grammar).
 
-reglab train variant=l2 train.epochs=2
+reglab compose experiment=full                 # print the composed params
+reglab compose --output params.yaml            # what `make params` runs
+reglab check                                   # validate params.yaml against conf/
+reglab train variant=l2 train.epochs=2         # one variant, each seed in `seeds`
 reglab train -m variant=l1,l2 'variants.l2.kernel.l2=1e-4,1e-3'
-reglab compose experiment=full      # print the composed params
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from reglab.config import compose, conf_dir, to_yaml, validate
+from reglab.compose import PARAMS_FILE, compose, conf_dir, is_stale, load_params, to_yaml
+from reglab.config import validate
 from reglab.errors import ReglabError
+from reglab.io import write_atomic
 
 log = logging.getLogger("reglab")
-USAGE = "usage: reglab {train,compose} [hydra overrides...]"
+USAGE = "usage: reglab {train,compose,check} [options or hydra overrides...]"
 
 
 def train_job(cfg: DictConfig) -> float | None:
-    """One Hydra job: validate, train the chosen variant, return its best val data loss."""
-    import keras
+    """One Hydra job: validate, train the chosen variant under each seed.
 
-    from reglab.runner import train_variant
-
+    Returns the best validation data loss (of the first seed), which a Hydra
+    sweeper can minimise.
+    """
     container = OmegaConf.to_container(cfg, resolve=True)
     variant = container.pop("variant")
     container.pop("hydra", None)
     try:
         config = validate(container)
-        keras.backend.clear_session()  # multirun jobs share the process
-        summary = train_variant(config, variant)
+        config.variant(variant)  # an unknown variant fails before TensorFlow loads
+        import keras
+
+        from reglab.paths import run_key
+        from reglab.runner import train_variant
+
+        results = []
+        for seed in config.seeds:
+            keras.backend.clear_session()  # multirun jobs share the process
+            results.append(train_variant(config, run_key(variant, seed)))
     except ReglabError as error:
         # Hydra would print a traceback; a user error is one line and exit code 2.
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    return summary.get("best_val_data_loss")
+    return results[0].get("best_val_data_loss")
+
+
+def compose_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="reglab compose")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=full")
+    parser.add_argument("--output", help="write here (atomically) instead of printing")
+    args = parser.parse_args(argv)
+    cfg = compose(args.overrides)
+    validate(cfg)
+    if args.output:
+        write_atomic(Path(args.output), to_yaml(cfg))
+        log.info("wrote %s", args.output)
+    else:
+        sys.stdout.write(to_yaml(cfg))
+    return 0
+
+
+def check_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="reglab check")
+    parser.add_argument("--params", default=PARAMS_FILE)
+    args = parser.parse_args(argv)
+    config = load_params(args.params, check_fresh=False)
+    stale = is_stale(OmegaConf.load(args.params), Path(args.params))
+    log.info(
+        "%s is valid: %d variants %s", args.params, len(config.variants), sorted(config.variants)
+    )
+    return 1 if stale else 0
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("train", "compose"):
+    if not argv or argv[0] not in ("train", "compose", "check"):
         print(USAGE, file=sys.stderr)
         sys.exit(2)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # `mlflow run` passes an empty `overrides` parameter as ''; it means none.
-    command, overrides = argv[0], [arg for arg in argv[1:] if arg.strip()]
+    command, rest = argv[0], [arg for arg in argv[1:] if arg.strip()]
     try:
         if command == "compose":
-            cfg = compose(overrides)
-            validate(cfg)
-            sys.stdout.write(to_yaml(cfg))
-            return
+            sys.exit(compose_command(rest))
+        if command == "check":
+            sys.exit(check_command(rest))
         import hydra
 
         app = hydra.main(config_path=str(conf_dir()), config_name="cli", version_base=None)(
             train_job
         )
-        sys.argv = [sys.argv[0], *overrides]
+        sys.argv = [sys.argv[0], *rest]
         app()
     except ReglabError as error:
         print(f"error: {error}", file=sys.stderr)

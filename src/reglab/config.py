@@ -23,6 +23,7 @@ from reglab.schema import ConfigError, bounded, check
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class PathsConfig:
     raw: str = "data/raw"

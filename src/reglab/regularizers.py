@@ -1,9 +1,10 @@
-"""Regularizer recipes: the schema of one recipe, the recipe -> Keras factory, custom regularizers.
+"""Regularizer recipes made into Keras objects: the recipe -> Keras factory, custom regularizers.
 
-A recipe (one ``variants.<name>`` entry of the composed config) says how strongly
-each technique acts. Everything is off by default, so ``RegularizerConfig()`` is
-the unregularized baseline and each file in ``conf/regularizer/`` states only
-what it turns on.
+A recipe (one ``variants.<name>`` entry of the composed config; its schema,
+:class:`~reglab.recipes.RegularizerConfig`, lives in :mod:`reglab.recipes`) says
+how strongly each technique acts. Everything is off by default, so
+``RegularizerConfig()`` is the unregularized baseline and each file in
+``conf/regularizer/`` states only what it turns on.
 
 Weight penalties, the orthogonality and group-lasso penalties and the max-norm
 constraint attach to Conv2D and Dense layers through :func:`layer_regularization`;

@@ -1,11 +1,11 @@
-"""MLflow run lifecycle: tracking URI, experiment, run start/resume, params, artifacts."""
+"""Every MLflow call of the project: tracking URI, runs, params, metrics, artifacts, models."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ from typing import Any
 import mlflow
 
 from reglab.errors import ReglabError
+from reglab.metrics import EPOCH_METRICS
 
 log = logging.getLogger(__name__)
 
@@ -87,23 +88,21 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 PIPELINE_TAG = "reglab.pipeline"
 
 
-def pipeline_parent(experiment_name: str, key: str, name: str, tags: Mapping[str, str]) -> str:
-    """The parent run that groups one pipeline's variants in the UI; made once per key.
+# Tags that belong to one run, not to the pipeline that groups it.
+_OWN_TAGS = ("variant", "seed", "config_hash")
 
-    Under `mlflow run`, the launcher's run (MLFLOW_RUN_ID) is the parent instead.
+
+def pipeline_parent(experiment_name: str, key: str, tags: Mapping[str, str]) -> str:
+    """The parent run named "pipeline" that groups one pipeline's runs in the UI.
+
+    The key hashes what the runs share (data, model, training, code); a variant
+    re-trained under the same key joins the same parent, so the group stays one
+    pipeline, with the variant's older run kept beside it. Under `mlflow run`,
+    the launcher's run (MLFLOW_RUN_ID) is the parent instead.
     """
     if os.environ.get("MLFLOW_RUN_ID"):
         return os.environ["MLFLOW_RUN_ID"]
-    return _find_or_make_parent(experiment_name, key, name, tags)
-
-
-def _find_or_make_parent(experiment_name: str, key: str, name: str, tags: Mapping[str, str]) -> str:
-    """The parent run that groups one pipeline's variants in the UI; made once per key.
-
-    The key hashes what the variants share (data, model, training, seed, code);
-    a variant re-trained under the same key joins the same parent, so the
-    group stays one pipeline, with the variant's older run kept beside it.
-    """
+    tags = {name: value for name, value in tags.items() if name not in _OWN_TAGS}
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(experiment_name)
     found = client.search_runs(
@@ -115,13 +114,13 @@ def _find_or_make_parent(experiment_name: str, key: str, name: str, tags: Mappin
     if found:
         return found[0].info.run_id
     parent = client.create_run(
-        experiment.experiment_id, run_name=name, tags={**tags, PIPELINE_TAG: key}
+        experiment.experiment_id, run_name="pipeline", tags={**tags, PIPELINE_TAG: key}
     )
     client.set_terminated(parent.info.run_id, "FINISHED")
     return parent.info.run_id
 
 
-def start_variant_run(
+def variant_run(
     name: str,
     tags: Mapping[str, str],
     parent_run_id: str | None = None,
@@ -181,56 +180,76 @@ def resumed_run(uri: str, run_id: str) -> Iterator[mlflow.ActiveRun]:
         yield run
 
 
-def log_text_artifact(text: str, artifact_file: str) -> None:
-    mlflow.log_text(text, artifact_file)
+def log_run_setup(params: Mapping[str, Any], model_summary: str, processed_dir: str) -> None:
+    """What a new run records before its first epoch: enough to re-create it from MLflow alone."""
+    mlflow.log_params(flatten(params))
+    mlflow.log_text(json.dumps(params, indent=2, default=str), "config.json")
+    mlflow.log_text(model_summary, "model_summary.txt")
+    mlflow.log_text(installed_packages(), "environment/requirements.txt")
+    log_data_inputs(processed_dir)
 
 
-def log_figure(figure: Any, artifact_file: str) -> None:
-    mlflow.log_figure(figure, artifact_file)
+def log_data_inputs(processed_dir: str) -> None:
+    """Which data the run used, with the manifest's digest, shown in the UI's Datasets."""
+    from reglab.data.prepare import mlflow_inputs
+
+    for dataset, context in mlflow_inputs(processed_dir):
+        mlflow.log_input(dataset, context=context)
 
 
-def log_dir(path: Path, artifact_path: str | None = None) -> None:
-    mlflow.log_artifacts(str(path), artifact_path)
+def log_epoch(row: Mapping[str, float], weight_statistics: Mapping[str, float], step: int) -> None:
+    """One epoch's losses (history row -> MLflow names) and weight statistics.
+
+    Asynchronous: training does not wait for the tracking store.
+    """
+    metrics = {name: float(row[key]) for key, name in EPOCH_METRICS.items() if key in row}
+    metrics.update(weight_statistics)
+    mlflow.log_metrics(metrics, step=step, synchronous=False)
 
 
-@contextlib.contextmanager
-def scratch_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="reglab-") as tmp:
-        yield Path(tmp)
-
-
-# Per-epoch history keys -> MLflow metric names.
-EPOCH_METRICS = {
-    "train_data_loss": "train/data_loss",
-    "train_penalty": "train/penalty",
-    "train_total_loss": "train/total_loss",
-    "train_accuracy": "train/accuracy",
-    "penalty_share": "train/penalty_share",
-    "val_data_loss": "val/data_loss",
-    "val_total_loss": "val/total_loss",
-    "val_accuracy": "val/accuracy",
-    "val_penalty": "val/penalty",
-    "val_penalty_share": "val/penalty_share",
-    "fit_total_loss": "train/fit_total_loss",
-    "fit_data_loss": "train/fit_data_loss",
-    "fit_accuracy": "train/fit_accuracy",
-}
-
-
-def epoch_metrics(logs: Mapping[str, Any]) -> dict[str, float]:
-    return {
-        name: float(logs[key]) for key, name in EPOCH_METRICS.items() if logs.get(key) is not None
-    }
-
-
-def log_metrics(metrics: Mapping[str, float], step: int) -> None:
-    """Asynchronous: training does not wait for the tracking store."""
-    mlflow.log_metrics(dict(metrics), step=step, synchronous=False)
-
-
-def flush() -> None:
-    """Wait for asynchronous logging to land (before a run ends)."""
+def log_trained_model(
+    model: Any,
+    histograms: Mapping[str, Any],
+    label: str,
+    epochs_trained: int,
+    *,
+    example_inputs: Any | None,
+    registered_model_name: str | None = None,
+) -> None:
+    """After training: the pending epochs, the kernel histograms, the model (with an
+    input example, when given one) and the epoch count."""
     mlflow.flush_async_logging()
+    log_weight_histograms({int(epoch): counts for epoch, counts in histograms.items()}, label)
+    if example_inputs is not None:
+        log_keras_model(model, example_inputs, registered_model_name)
+    mlflow.log_metrics({"epochs_trained": epochs_trained})
+
+
+def log_weight_histograms(
+    by_epoch: Mapping[int, Mapping[str, Mapping[str, list[float]]]], label: str
+) -> None:
+    """Images with a step (the UI scrubs through training), raw counts, a start/end overlay."""
+    import matplotlib.pyplot as plt
+
+    from reglab import weights
+
+    for epoch, hists in sorted(by_epoch.items()):
+        figure = weights.plot_histograms(hists, f"{label}: kernel weights, epoch {epoch}")
+        mlflow.log_image(weights.render(figure), key="weights/kernel_histograms", step=epoch)
+    mlflow.log_text(
+        json.dumps({str(epoch): hists for epoch, hists in sorted(by_epoch.items())}),
+        "weights/histograms.json",
+    )
+    first, last = min(by_epoch), max(by_epoch)
+    names = list(by_epoch[first])
+    # The first layer and the last hidden one: where the tutorials look.
+    layers = [names[0], names[-2]] if len(names) > 2 else names
+    title = f"{label}: kernel weights at epoch {first} and {last}"
+    overlay = weights.plot_start_end_overlay(by_epoch[first], by_epoch[last], layers, title)
+    mlflow.log_figure(overlay, "weights/histograms_start_end.png")
+    final = weights.plot_histograms(by_epoch[last], f"{label}: kernel weights after training")
+    mlflow.log_figure(final, "weights/histograms_final.png")
+    plt.close("all")
 
 
 class _KerasFlavor:

@@ -15,6 +15,11 @@ never confused. The validation set is not handed to ``model.fit``: Keras would
 evaluate it at the training batch size through a new data adapter every epoch,
 while the decomposition measures it anyway, in a few large ``predict_on_batch``
 calls, at a fraction of the cost.
+
+:func:`fit` is the one training loop: the pipeline's variants, the ad-hoc
+command line and every search trial go through it. It takes the
+:class:`~reglab.checkpoint.TrainingState` to start from and returns the new one;
+callers follow the epochs through hooks.
 """
 
 from __future__ import annotations
@@ -22,42 +27,20 @@ from __future__ import annotations
 import logging
 import math
 import random
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
 import numpy as np
 
+from reglab.checkpoint import Checkpoint, TrainingState
 from reglab.errors import ReglabError
+from reglab.metrics import HISTORY_COLUMNS, accuracy, cross_entropy
 
 log = logging.getLogger(__name__)
 
-HISTORY_COLUMNS = (
-    "epoch",
-    "train_data_loss",
-    "train_penalty",
-    "train_total_loss",
-    "train_accuracy",
-    "val_data_loss",
-    "val_accuracy",
-    "val_total_loss",
-    "val_penalty",
-    "val_penalty_share",
-    "penalty_share",
-    "fit_total_loss",
-    "fit_data_loss",
-    "fit_accuracy",
-)
-
-
 # Images the activity penalty is measured on at the end of each epoch.
 PENALTY_SAMPLE = 256
-
-# Images per predict_on_batch call when measuring losses. On the 2-core CPU, 512
-# images a call ran about 3x faster per image than 2,000 (cache-sized
-# activations) and 6x faster than Keras's evaluate at batch 64.
-PREDICT_CHUNK = 512
 
 
 class TrainingDiverged(ReglabError):
@@ -115,6 +98,10 @@ def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return np.eye(num_classes, dtype=np.float32)[np.asarray(labels, dtype=np.int64)]
 
 
+# Called after every epoch with the epoch (1-based) and its history row.
+EpochHook = Callable[[int, Mapping[str, float]], None]
+
+
 def penalty(model: keras.Model, sample: np.ndarray | None = None) -> float:
     """Sum of model.losses: the weight penalties at the model's current weights.
 
@@ -142,8 +129,8 @@ def seeded_subset(
 class LossDecomposition(keras.callbacks.Callback):
     """Adds data loss, penalty and total (dropout off) to each epoch's logs.
 
-    Runs first among the callbacks so early stopping, logging and the history
-    all see the decomposed numbers. A non-finite loss stops training at once.
+    Runs first among the callbacks so early stopping and the epoch end see the
+    decomposed numbers. A non-finite loss stops training at once.
     """
 
     def __init__(
@@ -151,7 +138,7 @@ class LossDecomposition(keras.callbacks.Callback):
         train_probe: tuple[np.ndarray, np.ndarray],
         validation: tuple[np.ndarray, np.ndarray],
         label: str,
-        batch_size: int = PREDICT_CHUNK,
+        batch_size: int,
     ):
         super().__init__()
         self.train_probe = train_probe
@@ -169,12 +156,10 @@ class LossDecomposition(keras.callbacks.Callback):
                 "lower the learning rate or the regularization strength"
             )
         x, y = self.train_probe
-        data_loss, accuracy = _data_loss_and_accuracy(self.model, x, y, self.batch_size)
+        data_loss, train_accuracy = self._data_loss_and_accuracy(x, y)
         weight_penalty = penalty(self.model, x[:PENALTY_SAMPLE])
         total = data_loss + weight_penalty
-        val_data_loss, val_accuracy = _data_loss_and_accuracy(
-            self.model, *self.validation, self.batch_size
-        )
+        val_data_loss, val_accuracy = self._data_loss_and_accuracy(*self.validation)
         logs.update(
             {
                 "val_data_loss": val_data_loss,
@@ -182,7 +167,7 @@ class LossDecomposition(keras.callbacks.Callback):
                 "train_data_loss": data_loss,
                 "train_penalty": weight_penalty,
                 "train_total_loss": total,
-                "train_accuracy": accuracy,
+                "train_accuracy": train_accuracy,
                 "val_total_loss": val_data_loss + weight_penalty,
                 "val_penalty": weight_penalty,
                 "val_penalty_share": _share(weight_penalty, val_data_loss + weight_penalty),
@@ -193,168 +178,74 @@ class LossDecomposition(keras.callbacks.Callback):
             }
         )
 
+    def _data_loss_and_accuracy(self, x: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+        """Plain cross-entropy and accuracy with dropout and noise off (training=False).
+
+        ``predict_on_batch`` reuses the compiled predict function; ``predict``
+        would build a data adapter and callbacks every epoch, a measurable cost.
+        """
+        size = self.batch_size
+        logits = np.concatenate(
+            [
+                self.model.predict_on_batch(x[start : start + size])
+                for start in range(0, len(x), size)
+            ]
+        )
+        return cross_entropy(logits, labels), accuracy(np.argmax(logits, axis=1), labels)
+
 
 def _share(part: float, whole: float) -> float:
     return part / whole if whole > 0 else 0.0
 
 
-def _data_loss_and_accuracy(
-    model: keras.Model, x: np.ndarray, y_one_hot: np.ndarray, batch_size: int
-) -> tuple[float, float]:
-    """Plain cross-entropy and accuracy with dropout and noise off (training=False).
+class EarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras's early stopping on the decomposed numbers, with a state a checkpoint keeps.
 
-    ``predict_on_batch`` reuses the compiled predict function; ``predict`` would
-    build a data adapter and callbacks every epoch, a measurable cost.
-    """
-    logits = np.concatenate(
-        [
-            model.predict_on_batch(x[start : start + batch_size])
-            for start in range(0, len(x), batch_size)
-        ]
-    )
-    return cross_entropy(logits, y_one_hot), float(
-        np.mean(np.argmax(logits, axis=1) == np.argmax(y_one_hot, axis=1))
-    )
-
-
-def cross_entropy(logits: np.ndarray, y_one_hot: np.ndarray) -> float:
-    """Mean categorical cross-entropy from logits, in float64 for a stable value."""
-    logits = np.asarray(logits, dtype=np.float64)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    return float(-(y_one_hot * log_probs).sum(axis=1).mean())
-
-
-class EpochHistory(keras.callbacks.Callback):
-    """Collects the decomposed per-epoch numbers in HISTORY_COLUMNS order."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.rows: list[dict[str, float]] = []
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        logs = logs or {}
-        row = {"epoch": epoch + 1}
-        row.update({key: float(logs.get(key, float("nan"))) for key in HISTORY_COLUMNS[1:]})
-        self.rows.append(row)
-
-
-@dataclass
-class TrainingResult:
-    history: list[dict[str, float]]
-    epochs_trained: int
-    stopped_early: bool
-    best_epoch: int | None = None
-    resumed_from_epoch: int = 0
-
-
-@dataclass
-class EarlyStopping:
-    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
-
-    Kept here rather than as a Keras callback: training runs one ``fit`` call per
-    epoch (see :func:`fit`), and its state must survive a restart.
+    It watches a history column (``val_data_loss``, ``val_total_loss``,
+    ``val_accuracy``), which the loss decomposition puts into the epoch's logs
+    before this callback runs. :meth:`state` and ``initial_state`` carry its
+    attributes across a restart, so a resumed run stops where an uninterrupted
+    one would.
     """
 
-    monitor: str = "val_data_loss"
-    patience: int = 3
-    min_delta: float = 0.0
-    restore_best_weights: bool = True
-    best: float | None = None
-    best_epoch: int | None = None
-    wait: int = 0
+    STATE = ("wait", "best", "best_epoch", "stopped_epoch")
 
-    def update(self, value: float, epoch: int) -> tuple[bool, bool]:
-        """Returns (improved, stop)."""
-        sign = -1.0 if "accuracy" in self.monitor else 1.0
-        if self.best is None or sign * (value - self.best) < -self.min_delta:
-            self.best, self.best_epoch, self.wait = value, epoch, 0
-            return True, False
-        self.wait += 1
-        return False, self.wait >= self.patience
+    def __init__(
+        self,
+        monitor: str,
+        patience: int,
+        min_delta: float,
+        restore_best_weights: bool,
+        initial_state: Mapping[str, Any] | None = None,
+        initial_best_weights: list[np.ndarray] | None = None,
+    ):
+        if monitor not in HISTORY_COLUMNS[1:]:
+            raise ValueError(
+                f"early_stopping.monitor={monitor!r}: unknown; "
+                f"choose one of {list(HISTORY_COLUMNS[1:])}"
+            )
+        super().__init__(
+            monitor=monitor,
+            patience=patience,
+            min_delta=min_delta,
+            mode="max" if "accuracy" in monitor else "min",
+            restore_best_weights=restore_best_weights,
+        )
+        self.initial_state = dict(initial_state or {})
+        self.initial_best_weights = initial_best_weights
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        super().on_train_begin(logs)
+        for key, value in self.initial_state.items():
+            setattr(self, key, value)
+        if self.initial_best_weights is not None:
+            self.best_weights = self.initial_best_weights
 
     def state(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
-
-
-class Checkpoint:
-    """Training state after each epoch, so a killed run resumes where it stopped.
-
-    Holds the weights with the optimizer's state, the best weights (for early
-    stopping), the history so far and whatever the caller keeps in ``extras``.
-    A checkpoint written for another config (``fingerprint``) is discarded.
-    Every file is written to a temporary name and renamed, so a kill during a
-    save leaves the previous complete checkpoint.
-    """
-
-    def __init__(self, directory: str | Path, fingerprint: str):
-        self.directory = Path(directory)
-        self.fingerprint = fingerprint
-
-    @property
-    def state_file(self) -> Path:
-        return self.directory / "state.json"
-
-    def peek(self) -> dict[str, Any] | None:
-        """The saved state if it belongs to this config, without touching a model."""
-        import json
-
-        if not self.state_file.exists():
-            return None
-        state = json.loads(self.state_file.read_text())
-        if state.get("fingerprint") != self.fingerprint:
-            log.warning("discarding checkpoint %s: written for another config", self.directory)
-            self.clear()
-            return None
-        return state
-
-    def save(self, model: keras.Model, state: dict[str, Any], best: list | None) -> None:
-        import json
-        import os
-
-        self.directory.mkdir(parents=True, exist_ok=True)
-        epoch = state["epoch"]
-        weights_file = self.directory / f"epoch-{epoch}.weights.h5"
-        model.save_weights(weights_file)
-        # save_weights leaves out the random layers' seed states; without them a
-        # resumed run would draw other dropout masks than an uninterrupted one.
-        np.savez(self.directory / f"seeds-{epoch}.npz", *[v.numpy() for v in seed_states(model)])
-        if best is not None:
-            np.savez(self.directory / f"best-{epoch}.npz", *best)
-        temporary = self.directory / "state.json.tmp"
-        temporary.write_text(json.dumps({**state, "fingerprint": self.fingerprint}))
-        os.replace(temporary, self.state_file)  # the commit point
-        for stale in self.directory.iterdir():
-            if (
-                stale.name.startswith(("epoch-", "best-", "seeds-"))
-                and f"-{epoch}." not in stale.name
-            ):
-                stale.unlink()
-
-    def restore(self, model: keras.Model, state: dict[str, Any]) -> list | None:
-        epoch = state["epoch"]
-        if not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
-        model.load_weights(self.directory / f"epoch-{epoch}.weights.h5")
-        with np.load(self.directory / f"seeds-{epoch}.npz") as saved:
-            for index, variable in enumerate(seed_states(model)):
-                variable.assign(saved[f"arr_{index}"])
-        best_file = self.directory / f"best-{epoch}.npz"
-        if best_file.exists():
-            with np.load(best_file) as saved:
-                return [saved[f"arr_{index}"] for index in range(len(saved.files))]
-        return None
-
-    def clear(self) -> None:
-        import shutil
-
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def seed_states(model: keras.Model) -> list[Any]:
-    """The seed generators' state variables: in ``variables`` but not in ``weights``."""
-    weights = {id(variable) for variable in model.weights}
-    return [variable for variable in model.variables if id(variable) not in weights]
+        values = {key: getattr(self, key) for key in self.STATE}
+        if values["best"] is not None:
+            values["best"] = float(values["best"])
+        return values
 
 
 def epoch_order(size: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
@@ -394,56 +285,49 @@ def epoch_batches(
 
 
 class _EpochEnd(keras.callbacks.Callback):
-    """Early stopping and the checkpoint, after every other callback of the epoch."""
+    """After the decomposition and early stopping: the history row, the kernel
+    histograms, the checkpoint, then the caller's hooks."""
 
     def __init__(
         self,
-        history: EpochHistory,
+        state: TrainingState,
         early_stopping: EarlyStopping | None,
         checkpoint: Checkpoint | None,
-        extras: dict[str, Any],
-        best_weights: list | None,
-        label: str,
+        hooks: Sequence[EpochHook],
+        histogram: Callable[[], Any] | None,
+        histogram_every: int,
     ):
         super().__init__()
-        self.history = history
+        self.state = state
         self.early_stopping = early_stopping
-        # Resolved here, so an unknown monitor fails before the first epoch.
-        self.monitor_key = _history_key(early_stopping.monitor) if early_stopping else None
         self.checkpoint = checkpoint
-        self.extras = extras
-        self.best_weights = best_weights
-        self.label = label
-        self.stopped = False
+        self.hooks = hooks
+        self.histogram = histogram
+        self.histogram_every = histogram_every
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        stopper = self.early_stopping
-        if stopper is not None:
-            improved, self.stopped = stopper.update(
-                self.history.rows[-1][self.monitor_key], epoch + 1
-            )
-            if improved and stopper.restore_best_weights:
-                self.best_weights = self.model.get_weights()
+        logs = logs or {}
+        row = {"epoch": epoch + 1}
+        row.update({key: float(logs.get(key, float("nan"))) for key in HISTORY_COLUMNS[1:]})
+        state = self.state
+        state.epoch = epoch + 1
+        state.history.append(row)
+        if self.histogram is not None and state.epoch % self.histogram_every == 0:
+            state.histograms[str(state.epoch)] = self.histogram()
+        if self.early_stopping is not None:
+            state.early_stopping = self.early_stopping.state()
+            state.best_weights = self.early_stopping.best_weights
         if self.checkpoint is not None:
-            self.checkpoint.save(
-                self.model,
-                {
-                    "epoch": epoch + 1,
-                    "history": self.history.rows,
-                    "extras": self.extras,
-                    "early_stopping": stopper.state() if stopper else None,
-                },
-                self.best_weights,
-            )
-        if self.stopped:
-            log.info("%s: early stopping after epoch %d", self.label, epoch + 1)
-            self.model.stop_training = True
+            self.checkpoint.save(self.model, state)
+        for hook in self.hooks:
+            hook(state.epoch, row)
 
 
 def fit(
     model: keras.Model,
     train: tuple[np.ndarray, np.ndarray],
     validation: tuple[np.ndarray, np.ndarray],
+    state: TrainingState | None = None,
     *,
     num_classes: int,
     epochs: int,
@@ -452,38 +336,34 @@ def fit(
     seed: int,
     label: str,
     train_probe_size: int = 512,
-    callbacks: list[keras.callbacks.Callback] | None = None,
+    predict_batch_size: int = 512,
     early_stopping: EarlyStopping | None = None,
     checkpoint: Checkpoint | None = None,
-    extras: dict[str, Any] | None = None,
-) -> TrainingResult:
-    """Train a compiled model; returns the decomposed per-epoch history.
+    hooks: Sequence[EpochHook] = (),
+    histogram: Callable[[], Any] | None = None,
+    histogram_every: int = 5,
+) -> TrainingState:
+    """Train a compiled model from ``state`` (a fresh one by default); return the new state.
 
     One ``model.fit`` call over :func:`epoch_batches`: epoch ``e`` sees the
     training images in ``epoch_order(seed, e)``, so the same seed gives the same
-    batches whether or not the run was interrupted and resumed. ``callbacks``
-    run after the loss decomposition, so they see its numbers; early stopping
-    and the checkpoint come last. ``extras`` is saved with each checkpoint and
-    restored into the same dict, for callers' own state.
+    batches whether or not the run was interrupted and resumed. A resumed state
+    (``state.epoch > 0``) takes its weights from ``checkpoint``. ``histogram()``,
+    if given, is recorded before training, every ``histogram_every`` epochs and
+    at the end; ``hooks`` are called after every epoch's checkpoint.
     """
+    state = state if state is not None else TrainingState()
     x_train, y_train = train
     x_val, y_val = validation
-    y_train_1h, y_val_1h = one_hot(y_train, num_classes), one_hot(y_val, num_classes)
-    probe = seeded_subset(x_train, y_train_1h, train_probe_size, seed)
-    history = EpochHistory()
-    extras = extras if extras is not None else {}
-    start, best_weights = 0, None
-    state = checkpoint.peek() if checkpoint else None
-    if state:
-        best_weights = checkpoint.restore(model, state)
-        start = state["epoch"]
-        history.rows = state["history"]
-        extras.update(state["extras"])
-        if early_stopping is not None:
-            early_stopping.best = state["early_stopping"]["best"]
-            early_stopping.best_epoch = state["early_stopping"]["best_epoch"]
-            early_stopping.wait = state["early_stopping"]["wait"]
+    probe = seeded_subset(x_train, y_train, train_probe_size, seed)
+    start = state.epoch
+    if start:
+        if checkpoint is None:
+            raise ValueError(f"{label}: resuming from epoch {start} needs the checkpoint")
+        checkpoint.restore_model(model, start)
         log.info("%s: resuming from the checkpoint after epoch %d", label, start)
+    elif histogram is not None:
+        state.histograms["0"] = histogram()
     log.info(
         "training %s: %d train / %d validation images, epochs %d..%d, batch %d",
         label,
@@ -493,35 +373,32 @@ def fit(
         epochs,
         batch_size,
     )
-    end = _EpochEnd(history, early_stopping, checkpoint, extras, best_weights, label)
     # A run killed after the epoch that stopped it early has nothing left to train.
-    end.stopped = bool(early_stopping and early_stopping.wait >= early_stopping.patience)
-    if start < epochs and not end.stopped:
+    if start < epochs and not state.stopped_early:
         model.fit(
-            epoch_batches(x_train, y_train_1h, seed, range(start, epochs), batch_size, shuffle),
+            epoch_batches(
+                x_train,
+                one_hot(y_train, num_classes),
+                seed,
+                range(start, epochs),
+                batch_size,
+                shuffle,
+            ),
             initial_epoch=start,
             epochs=epochs,
             steps_per_epoch=math.ceil(len(x_train) / batch_size),
             shuffle=False,  # the order is epoch_order's
             callbacks=[
-                LossDecomposition(probe, (x_val, y_val_1h), label=label),
-                history,
-                *(callbacks or []),
-                end,
+                LossDecomposition(probe, (x_val, y_val), label, predict_batch_size),
+                *([early_stopping] if early_stopping is not None else []),
+                _EpochEnd(state, early_stopping, checkpoint, hooks, histogram, histogram_every),
             ],
             verbose=0,
         )
-    best_epoch = early_stopping.best_epoch if early_stopping else None
-    if early_stopping is not None and early_stopping.restore_best_weights and end.best_weights:
-        model.set_weights(end.best_weights)
-    return TrainingResult(history.rows, len(history.rows), end.stopped, best_epoch, start)
-
-
-def _history_key(monitor: str) -> str:
-    """Early stopping watches the decomposed numbers (val_data_loss, val_accuracy, ...)."""
-    if monitor not in HISTORY_COLUMNS:
-        raise ValueError(
-            f"early_stopping.monitor={monitor!r}: unknown; "
-            f"choose one of {list(HISTORY_COLUMNS[1:])}"
-        )
-    return monitor
+    elif early_stopping is not None and early_stopping.restore_best_weights and state.best_weights:
+        model.set_weights(state.best_weights)  # what Keras's on_train_end would have done
+    if state.stopped_early:
+        log.info("%s: early stopping after epoch %d", label, state.epoch)
+    if histogram is not None and str(state.epoch) not in state.histograms:
+        state.histograms[str(state.epoch)] = histogram()
+    return state

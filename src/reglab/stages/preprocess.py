@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reglab.config import load_params
+from reglab.compose import load_params
 from reglab.data.prepare import SplitPlan, preprocess
 from reglab.stages import run_stage
 
