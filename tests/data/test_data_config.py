@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from reglab.config import compose, validate
+from reglab.compose import compose
+from reglab.config import validate
 from reglab.schema import ConfigError
 
 
@@ -27,6 +28,10 @@ from reglab.schema import ConfigError
         (
             ["data.class_names=[a,b]"],
             "data: class_names has 2 names but num_classes=10; give one name per class",
+        ),
+        (
+            ["data.class_names=[]"],
+            "data: class_names=[]: give one name per class (num_classes=10)",
         ),
         (["data.image_shape=[28,28]"], "data: image_shape=[28, 28]: give [height, width, chan"),
         (["data.pixel_max=0"], "data.pixel_max=0.0: must be > 0"),

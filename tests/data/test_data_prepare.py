@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,9 @@ def test_stratified_split_keeps_class_proportions_within_one_percent(size: int):
 
 def test_splits_are_stratified_disjoint_and_leave_the_official_test_set_alone(synthetic):
     raw = read_raw(synthetic.folder, synthetic.files, SHAPE, 10)
-    splits, test_source = make_splits(raw, SplitPlan(seed=7, validation_size=200, train_size=500))
+    splits, test_source = make_splits(
+        raw, SplitPlan(split_seed=7, validation_size=200, train_size=500)
+    )
 
     assert test_source == "the official test split"
     train_x, train_y = splits["train"]
@@ -90,7 +93,7 @@ def test_splits_are_stratified_disjoint_and_leave_the_official_test_set_alone(sy
 
 def test_a_test_subset_is_stratified_and_drawn_from_the_test_set_only(synthetic):
     raw = read_raw(synthetic.folder, synthetic.files, SHAPE, 10)
-    splits, _ = make_splits(raw, SplitPlan(seed=1, validation_size=100, test_size=150))
+    splits, _ = make_splits(raw, SplitPlan(split_seed=1, validation_size=100, test_size=150))
     test_x, test_y = splits["test"]
     assert len(test_y) == 150
     assert _rows(test_x) <= _rows(synthetic.arrays["test_images"])
@@ -100,15 +103,15 @@ def test_a_test_subset_is_stratified_and_drawn_from_the_test_set_only(synthetic)
 
 def test_validation_does_not_move_when_only_the_training_subset_changes(synthetic):
     raw = read_raw(synthetic.folder, synthetic.files, SHAPE, 10)
-    small, _ = make_splits(raw, SplitPlan(seed=5, validation_size=200, train_size=300))
-    large, _ = make_splits(raw, SplitPlan(seed=5, validation_size=200, train_size=900))
+    small, _ = make_splits(raw, SplitPlan(split_seed=5, validation_size=200, train_size=300))
+    large, _ = make_splits(raw, SplitPlan(split_seed=5, validation_size=200, train_size=900))
     np.testing.assert_array_equal(small["val"][0], large["val"][0])
 
 
 def test_same_config_gives_byte_identical_outputs_and_another_seed_another_split(
     synthetic, tmp_path
 ):
-    plan = SplitPlan(seed=42, validation_size=200, train_size=600)
+    plan = SplitPlan(split_seed=42, validation_size=200, train_size=600)
     first = _run(synthetic, tmp_path / "first", plan)
     second = _run(synthetic, tmp_path / "second", plan)
     names = sorted(path.name for path in (tmp_path / "first").iterdir())
@@ -120,7 +123,7 @@ def test_same_config_gives_byte_identical_outputs_and_another_seed_another_split
         assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes()
     assert first == second
 
-    reseeded = _run(synthetic, tmp_path / "reseeded", SplitPlan(**{**plan.__dict__, "seed": 43}))
+    reseeded = _run(synthetic, tmp_path / "reseeded", replace(plan, split_seed=43))
     assert reseeded["digests"]["val"] != first["digests"]["val"]
     assert reseeded["digests"]["train"] != first["digests"]["train"]
     assert reseeded["digests"]["test"] == first["digests"]["test"]
@@ -131,7 +134,7 @@ def test_same_config_gives_byte_identical_outputs_and_another_seed_another_split
 
 def test_arrays_and_manifest_hold_what_training_needs(synthetic, tmp_path):
     output = tmp_path / "processed"
-    manifest = _run(synthetic, output, SplitPlan(seed=3, validation_size=200, train_size=500))
+    manifest = _run(synthetic, output, SplitPlan(split_seed=3, validation_size=200, train_size=500))
     splits = load_splits(output)
 
     train_x, train_y = splits["train"]
@@ -149,7 +152,15 @@ def test_arrays_and_manifest_hold_what_training_needs(synthetic, tmp_path):
 
     assert manifest == load_manifest(output)
     assert manifest["dataset"] == "synthetic"
-    assert manifest["seed"] == 3
+    assert manifest["split_seed"] == 3
+    assert manifest["split_plan"] == {
+        "split_seed": 3,
+        "validation_size": 200,
+        "train_size": 500,
+        "test_size": None,
+        "test_holdout_size": None,
+        "test_holdout_seed": 0,
+    }
     assert manifest["class_names"] == CLASS_NAMES
     assert manifest["image_shape"] == SHAPE
     assert manifest["sizes"] == {"train": 500, "val": 200, "test": 400}
@@ -175,14 +186,14 @@ def test_output_folder_is_replaced_whole_with_no_leftovers(synthetic, tmp_path):
     output = tmp_path / "processed"
     output.mkdir()
     (output / "stale.npy").write_bytes(b"old")
-    _run(synthetic, output, SplitPlan(seed=0, validation_size=100))
+    _run(synthetic, output, SplitPlan(split_seed=0, validation_size=100))
     assert not (output / "stale.npy").exists()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["processed", "source"]
 
 
 def test_tampered_arrays_are_refused(synthetic, tmp_path):
     output = tmp_path / "processed"
-    _run(synthetic, output, SplitPlan(seed=0, validation_size=100))
+    _run(synthetic, output, SplitPlan(split_seed=0, validation_size=100))
     array = np.load(output / "val_y.npy")
     array[0] = (array[0] + 1) % 10
     np.save(output / "val_y.npy", array)
@@ -193,9 +204,9 @@ def test_tampered_arrays_are_refused(synthetic, tmp_path):
 
 def test_held_out_test_set_depends_on_its_own_seed_only(synthetic):
     raw = {"train": (synthetic.arrays["train_images"], synthetic.arrays["train_labels"])}
-    plan = SplitPlan(seed=1, validation_size=100, test_holdout_size=240, test_holdout_seed=9)
+    plan = SplitPlan(split_seed=1, validation_size=100, test_holdout_size=240, test_holdout_seed=9)
     splits, source = make_splits(raw, plan)
-    reseeded, _ = make_splits(raw, SplitPlan(**{**plan.__dict__, "seed": 2}))
+    reseeded, _ = make_splits(raw, replace(plan, split_seed=2))
 
     assert source == (
         "held out: a stratified split of 240 of the 1200 images with test_holdout_seed=9 "
@@ -218,16 +229,16 @@ def test_held_out_test_set_depends_on_its_own_seed_only(synthetic):
     ("plan", "message"),
     [
         (
-            SplitPlan(seed=0, validation_size=1000, train_size=300),
+            SplitPlan(split_seed=0, validation_size=1000, train_size=300),
             "data.validation_size=1000 plus data.train_size=300 need 1300 images, but the "
             "training pool has 1200; lower one of them",
         ),
         (
-            SplitPlan(seed=0, validation_size=1200),
+            SplitPlan(split_seed=0, validation_size=1200),
             "data.validation_size=1200 plus data.train_size=at least 1 need 1201 images",
         ),
         (
-            SplitPlan(seed=0, validation_size=10, test_size=401),
+            SplitPlan(split_seed=0, validation_size=10, test_size=401),
             "data.test_size=401: only 400 images are available; lower it",
         ),
     ],
@@ -265,7 +276,7 @@ def test_raw_files_that_do_not_match_the_config_are_refused(synthetic, tmp_path)
 
 def test_mlflow_inputs_carry_the_manifest_digests_and_contexts(synthetic, tmp_path):
     output = tmp_path / "processed"
-    manifest = _run(synthetic, output, SplitPlan(seed=0, validation_size=100, train_size=300))
+    manifest = _run(synthetic, output, SplitPlan(split_seed=0, validation_size=100, train_size=300))
 
     inputs = mlflow_inputs(output)
 
@@ -301,7 +312,7 @@ def test_real_fashion_mnist_from_the_debian_mirror(tmp_path):
         num_classes=10,
         class_names=config["class_names"],
         pixel_max=255.0,
-        plan=SplitPlan(seed=42, validation_size=5000),
+        plan=SplitPlan(split_seed=42, validation_size=5000),
     )
     elapsed = time.perf_counter() - started
 

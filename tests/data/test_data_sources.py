@@ -6,12 +6,12 @@ import gzip
 import hashlib
 import io
 import logging
+import sys
 
 import pytest
 
 from reglab.data.errors import DownloadError
 from reglab.data.idx import decompress
-from reglab.data.progress import Progress
 from reglab.data.sources import MIRRORS_ENV, content_sha256, fetch_files, resolve_mirrors
 
 IMAGES = "train_images"
@@ -191,18 +191,33 @@ class _Terminal(io.StringIO):
         return True
 
 
-def test_progress_bar_is_drawn_on_a_terminal_only():
-    plain = io.StringIO()
-    progress = Progress("file.gz", total=2_000_000, stream=plain)
-    progress.update(1_000_000)
-    progress.close()
-    assert plain.getvalue() == ""
-
+def test_a_progress_bar_is_drawn_on_a_terminal_and_logs_get_plain_lines_only(
+    synthetic, mirror_server, fetch_options, tmp_path, monkeypatch, caplog
+):
+    caplog.set_level(logging.INFO, logger="reglab.data.sources")
+    data_file = synthetic.files[IMAGES]
+    size = len(mirror_server.payloads[data_file.filename])
     terminal = _Terminal()
-    progress = Progress("file.gz", total=2_000_000, stream=terminal)
-    progress.update(1_000_000)
-    assert terminal.getvalue() == "\rfile.gz [###############---------------]  50% 1.0/2.0 MB"
-    progress.update(1_000_000)
-    progress.close()
-    assert terminal.getvalue().endswith("\rfile.gz [" + "#" * 30 + "] 100% 2.0/2.0 MB\n")
-    assert Progress("x", total=None, done=1_500_000).line() == "x 1.5 MB"
+    monkeypatch.setattr(sys, "stderr", terminal)
+    fetch_files({IMAGES: data_file}, [mirror_server.url("resume")], tmp_path / "a", **fetch_options)
+    fetch_files({IMAGES: data_file}, [str(synthetic.folder)], tmp_path / "b", **fetch_options)
+    # The dropped first attempt, its resume (which starts the bar at half), the local copy.
+    # Each bar is redrawn after a carriage return and closed with a newline.
+    bars = [line.rsplit("\r", 1)[-1] for line in terminal.getvalue().split("\n")[:-1]]
+    name = data_file.filename
+    assert [bar.split("|")[0] for bar in bars] == [
+        f"{name}:  50%",
+        f"{name}: 100%",
+        f"{name}: 100%",
+    ]
+    assert all(f"{size / 1000:.2f}k/{size / 1000:.2f}k [" in bar for bar in bars[1:])
+
+    plain = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", plain)
+    caplog.clear()
+    fetch_files({IMAGES: data_file}, [mirror_server.url("good")], tmp_path / "c", **fetch_options)
+    assert plain.getvalue() == ""
+    assert [record.getMessage().split(" from ")[0] for record in caplog.records] == [
+        f"{data_file.filename}: downloading",
+        f"{data_file.filename}: fetched {size} bytes",
+    ]

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reglab.config import compose, to_yaml
+from reglab.compose import compose, to_yaml
+from reglab.data.digits import load_digits_arrays
 from reglab.data.prepare import load_manifest, load_splits
 from reglab.data.sources import MIRRORS_ENV
+from reglab.io import file_mode
 from reglab.stages import download, preprocess, run_stage
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -33,7 +35,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def test_digits_download_and_preprocess_end_to_end(project: Path):
-    _params(project, ["data=digits", "seed=11"])
+    _params(project, ["data=digits", "data.split_seed=11"])
 
     download.main([])
     raw = project / "data/raw"
@@ -43,13 +45,14 @@ def test_digits_download_and_preprocess_end_to_end(project: Path):
     ]
     labels = (raw / "digits-labels-idx1-ubyte").read_bytes()
     assert labels[:8] == bytes.fromhex("0000080100000705")  # 1,797 labels
-    assert stat.S_IMODE((raw / "digits-labels-idx1-ubyte").stat().st_mode) == 0o644
+    # The io policy: the mode a plain open() gives under the umask (0o644 under 022).
+    assert stat.S_IMODE((raw / "digits-labels-idx1-ubyte").stat().st_mode) == file_mode()
 
     preprocess.main([])
     processed = project / "data/processed"
     manifest = load_manifest(processed)
     assert manifest["dataset"] == "digits"
-    assert manifest["seed"] == 11
+    assert manifest["split_seed"] == 11
     assert manifest["sizes"] == {"train": 1137, "val": 300, "test": 360}
     assert manifest["source"]["test_split"] == (
         "held out: a stratified split of 360 of the 1797 images with test_holdout_seed=0 "
@@ -72,6 +75,42 @@ def test_digits_download_and_preprocess_end_to_end(project: Path):
     download.main([])  # verified files stay; nothing changes
     preprocess.main([])
     assert _snapshot(processed) == first
+
+
+def _digits_stages(folder: Path, split_seed: int, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Download and preprocess the digits in ``folder``; return the processed folder."""
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    _params(folder, ["data=digits", f"data.split_seed={split_seed}"])
+    download.main([])
+    preprocess.main([])
+    return folder / "data/processed"
+
+
+def _indices(images: np.ndarray) -> list[int]:
+    """Where each processed digit sits among scikit-learn's 1,797 (all distinct)."""
+    raw = load_digits_arrays()["train_images"]
+    scaled = raw.astype(np.float32) / np.float32(16)  # as preprocess scales them
+    position = {image.tobytes(): index for index, image in enumerate(scaled)}
+    return [position[image[..., 0].tobytes()] for image in images]
+
+
+def test_split_seed_moves_validation_and_the_same_split_seed_gives_the_same_bytes(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+):
+    first = _digits_stages(project / "first", 1, monkeypatch)
+    again = _digits_stages(project / "again", 1, monkeypatch)
+    other = _digits_stages(project / "other", 2, monkeypatch)
+
+    assert _snapshot(again) == _snapshot(first)
+    splits, reseeded = load_splits(first), load_splits(other)
+    val, other_val = _indices(splits["val"][0]), _indices(reseeded["val"][0])
+    assert len(val) == len(other_val) == 300
+    assert val == sorted(val) and other_val == sorted(other_val)
+    assert val != other_val
+    # The held-out test set has its own seed: split_seed never moves it.
+    assert _indices(splits["test"][0]) == _indices(reseeded["test"][0])
+    assert load_manifest(other)["split_seed"] == 2
 
 
 def test_download_stage_failure_is_one_line_exit_2_and_leaves_raw_empty(

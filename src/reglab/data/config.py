@@ -54,8 +54,8 @@ class DataConfig:
     pixel_max: float = bounded(255.0, gt=0)
     # Only for a data set with no official test split (no test_* files): how many
     # images a stratified split holds out as the test set, and the seed of that
-    # split. The seed is its own so that changing `seed` never moves a test image
-    # into training.
+    # split. The seed is its own so that changing `split_seed` never moves a test
+    # image into training.
     test_holdout_size: int | None = bounded(None, ge=1)
     test_holdout_seed: int = bounded(0, ge=0)
 
@@ -64,7 +64,12 @@ class DataConfig:
             raise ValueError(
                 f"image_shape={self.image_shape}: give [height, width, channels], each >= 1"
             )
-        if self.class_names and len(self.class_names) != self.num_classes:
+        if not self.class_names:
+            # Evaluation labels its per-class results and confusion matrix with them.
+            raise ValueError(
+                f"class_names=[]: give one name per class (num_classes={self.num_classes})"
+            )
+        if len(self.class_names) != self.num_classes:
             raise ValueError(
                 f"class_names has {len(self.class_names)} names but num_classes="
                 f"{self.num_classes}; give one name per class"

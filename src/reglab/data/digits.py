@@ -8,9 +8,8 @@ download: a scikit-learn release that changed the data would be caught.
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,8 +17,7 @@ import numpy as np
 
 from reglab.data.config import DataFile
 from reglab.data.errors import DataError
-from reglab.data.idx import encode_idx, is_gzip_name
-from reglab.data.sources import content_sha256
+from reglab.data.idx import encode_idx, write_idx
 
 log = logging.getLogger(__name__)
 
@@ -44,22 +42,15 @@ def export_digits(files: Mapping[str, DataFile], destination: Path) -> dict[str,
         if key not in arrays:
             raise DataError(f"data.files.{key}: the digits export has only {sorted(arrays)}")
         target = destination / data_file.filename
-        handle, temp_name = tempfile.mkstemp(dir=destination, prefix=f".{data_file.filename}.")
-        temp = Path(temp_name)
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(encode_idx(arrays[key]))
-            actual = content_sha256(temp, is_gzip_name(data_file.filename))
-            if actual != data_file.sha256:
-                raise DataError(
-                    f"{data_file.filename}: scikit-learn's digits have SHA-256 {actual}, "
-                    f"expected {data_file.sha256}; update data.files.{key}.sha256 in "
-                    "conf/data/digits.yaml if the new data is intended"
-                )
-            temp.chmod(0o644)  # mkstemp's private mode is no use for a data file
-            os.replace(temp, target)
-        finally:
-            temp.unlink(missing_ok=True)
+        # The checksum is of the IDX content, whether or not the file is gzipped.
+        actual = hashlib.sha256(encode_idx(arrays[key])).hexdigest()
+        if actual != data_file.sha256:
+            raise DataError(
+                f"{data_file.filename}: scikit-learn's digits have SHA-256 {actual}, "
+                f"expected {data_file.sha256}; update data.files.{key}.sha256 in "
+                "conf/data/digits.yaml if the new data is intended"
+            )
+        write_idx(target, arrays[key])
         log.info("%s: exported %s from scikit-learn; checksum verified", target, key)
         paths[key] = target
     return paths

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from reglab.data.errors import IdxFormatError
+from reglab.io import write_atomic
 
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -141,7 +142,7 @@ def encode_idx(array: np.ndarray) -> bytes:
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write an array as IDX; gzipped when the name ends in ``.gz``.
+    """Write an array as IDX, atomically; gzipped when the name ends in ``.gz``.
 
     The gzip header carries no name or time, so the same array gives the same bytes.
     """
@@ -151,4 +152,4 @@ def write_idx(path: Path, array: np.ndarray) -> None:
         with gzip.GzipFile(fileobj=buffer, mode="wb", filename="", mtime=0) as stream:
             stream.write(content)
         content = buffer.getvalue()
-    path.write_bytes(content)
+    write_atomic(path, content)

@@ -5,7 +5,7 @@
   the official test set never takes part in training or model selection.
 - A data set with no official test split (scikit-learn's digits) has one held
   out first, by a stratified split with its own seed (``test_holdout_seed``),
-  so changing the experiment's ``seed`` never moves a test image into training.
+  so changing ``split_seed`` never moves a test image into training.
 - Each split keeps the original order of its images (the chosen indices are
   sorted): the split depends on the seed alone, not on how sampling walks.
 - Images become float32 in [0, 1] with a channel axis (NHWC); labels int64.
@@ -20,9 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -35,6 +32,7 @@ import numpy as np
 from reglab.data.config import TEST_KEYS, TRAIN_KEYS, DataFile
 from reglab.data.errors import DataError, IdxFormatError
 from reglab.data.idx import check_magic, parse_idx, read_content
+from reglab.io import file_sha256, writing_dir
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +53,7 @@ Split = tuple[np.ndarray, np.ndarray]
 class SplitPlan:
     """How to cut the raw data into train / val / test (see ``data`` in conf/)."""
 
-    seed: int
+    split_seed: int
     validation_size: int
     train_size: int | None = None
     test_size: int | None = None
@@ -177,17 +175,19 @@ def make_splits(raw: Mapping[str, Split], plan: SplitPlan) -> tuple[dict[str, Sp
             f"pool has {len(pool_labels)}; lower one of them"
         )
     validation, rest = stratified_split(
-        pool_labels, plan.validation_size, _rng(plan.seed, _VALIDATION_STREAM)
+        pool_labels, plan.validation_size, _rng(plan.split_seed, _VALIDATION_STREAM)
     )
     if plan.train_size is not None and plan.train_size < len(rest):
         subset, _ = stratified_split(
-            pool_labels[rest], plan.train_size, _rng(plan.seed, _TRAIN_STREAM)
+            pool_labels[rest], plan.train_size, _rng(plan.split_seed, _TRAIN_STREAM)
         )
         rest = rest[subset]
     if plan.test_size is not None:
         _check_fits("data.test_size", plan.test_size, len(test_labels))
         if plan.test_size < len(test_labels):
-            subset, _ = stratified_split(test_labels, plan.test_size, _rng(plan.seed, _TEST_STREAM))
+            subset, _ = stratified_split(
+                test_labels, plan.test_size, _rng(plan.split_seed, _TEST_STREAM)
+            )
             test_images, test_labels = test_images[subset], test_labels[subset]
     splits = {
         "train": (pool_images[rest], pool_labels[rest]),
@@ -248,10 +248,10 @@ def preprocess(
             "files": {key: asdict(data_file) for key, data_file in sorted(files.items())},
             "test_split": test_source,
         },
-        "seed": plan.seed,
+        "split_seed": plan.split_seed,
         "split_plan": asdict(plan),
         "num_classes": num_classes,
-        "class_names": list(class_names) or [str(label) for label in range(num_classes)],
+        "class_names": list(class_names),
         "image_shape": list(image_shape),
         "scaling": f"float32(raw pixel) / {pixel_max:g}",
     }
@@ -274,17 +274,14 @@ def write_processed(
     num_classes: int,
 ) -> dict[str, Any]:
     """Write ``<split>_x.npy``, ``<split>_y.npy`` and the manifest; swap the folder in whole."""
-    output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}."))
-    try:
+    with writing_dir(output_dir) as staging:
         arrays: dict[str, dict[str, Any]] = {}
         for split in SPLITS:
             for part, array in zip("xy", splits[split], strict=True):
                 filename = f"{split}_{part}.npy"
                 np.save(staging / filename, array, allow_pickle=False)
                 arrays[filename] = {
-                    "sha256": _file_sha256(staging / filename),
+                    "sha256": file_sha256(staging / filename),
                     "shape": list(array.shape),
                     "dtype": str(array.dtype),
                 }
@@ -308,32 +305,7 @@ def write_processed(
         }
         text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
         (staging / MANIFEST).write_text(text, encoding="utf-8")
-        _swap_in(staging, output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return manifest
-
-
-def _swap_in(staging: Path, output_dir: Path) -> None:
-    """Replace ``output_dir`` by ``staging``; the old folder is moved aside first."""
-    os.chmod(staging, 0o755)  # mkdtemp makes it private; the outputs are ordinary files
-    if not output_dir.exists():
-        os.replace(staging, output_dir)
-        return
-    retired = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.old."))
-    try:
-        os.replace(output_dir, retired / output_dir.name)
-        os.replace(staging, output_dir)
-    finally:
-        shutil.rmtree(retired, ignore_errors=True)
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_manifest(directory: str | Path) -> dict[str, Any]:
@@ -359,7 +331,7 @@ def load_splits(directory: str | Path, verify: bool = True) -> dict[str, Split]:
             path = directory / filename
             if not path.is_file():
                 raise DataError(f"{path}: missing; run the preprocess stage again")
-            if _file_sha256(path) != entry["sha256"]:
+            if file_sha256(path) != entry["sha256"]:
                 raise DataError(
                     f"{path}: SHA-256 differs from {directory / MANIFEST}; "
                     "run the preprocess stage again"

@@ -13,6 +13,9 @@ HTTP downloads time out, retry transient failures (timeouts, dropped
 connections, 5xx answers) a bounded number of times with exponential backoff,
 and resume a partial download with a Range request; a server that ignores the
 Range gets the file from the start again.
+
+On a terminal a tqdm bar shows each copy's progress; logs and CI get the plain
+log lines only.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ import hashlib
 import http.client
 import logging
 import os
+import shutil
 import socket
 import ssl
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -31,10 +34,13 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from tqdm import tqdm
+from tqdm.utils import CallbackIOWrapper
+
 from reglab.data.config import DataFile
 from reglab.data.errors import DownloadError
 from reglab.data.idx import decompress, is_gzip_name
-from reglab.data.progress import Progress
+from reglab.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -140,19 +146,15 @@ class _Fetcher:
                 log.warning("%s: mirror %s %s; %s", filename, mirror, reason, next_step)
                 failures.append((mirror, reason))
                 continue
-            handle, temp_name = tempfile.mkstemp(
-                dir=destination, prefix=f".{filename}.", suffix=".part"
-            )
-            os.close(handle)
-            temp = Path(temp_name)
             try:
                 started = time.monotonic()
-                source = self._copy_from(mirror, filename, temp)
-                problem = _check(temp, filename, sha256)
-                if problem is not None:
-                    raise _MirrorFailure(problem)
-                temp.chmod(0o644)  # mkstemp's private mode is no use for a data file
-                os.replace(temp, target)
+                # The copy lands beside the target and is renamed onto it only
+                # once verified; any failure removes it.
+                with atomic_path(target) as temp:
+                    source = self._copy_from(mirror, filename, temp)
+                    problem = _check(temp, filename, sha256)
+                    if problem is not None:
+                        raise _MirrorFailure(problem)
                 log.info(
                     "%s: fetched %d bytes from %s in %.1f s; checksum verified",
                     filename,
@@ -166,8 +168,6 @@ class _Fetcher:
                 failures.append((mirror, failure.reason))
                 if failure.unreachable:
                     self.unreachable[mirror] = failure.reason
-            finally:
-                temp.unlink(missing_ok=True)
         listing = "; ".join(f"{mirror} ({reason})" for mirror, reason in failures)
         raise DownloadError(
             f"could not fetch {filename} from any of {len(failures)} mirrors: {listing}. "
@@ -195,6 +195,11 @@ class _Fetcher:
         return str(source)
 
     def _download(self, url: str, filename: str, temp: Path) -> None:
+        # Hand-written on purpose: urllib3's Retry retries a request until its
+        # headers arrive, but most failures here come later, while the body
+        # streams (a stall, a dropped or short body), and each retry must resume
+        # from the bytes already on disk with a new Range header. No library
+        # does resume-from-partial, so one loop counts every kind of attempt.
         attempt = 0
         while True:
             try:
@@ -258,21 +263,20 @@ class _Fetcher:
             total = start + int(length) if length and length.isdigit() else None
             if not start:
                 log.info("%s: downloading from %s", filename, url)
-            progress = Progress(filename, total, done=start)
+            received = start
             try:
-                with temp.open(mode) as out:
+                with temp.open(mode) as out, _progress_bar(filename, total, start) as bar:
                     # read1 hands over what has arrived: bytes received before a
                     # stall are kept for the resume instead of dying in a buffer.
                     while chunk := response.read1(_CHUNK):
                         out.write(chunk)
-                        progress.update(len(chunk))
+                        received += len(chunk)
+                        bar.update(len(chunk))
             except (OSError, http.client.HTTPException) as error:
-                raise self._connection_failure(error, received=progress.done, total=total) from None
-            finally:
-                progress.close()
+                raise self._connection_failure(error, received=received, total=total) from None
         # http.client reads a short body as a clean end of file: count the bytes.
-        if total is not None and progress.done < total:
-            raise _Transient(f"connection dropped, {_received(progress.done, total)}")
+        if total is not None and received < total:
+            raise _Transient(f"connection dropped, {_received(received, total)}")
 
     def _connection_failure(
         self,
@@ -330,11 +334,19 @@ def _copy_local(source: Path, filename: str, temp: Path) -> None:
     if not source.is_file():
         raise _MirrorFailure(f"not found: {source}")
     try:
-        progress = Progress(filename, source.stat().st_size)
-        with source.open("rb") as reader, temp.open("wb") as out:
-            while chunk := reader.read(_CHUNK * 16):
-                out.write(chunk)
-                progress.update(len(chunk))
-        progress.close()
+        with (
+            source.open("rb") as reader,
+            temp.open("wb") as out,
+            _progress_bar(filename, source.stat().st_size) as bar,
+        ):
+            shutil.copyfileobj(reader, CallbackIOWrapper(bar.update, out, "write"))
     except OSError as error:
         raise _MirrorFailure(f"cannot read {source}: {error.strerror or error}") from None
+
+
+def _progress_bar(filename: str, total: int | None, initial: int = 0) -> tqdm:
+    # disable=None draws the bar on a terminal only: a carriage-return bar
+    # written into a log file is unreadable, and the log lines say it all there.
+    return tqdm(
+        desc=filename, total=total, initial=initial, unit="B", unit_scale=True, disable=None
+    )

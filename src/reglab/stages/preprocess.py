@@ -13,7 +13,7 @@ def main(argv: list[str]) -> None:
     config = load_params()
     data = config.data
     plan = SplitPlan(
-        seed=config.data.split_seed,
+        split_seed=data.split_seed,
         validation_size=data.validation_size,
         train_size=data.train_size,
         test_size=data.test_size,
