@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -38,14 +39,22 @@ def clean_environment() -> dict[str, str]:
     return env
 
 
-def copy_project(destination: Path, overrides: list[str] | None = None) -> Path:
-    """Copy the project into ``destination``, compose params.yaml with ``overrides``
-    and commit it all in a new git repository (DVC experiments need a commit)."""
+def copy_project(
+    destination: Path,
+    overrides: list[str] | None = None,
+    files: Mapping[str, str] | None = None,
+) -> Path:
+    """Copy the project into ``destination``, add or replace ``files`` (relative path ->
+    text), compose params.yaml with ``overrides`` and commit it all in a new git
+    repository (DVC experiments need a commit)."""
     destination.mkdir(parents=True, exist_ok=True)
     for name in project_files():
         target = destination / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(PROJECT_ROOT / name, target)
+    for name, text in (files or {}).items():
+        (destination / name).parent.mkdir(parents=True, exist_ok=True)
+        (destination / name).write_text(text)
     env = clean_environment()
     commands = [
         [sys.executable, "-m", "reglab", "compose", "--output", "params.yaml", *(overrides or [])],

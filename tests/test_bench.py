@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from bench.benchmark import finite_positive_numbers, summarize_pipelines, summarize_training
 from bench.flops import forward_flops_per_sample, training_flops_per_sample
 from bench.workloads import build_tutorial_model, summarize_epochs
-
 from tests.conftest import PROJECT_ROOT
 
 FASHION_MIRROR = Path("/usr/share/datasets/fashion-mnist")
@@ -178,6 +178,7 @@ def test_epoch_timer_splits_steps_validation_and_epoch_end_work():
 
     import keras
     import numpy as np
+
     from bench.workloads import instrument_fit
 
     class Slow(keras.callbacks.Callback):

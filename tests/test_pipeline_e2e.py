@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bench.workspace import clean_environment, copy_project
 from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
@@ -34,17 +33,6 @@ EPOCH_METRICS = (
 )
 
 
-def project_files() -> list[str]:
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\n")
-    return [name for name in listed if name and (PROJECT_ROOT / name).is_file()]
-
-
 def run(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
@@ -56,35 +44,21 @@ def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     if not FASHION_MIRROR.is_dir():
         pytest.skip("Debian's dataset-fashion-mnist is not installed (make dataset)")
     root = tmp_path_factory.mktemp("project")
-    for name in project_files():
-        target = root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(PROJECT_ROOT / name, target)
     # A tiny, two-variant configuration, made the way a user would: in conf/.
-    (root / "conf/variants/e2e.yaml").write_text(
-        "# @package variants\ndefaults:\n"
+    conf = PROJECT_ROOT / "conf"
+    extra = {
+        "conf/variants/e2e.yaml": "# @package variants\ndefaults:\n"
         + "".join(
             f"  - /regularizer@{name}: [none, {recipe}]\n" for name, recipe in VARIANTS.items()
-        )
-    )
-    (root / "conf/experiment/e2e.yaml").write_text(
-        "# @package _global_\ndefaults:\n  - tiny\n  - override /variants: e2e\n"
-        "tracking:\n  log_model: true\n"
-    )
-    config = (root / "conf/config.yaml").read_text()
-    (root / "conf/config.yaml").write_text(
-        config.replace("  - experiment: null", "  - experiment: e2e")
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    run([sys.executable, "-m", "reglab.config", "compose", "--output", "params.yaml"], root, env)
-    for command in (
-        ["git", "init", "-q"],
-        ["git", "add", "-A"],
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
-    ):
-        run(command, root, env)
+        ),
+        "conf/experiment/e2e.yaml": "# @package _global_\ndefaults:\n  - tiny\n"
+        "  - override /variants: e2e\ntracking:\n  log_model: true\n",
+        "conf/config.yaml": (conf / "config.yaml")
+        .read_text()
+        .replace("  - experiment: null", "  - experiment: e2e"),
+    }
+    copy_project(root, files=extra)
+    env = clean_environment()
     first = run(["dvc", "repro"], root, env)
     return root, env, first
 
@@ -104,10 +78,10 @@ def test_first_repro_runs_every_stage(project):
     assert stages_run(first.stdout) == {
         "download",
         "preprocess",
-        "train@baseline",
-        "train@l2",
-        "evaluate@baseline",
-        "evaluate@l2",
+        "train@baseline-42",
+        "train@l2-42",
+        "evaluate@baseline-42",
+        "evaluate@l2-42",
         "compare",
     }
     manifest = json.loads((root / "data/processed/manifest.json").read_text())
@@ -121,9 +95,9 @@ def test_mlflow_holds_one_run_per_variant_with_decomposed_losses(project):
     mlflow_client = client(root)
     experiment = mlflow_client.get_experiment_by_name("reglab")
     runs = {r.info.run_name: r for r in mlflow_client.search_runs([experiment.experiment_id])}
-    assert set(VARIANTS) <= set(runs)
+    assert {f"{name}@42" for name in VARIANTS} <= set(runs)
     for name in VARIANTS:
-        run_info = runs[name]
+        run_info = runs[f"{name}@42"]
         assert run_info.info.status == "FINISHED"
         assert run_info.data.tags["variant"] == name
         assert run_info.data.params["variant"] == name
@@ -141,9 +115,9 @@ def test_mlflow_holds_one_run_per_variant_with_decomposed_losses(project):
         assert {"config.json", "model_summary.txt", "weights"} <= artifacts
         weights = {a.path for a in mlflow_client.list_artifacts(run_info.info.run_id, "weights")}
         assert "weights/histograms_final.png" in weights
-    assert runs["baseline"].data.metrics["train/penalty"] == 0.0
-    assert runs["l2"].data.metrics["train/penalty"] > 0.0
-    summary = mlflow_client.download_artifacts(runs["l2"].info.run_id, "model_summary.txt")
+    assert runs["baseline@42"].data.metrics["train/penalty"] == 0.0
+    assert runs["l2@42"].data.metrics["train/penalty"] > 0.0
+    summary = mlflow_client.download_artifacts(runs["l2@42"].info.run_id, "model_summary.txt")
     assert "L2" in Path(summary).read_text()
 
 
@@ -151,7 +125,7 @@ def test_logged_model_predicts_on_test_images(project):
     import mlflow
 
     root, _, _ = project
-    report = json.loads((root / "reports/eval/l2.json").read_text())
+    report = json.loads((root / "reports/eval/l2@42.json").read_text())
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     cwd = os.getcwd()
     os.chdir(root)  # the sqlite store's artifacts live in ./mlruns
@@ -170,14 +144,14 @@ def test_reports_hold_the_evaluation(project):
     mlflow_client = client(root)
     accuracies = {}
     for name in VARIANTS:
-        report = json.loads((root / f"reports/eval/{name}.json").read_text())
+        report = json.loads((root / f"reports/eval/{name}@42.json").read_text())
         assert 0.2 < report["test_accuracy"] <= 1.0  # ten classes: chance is 0.1
         assert report["test_data_loss"] > 0
         assert report["generalization_gap"] == pytest.approx(
             report["train_accuracy"] - report["test_accuracy"]
         )
         run_info = mlflow_client.get_run(report["mlflow_run_id"])
-        assert run_info.info.run_name == name
+        assert run_info.info.run_name == f"{name}@42"
         assert run_info.data.metrics["test/accuracy"] == pytest.approx(report["test_accuracy"])
         accuracies[name] = report["test_accuracy"]
     summary = (root / "reports/summary.md").read_text()
@@ -206,27 +180,27 @@ def test_experiment_changing_one_variant_reruns_only_it(project):
         env,
     )
     result = run(["dvc", "exp", "run", "-S", "variants.l2.kernel.l2=0.01"], root, env)
-    assert stages_run(result.stdout) == {"train@l2", "evaluate@l2", "compare"}
+    assert stages_run(result.stdout) == {"train@l2-42", "evaluate@l2-42", "compare"}
     shown = json.loads(run(["dvc", "exp", "show", "--json"], root, env).stdout)
     text = json.dumps(shown)
-    assert "test_accuracy" in text and "reports/eval/l2.json" in text
+    assert "test_accuracy" in text and "reports/eval/l2@42.json" in text
 
 
-def test_extra_seeds_train_every_variant_again_and_the_leaderboard_shows_mean_and_std(project):
+def test_another_seed_trains_only_the_new_runs_and_the_leaderboard_shows_mean_and_std(project):
     root, env, _ = project
-    result = run(["dvc", "exp", "run", "-S", "extra_seeds=[7]"], root, env)
+    result = run(["dvc", "exp", "run", "-S", "seeds=[42,7]"], root, env)
     ran = stages_run(result.stdout)
     seed_stages = {
-        "train_seed@baseline-7",
-        "train_seed@l2-7",
-        "evaluate_seed@baseline-7",
-        "evaluate_seed@l2-7",
+        "train@baseline-7",
+        "train@l2-7",
+        "evaluate@baseline-7",
+        "evaluate@l2-7",
         "compare",
     }
-    assert seed_stages <= ran and "train@baseline" not in ran, result.stdout
+    assert ran == seed_stages, result.stdout
     mlflow_client = client(root)
     for name in VARIANTS:
-        base = json.loads((root / f"reports/eval/{name}.json").read_text())
+        base = json.loads((root / f"reports/eval/{name}@42.json").read_text())
         extra = json.loads((root / f"reports/eval/{name}@7.json").read_text())
         assert (base["seed"], extra["seed"]) == (42, 7)
         assert (root / f"models/{name}@7/model.keras").is_file()
@@ -251,11 +225,14 @@ def test_dvc_plots_show_renders_learning_curves_and_confusion_matrices(project):
     shown = json.loads(run(["dvc", "plots", "show", "--json"], root, env).stdout)["data"]
     names = set(shown)
     assert "reports/plots/val_data_loss.csv" in names
-    assert {"reports/plots/confusion/baseline.csv", "reports/plots/confusion/l2.csv"} <= names
+    assert {
+        "reports/plots/confusion/baseline@42.csv",
+        "reports/plots/confusion/l2@42.csv",
+    } <= names
     curves = shown["reports/plots/val_data_loss.csv"][0]["content"]
     assert curves["encoding"]["color"] == {"field": "variant", "type": "nominal"}
     assert {row["variant"] for row in curves["data"]["values"]} == {"baseline", "l2"}
-    confusion = shown["reports/plots/confusion/l2.csv"][0]["content"]["data"]["values"]
+    confusion = shown["reports/plots/confusion/l2@42.csv"][0]["content"]["data"]["values"]
     assert len(confusion) == 300  # one row per test image
 
 
@@ -314,6 +291,6 @@ def test_mlflow_run_trains_one_variant_with_overrides(project):
     launcher = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(launcher) == 1 and launcher[0].info.status == "FINISHED"
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == launcher[0].info.run_id]
-    assert [r.info.run_name for r in nested] == ["l2"]
+    assert [r.info.run_name for r in nested] == ["l2@42"]
     assert nested[0].data.params["train.epochs"] == "1"
     assert nested[0].data.metrics["val/accuracy"] > 0.1

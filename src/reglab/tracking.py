@@ -191,10 +191,45 @@ def log_run_setup(params: Mapping[str, Any], model_summary: str, processed_dir: 
 
 def log_data_inputs(processed_dir: str) -> None:
     """Which data the run used, with the manifest's digest, shown in the UI's Datasets."""
-    from reglab.data.prepare import mlflow_inputs
-
-    for dataset, context in mlflow_inputs(processed_dir):
+    for dataset, context in data_inputs(processed_dir):
         mlflow.log_input(dataset, context=context)
+
+
+# MLflow's conventional contexts for a run's input data sets.
+DATA_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
+
+
+def data_inputs(directory: str | Path) -> list[tuple[Any, str]]:
+    """One MLflow dataset per split with the manifest's digest, and its context.
+
+    The arrays are memory-mapped: MLflow records only their schema and shapes.
+    """
+    import warnings
+
+    import mlflow.data  # slow to import; only the stages that log need it
+    import numpy as np
+
+    from reglab.data.prepare import load_manifest
+
+    directory = Path(directory).resolve()
+    manifest = load_manifest(directory)
+    inputs = []
+    for split, context in DATA_CONTEXTS.items():
+        features = np.load(directory / f"{split}_x.npy", mmap_mode="r", allow_pickle=False)
+        targets = np.load(directory / f"{split}_y.npy", mmap_mode="r", allow_pickle=False)
+        with warnings.catch_warnings():
+            # MLflow registers its local source twice (for "" and "file") and warns
+            # that a local path is ambiguous between the two identical classes.
+            warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways")
+            dataset = mlflow.data.from_numpy(
+                features,
+                targets=targets,
+                source=directory.as_uri(),
+                name=f"{manifest['dataset']}-{split}",
+                digest=manifest["digests"][split],
+            )
+        inputs.append((dataset, context))
+    return inputs
 
 
 def log_epoch(row: Mapping[str, float], weight_statistics: Mapping[str, float], step: int) -> None:

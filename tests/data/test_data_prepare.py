@@ -20,7 +20,6 @@ from reglab.data.prepare import (
     load_manifest,
     load_splits,
     make_splits,
-    mlflow_inputs,
     preprocess,
     read_raw,
     stratified_split,
@@ -278,7 +277,9 @@ def test_mlflow_inputs_carry_the_manifest_digests_and_contexts(synthetic, tmp_pa
     output = tmp_path / "processed"
     manifest = _run(synthetic, output, SplitPlan(split_seed=0, validation_size=100, train_size=300))
 
-    inputs = mlflow_inputs(output)
+    from reglab.tracking import data_inputs
+
+    inputs = data_inputs(output)
 
     assert [(dataset.name, dataset.digest, context) for dataset, context in inputs] == [
         ("synthetic-train", manifest["digests"]["train"], "training"),

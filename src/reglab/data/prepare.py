@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,8 +36,6 @@ from reglab.io import file_sha256, writing_dir
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-# MLflow's conventional contexts for a run's input data sets.
-CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 
@@ -343,33 +340,3 @@ def load_splits(directory: str | Path, verify: bool = True) -> dict[str, Split]:
         )
         for split in SPLITS
     }
-
-
-def mlflow_inputs(directory: str | Path) -> list[tuple[Any, str]]:
-    """One MLflow dataset per split with the manifest's digest, and its context.
-
-    For the training stage: ``for dataset, context in mlflow_inputs(path):
-    mlflow.log_input(dataset, context=context)``. The arrays are memory-mapped:
-    MLflow records only their schema and shapes.
-    """
-    import mlflow.data  # slow to import; only the stages that log need it
-
-    directory = Path(directory).resolve()
-    manifest = load_manifest(directory)
-    inputs = []
-    for split in SPLITS:
-        features = np.load(directory / f"{split}_x.npy", mmap_mode="r", allow_pickle=False)
-        targets = np.load(directory / f"{split}_y.npy", mmap_mode="r", allow_pickle=False)
-        with warnings.catch_warnings():
-            # MLflow registers its local source twice (for "" and "file") and warns
-            # that a local path is ambiguous between the two identical classes.
-            warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways")
-            dataset = mlflow.data.from_numpy(
-                features,
-                targets=targets,
-                source=directory.as_uri(),
-                name=f"{manifest['dataset']}-{split}",
-                digest=manifest["digests"][split],
-            )
-        inputs.append((dataset, CONTEXTS[split]))
-    return inputs
