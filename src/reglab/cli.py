@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from reglab.compose import PARAMS_FILE, compose, conf_dir, is_stale, load_params, to_yaml
-from reglab.config import validate
+from reglab.config import register_schema, validate
 from reglab.errors import ReglabError
 from reglab.io import write_atomic
 
@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(check_command(rest))
         import hydra
 
+        register_schema()
         app = hydra.main(config_path=str(conf_dir()), config_name="cli", version_base=None)(
             train_job
         )

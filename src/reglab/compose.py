@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from reglab.config import Config, validate
+from reglab.config import Config, register_schema, validate
 from reglab.schema import ConfigError
 
 log = logging.getLogger(__name__)
@@ -40,13 +40,23 @@ def compose(
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
 
+    register_schema()
     try:
         with initialize_config_dir(str(config_dir or conf_dir()), version_base=None):
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
     except HydraException as error:
-        raise ConfigError(str(error).splitlines()[0]) from None
+        raise ConfigError(one_line(error)) from None
     OmegaConf.resolve(cfg)
     return cfg
+
+
+def one_line(error: BaseException) -> str:
+    """Hydra's composition error, with the reason its cause gives (a wrong type, say)."""
+    message = str(error).splitlines()[0]
+    cause = error.__cause__
+    if cause is not None and str(cause).strip():
+        message += ": " + str(cause).strip().splitlines()[0]
+    return message
 
 
 def to_yaml(cfg: DictConfig) -> str:

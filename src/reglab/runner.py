@@ -74,9 +74,7 @@ def train_variant(
     resumed_from = state.epoch
     model = prepare_model(config, recipe, seed, train[0].shape[1:])
     with open_run(config, key, state.run_id, parent_run_id, run_tags) as run:
-        if state.run_id is None:
-            state.run_id = run.info.run_id
-            tracking.log_run_setup(params, describe_model(model), config.paths.processed)
+        begin_logging(run.info.run_id, state, params, model, config.paths.processed)
         state = fit(
             model, train, validation, state,
             num_classes=config.data.num_classes,
@@ -121,6 +119,18 @@ def open_run(
         config.tracking.experiment, pipeline_key(config, tags["git_commit"]), tags
     )
     return tracking.variant_run(key, tags, parent, config.tracking.system_metrics, run_id=run_id)
+
+
+def begin_logging(
+    run_id: str, state: TrainingState, params: Mapping[str, Any], model: keras.Model, data: str
+) -> None:
+    """A new run records its setup; a resumed one logs the epochs its checkpoint holds
+    but the tracking store missed (their metrics were still queued at the kill)."""
+    if state.run_id is None:
+        state.run_id = run_id
+        tracking.log_run_setup(params, describe_model(model), data)
+    else:
+        tracking.log_missing_epochs(run_id, state.history)
 
 
 def load_training_data(processed_dir: str) -> tuple[tuple[np.ndarray, np.ndarray], ...]:

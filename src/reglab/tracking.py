@@ -242,6 +242,17 @@ def log_epoch(row: Mapping[str, float], weight_statistics: Mapping[str, float], 
     mlflow.log_metrics(metrics, step=step, synchronous=False)
 
 
+def log_missing_epochs(run_id: str, history: list[Mapping[str, float]]) -> None:
+    """Log the history rows whose epoch the run has no ``val/data_loss`` for."""
+    marker = EPOCH_METRICS["val_data_loss"]
+    logged = {metric.step for metric in mlflow.MlflowClient().get_metric_history(run_id, marker)}
+    for row in history:
+        epoch = int(row["epoch"])
+        if epoch not in logged:
+            metrics = {name: float(row[key]) for key, name in EPOCH_METRICS.items() if key in row}
+            mlflow.log_metrics(metrics, step=epoch)
+
+
 def log_trained_model(
     model: Any,
     histograms: Mapping[str, Any],

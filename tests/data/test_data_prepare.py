@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from reglab.data.config import DataFile
 from reglab.data.errors import DataError, IdxFormatError
@@ -297,8 +296,10 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 @pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_real_fashion_mnist_from_the_debian_mirror(tmp_path):
-    config = yaml.safe_load((PROJECT / "conf/data/fashion_mnist.yaml").read_text())
-    files = {key: DataFile(**entry) for key, entry in config["files"].items()}
+    from reglab.compose import compose_config
+
+    data = compose_config(["data=fashion_mnist"]).data
+    files = data.files
     raw = tmp_path / "raw"
     fetch_files(files, [str(FASHION)], raw, timeout_s=5, retries=0, backoff_s=0)
 
@@ -309,9 +310,9 @@ def test_real_fashion_mnist_from_the_debian_mirror(tmp_path):
         name="fashion_mnist",
         data_format="idx",
         files=files,
-        image_shape=config["image_shape"],
+        image_shape=data.image_shape,
         num_classes=10,
-        class_names=config["class_names"],
+        class_names=data.class_names,
         pixel_max=255.0,
         plan=SplitPlan(split_seed=42, validation_size=5000),
     )
