@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -93,16 +95,53 @@ def test_unknown_variant_is_named(tmp_path):
         config.variant("l3")
 
 
-def test_stale_params_yaml_is_reported(tmp_path, caplog):
+def run_check(root: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "reglab.stages.check"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+    )
+
+
+def test_the_check_stage_refuses_a_hand_edited_params_yaml_naming_the_key(tmp_path):
     (tmp_path / "conf").symlink_to(PROJECT_ROOT / "conf")
     params = tmp_path / "params.yaml"
-    params.write_text(to_yaml(compose(["train.epochs=2"])))
-    load_params(params)
-    assert "STALE CONFIG" in caplog.text
-    caplog.clear()
+    params.write_text(to_yaml(compose()).replace("epochs: 20", "epochs: 3"))
+    refused = run_check(tmp_path)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "error: params.yaml is not the composition of conf/ (train.epochs is 3 in params.yaml "
+        "but 20 in conf/); run `make params` to compose it, or set "
+        "REGLAB_ALLOW_STALE_PARAMS=1 to use it as it is"
+    ]
+    assert not (tmp_path / ".reglab").exists()
+    allowed = run_check(tmp_path, REGLAB_ALLOW_STALE_PARAMS="1")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "used as it is" in allowed.stderr
+    # Under `dvc exp run -S`, the composition has overrides on purpose.
+    assert run_check(tmp_path, DVC_EXP_NAME="exp-1").returncode == 0
     params.write_text(to_yaml(compose()))
-    load_params(params)
-    assert "STALE CONFIG" not in caplog.text
+    fresh = run_check(tmp_path)
+    assert fresh.returncode == 0, fresh.stderr
+    assert (tmp_path / ".reglab/params-checked").read_text().startswith("params.yaml is valid")
+
+
+def test_the_check_stage_says_how_to_get_back_from_a_rejected_value(tmp_path):
+    (tmp_path / "conf").symlink_to(PROJECT_ROOT / "conf")
+    (tmp_path / "params.yaml").write_text(to_yaml(compose()).replace("epochs: 20", "epochs: -1"))
+    started = time.monotonic()
+    result = run_check(tmp_path, DVC_EXP_NAME="exp-1")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: params.yaml: train.epochs=-1: must be >= 1; nothing was changed but "
+        "params.yaml: fix the -S override, or restore the committed file with "
+        "`git checkout params.yaml`"
+    ]
+    assert time.monotonic() - started < 15  # seconds, not a TensorFlow start-up
+    assert not (tmp_path / ".reglab").exists()
 
 
 def test_compose_command_writes_nothing_on_bad_input(tmp_path):

@@ -69,37 +69,67 @@ def compose_config(overrides: list[str] | None = None) -> Config:
     return validate(compose(overrides))
 
 
+# Set to 1 to run the stages on a params.yaml that is not the composition of conf/.
+ALLOW_STALE_ENV = "REGLAB_ALLOW_STALE_PARAMS"
+
+
 def load_params(path: str | Path = PARAMS_FILE, check_fresh: bool = True) -> Config:
-    """Read and validate params.yaml. Warns loudly if it is not the composition of conf/."""
+    """Read and validate params.yaml; refuse one that is not the composition of conf/.
+
+    Every error is one line that says how to get back to a good params.yaml.
+    """
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: not found; run `make params` to compose it from conf/")
     raw = OmegaConf.load(path)
-    config = validate(raw)
+    try:
+        config = validate(raw)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}; {how_to_recover(path)}") from None
     if check_fresh:
-        is_stale(raw, path)
+        difference = stale_difference(raw, path)
+        if difference and os.environ.get(ALLOW_STALE_ENV) != "1":
+            raise ConfigError(
+                f"{path} is not the composition of conf/ ({difference}); run `make params` "
+                f"to compose it, or set {ALLOW_STALE_ENV}=1 to use it as it is"
+            )
+        if difference:
+            log.warning("%s is not the composition of conf/ (%s); used as it is", path, difference)
     return config
 
 
-def is_stale(raw: DictConfig, path: Path) -> bool:
-    """params.yaml edited by hand (or conf/ changed since) is worth a loud warning.
+def how_to_recover(path: Path) -> str:
+    """Under `dvc exp run -S`, DVC has already written the rejected value into params.yaml."""
+    if os.environ.get("DVC_EXP_NAME"):
+        return (
+            f"nothing was changed but {path}: fix the -S override, or restore the committed "
+            f"file with `git checkout {path}`"
+        )
+    return f"nothing was changed: fix conf/ and run `make params`, or `git checkout {path}`"
+
+
+def stale_difference(raw: DictConfig, path: Path) -> str | None:
+    """Where params.yaml differs from the composition of conf/ beside it, or None.
 
     A `dvc exp run -S ...` composes with overrides, so it differs from the plain
     composition on purpose; DVC says so through DVC_EXP_NAME and the check is skipped.
     """
     conf = path.resolve().parent / "conf"
     if os.environ.get("DVC_EXP_NAME") or not conf.is_dir():
-        return False
-    try:
-        fresh = compose(config_dir=conf)
-    except ConfigError as error:
-        log.warning("conf/ does not compose (%s); params.yaml cannot be checked", error)
-        return False
-    if OmegaConf.to_container(fresh) != OmegaConf.to_container(raw):
-        log.warning(
-            "STALE CONFIG: %s differs from the composition of conf/; "
-            "run `make params` (or use `dvc exp run -S ...`) so they agree",
-            path,
-        )
-        return True
-    return False
+        return None
+    fresh = flat_items(OmegaConf.to_container(compose(config_dir=conf)))
+    given = flat_items(OmegaConf.to_container(raw))
+    for key in sorted(set(fresh) | set(given)):
+        if fresh.get(key, "<missing>") != given.get(key, "<missing>"):
+            here, there = given.get(key, "missing"), fresh.get(key, "missing")
+            return f"{key} is {here!r} in {path.name} but {there!r} in conf/"
+    return None
+
+
+def flat_items(node: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(node, dict):
+        items: dict[str, object] = {}
+        for key, value in node.items():
+            items.update(flat_items(value, f"{prefix}.{key}" if prefix else str(key)))
+        return items
+    return {prefix: node}

@@ -41,6 +41,8 @@ class PathsConfig:
     weights: str = "reports/weights"
     # Per-epoch training state for resuming a killed run (not a DVC output).
     checkpoints: str = ".reglab/checkpoints"
+    # Written by the check stage, which every other stage depends on.
+    check: str = ".reglab/params-checked"
 
 
 @dataclass
