@@ -76,6 +76,7 @@ def client(root: Path):
 def test_first_repro_runs_every_stage(project):
     root, _, first = project
     assert stages_run(first.stdout) == {
+        "check",
         "download",
         "preprocess",
         "train@baseline-42",
@@ -171,6 +172,39 @@ def test_second_repro_reruns_nothing(project):
     assert stages_run(again.stdout) == set()
 
 
+def test_a_rejected_override_stops_before_any_output_is_deleted(project):
+    import time
+
+    root, env, _ = project
+    kept = {
+        path: path.read_bytes()
+        for path in (
+            root / "models/baseline@42/model.keras",
+            root / "reports/history/baseline@42.csv",
+            root / "reports/eval/baseline@42.json",
+        )
+    }
+    started = time.monotonic()
+    result = subprocess.run(
+        ["dvc", "exp", "run", "-S", "train.epochs=-1"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    elapsed = time.monotonic() - started
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "error: params.yaml: train.epochs=-1: must be >= 1" in output, output
+    assert "git checkout params.yaml" in output
+    assert stages_run(result.stdout) == {"check"}, output
+    assert all(path.read_bytes() == data for path, data in kept.items())
+    run(["git", "checkout", "params.yaml"], root, env)
+    assert stages_run(run(["dvc", "repro"], root, env).stdout) <= {"check"}
+    print(f"rejected in {elapsed:.1f} s")
+
+
 def test_experiment_changing_one_variant_reruns_only_it(project):
     root, env, _ = project
     run(["git", "add", "-A"], root, env)
@@ -180,7 +214,7 @@ def test_experiment_changing_one_variant_reruns_only_it(project):
         env,
     )
     result = run(["dvc", "exp", "run", "-S", "variants.l2.kernel.l2=0.01"], root, env)
-    assert stages_run(result.stdout) == {"train@l2-42", "evaluate@l2-42", "compare"}
+    assert stages_run(result.stdout) == {"check", "train@l2-42", "evaluate@l2-42", "compare"}
     shown = json.loads(run(["dvc", "exp", "show", "--json"], root, env).stdout)
     text = json.dumps(shown)
     assert "test_accuracy" in text and "reports/eval/l2@42.json" in text
@@ -191,6 +225,7 @@ def test_another_seed_trains_only_the_new_runs_and_the_leaderboard_shows_mean_an
     result = run(["dvc", "exp", "run", "-S", "seeds=[42,7]"], root, env)
     ran = stages_run(result.stdout)
     seed_stages = {
+        "check",
         "train@baseline-7",
         "train@l2-7",
         "evaluate@baseline-7",
