@@ -50,12 +50,15 @@ def test_same_seed_gives_the_same_weights_bit_for_bit_and_another_seed_does_not(
     config = config_for()
     first = train_variant(config, "dropout@42")
     weights_first = saved_weights(project / "models/dropout@42/model.keras")
+    model_bytes = (project / "models/dropout@42/model.keras").read_bytes()
     history_first = (project / "reports/history/dropout@42.csv").read_text()
     keras.backend.clear_session()
     second = train_variant(config, "dropout@42")
     weights_second = saved_weights(project / "models/dropout@42/model.keras")
     assert first["mlflow_run_id"] != second["mlflow_run_id"]
     assert all(np.array_equal(a, b) for a, b in zip(weights_first, weights_second, strict=True))
+    # The same bytes, so DVC records one hash for the same model in every clone.
+    assert (project / "models/dropout@42/model.keras").read_bytes() == model_bytes
     assert (project / "reports/history/dropout@42.csv").read_text() == history_first
 
     keras.backend.clear_session()
@@ -116,6 +119,23 @@ def test_a_diverging_run_ends_failed_and_writes_no_model(project):
     assert not (project / "models/baseline@42").exists()
     assert not (project / "reports/history/baseline@42.csv").exists()
     assert not list((project / "models").glob(".baseline*"))
+
+
+def test_data_prepared_for_another_config_is_refused_naming_the_key(project):
+    """The run's record must be true: no training on data the config does not describe."""
+    from reglab.data.errors import DataError
+
+    with pytest.raises(DataError) as refused:
+        train_variant(config_for("data.train_size=300"), "baseline@42")
+    assert str(refused.value) == (
+        "data/processed holds data prepared with data.train_size=400, not "
+        "data.train_size=300; prepare it for this config with "
+        "`dvc exp run -S 'data.train_size=300'` (or `make params && dvc repro preprocess` "
+        "after changing conf/)"
+    )
+    with pytest.raises(DataError, match=r"data.split_seed=42, not data.split_seed=7"):
+        train_variant(config_for("data.split_seed=7"), "baseline@42")
+    assert not (project / "mlflow.db").exists() and not (project / "models").exists()
 
 
 def test_unreachable_tracking_server_fails_fast_before_training(project, monkeypatch):

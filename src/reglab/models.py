@@ -17,14 +17,20 @@ metrics and histograms are logged per layer name.
 
 from __future__ import annotations
 
+import io
 import itertools
+import json
 import logging
+import tempfile
+import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import keras
 import numpy as np
 from keras import layers
 
+from reglab.io import write_atomic
 from reglab.recipes import ACTIVATIONS, MODEL_NAMES, ModelConfig  # noqa: F401
 from reglab.regularizers import RegularizerConfig, describe, format_value, layer_regularization
 from reglab.schema import ConfigError
@@ -228,3 +234,34 @@ def describe_model(model: keras.Model) -> str:
         f"model {model.name}: {model.count_params():,} parameters ({trainable:,} trainable)"
     )
     return "\n".join(lines) + "\n"
+
+
+# The timestamp every entry of a saved model gets: the zip format's earliest.
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def save_model(model: keras.Model, path: str | Path) -> None:
+    """``model.save`` whose bytes depend on the model alone, written atomically.
+
+    Keras writes the save time into ``metadata.json`` and stamps the weights
+    entry of the zip with it, so two identical runs gave two files and DVC two
+    hashes (no deduplication in its cache, run cache or remote). Here the date
+    goes and every entry carries the same timestamp; the rest is Keras's own.
+    """
+    path = Path(path)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as folder:
+        saved = Path(folder) / "model.keras"
+        model.save(saved)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(saved) as source, zipfile.ZipFile(buffer, "w") as target:
+            for entry in source.infolist():
+                data = source.read(entry)
+                if entry.filename == "metadata.json":
+                    metadata = json.loads(data)
+                    metadata.pop("date_saved", None)
+                    data = json.dumps(metadata, sort_keys=True).encode()
+                fixed = zipfile.ZipInfo(entry.filename, date_time=_ZIP_EPOCH)
+                fixed.compress_type = entry.compress_type
+                fixed.external_attr = entry.external_attr
+                target.writestr(fixed, data)
+    write_atomic(path, buffer.getvalue())

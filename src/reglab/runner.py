@@ -25,10 +25,11 @@ import numpy as np
 from reglab import tracking, weights
 from reglab.checkpoint import Checkpoint, TrainingState
 from reglab.config import Config, config_hash
-from reglab.errors import ReglabError
+from reglab.data.config import DataConfig
+from reglab.data.prepare import load_splits
 from reglab.io import write_atomic, writing_dir
 from reglab.metrics import HISTORY_COLUMNS
-from reglab.models import build_model, describe_model
+from reglab.models import build_model, describe_model, save_model
 from reglab.paths import history_file, parse_run_key
 from reglab.recipes import EarlyStoppingConfig, RegularizerConfig
 from reglab.training import (
@@ -41,10 +42,6 @@ from reglab.training import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class MissingInput(ReglabError):
-    """An earlier stage's output is missing."""
 
 
 def train_variant(
@@ -64,7 +61,7 @@ def train_variant(
     variant, seed = parse_run_key(key)
     recipe = config.variant(variant)
     config.check_seed(seed)
-    train, validation = load_training_data(config.paths.processed)
+    train, validation = load_training_data(config.paths.processed, config.data)
     model_dir = Path(config.paths.models, key)
     model_dir.parent.mkdir(parents=True, exist_ok=True)  # unwritable? fail before any work
     uri = tracking.configure(config.tracking.uri, config.tracking.experiment)
@@ -133,16 +130,12 @@ def begin_logging(
         tracking.log_missing_epochs(run_id, state.history)
 
 
-def load_training_data(processed_dir: str) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    """The training and validation splits; the held-out test set is evaluate's alone."""
-    from reglab.data.prepare import load_splits
-
-    if not Path(processed_dir, "manifest.json").exists():
-        raise MissingInput(
-            f"{processed_dir}/manifest.json not found; run the data stages first "
-            "(`dvc repro preprocess`)"
-        )
-    splits = load_splits(processed_dir)
+def load_training_data(
+    processed_dir: str, data: DataConfig
+) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """The training and validation splits, prepared for ``data`` (refused otherwise);
+    the held-out test set is the evaluate stage's alone."""
+    splits = load_splits(processed_dir, data, splits=("train", "val"))
     return splits["train"], splits["val"]
 
 
@@ -220,7 +213,7 @@ def write_outputs(
 ) -> None:
     """The model folder (model.keras, run.json) swapped in whole; the history CSV."""
     with writing_dir(model_dir) as staging:
-        model.save(staging / "model.keras")
+        save_model(model, staging / "model.keras")
         (staging / "run.json").write_text(json.dumps(dict(summary), indent=2) + "\n")
         write_atomic(history_path, history_csv(history))
 

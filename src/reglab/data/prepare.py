@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from reglab.data.config import TEST_KEYS, TRAIN_KEYS, DataFile
+from reglab.data.config import TEST_KEYS, TRAIN_KEYS, DataConfig, DataFile
 from reglab.data.errors import DataError, IdxFormatError
 from reglab.data.idx import check_magic, parse_idx, read_content
 from reglab.io import file_sha256, writing_dir
@@ -56,6 +56,18 @@ class SplitPlan:
     test_size: int | None = None
     test_holdout_size: int | None = None
     test_holdout_seed: int = 0
+
+
+def split_plan(data: DataConfig) -> SplitPlan:
+    """The plan the data config asks for."""
+    return SplitPlan(
+        split_seed=data.split_seed,
+        validation_size=data.validation_size,
+        train_size=data.train_size,
+        test_size=data.test_size,
+        test_holdout_size=data.test_holdout_size,
+        test_holdout_seed=data.test_holdout_seed,
+    )
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:
@@ -251,6 +263,7 @@ def preprocess(
         "class_names": list(class_names),
         "image_shape": list(image_shape),
         "scaling": f"float32(raw pixel) / {pixel_max:g}",
+        "pixel_max": pixel_max,
     }
     manifest = write_processed(output_dir, splits, description, num_classes)
     log.info(
@@ -315,16 +328,73 @@ def load_manifest(directory: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def load_splits(directory: str | Path, verify: bool = True) -> dict[str, Split]:
-    """{"train": (x, y), "val": (x, y), "test": (x, y)} from a preprocess output folder.
+def prepared_for(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The data keys a manifest's arrays were prepared with, named as in the config."""
+    keys = {"data.name": manifest.get("dataset"), "data.pixel_max": manifest.get("pixel_max")}
+    keys.update({f"data.{key}": value for key, value in manifest.get("split_plan", {}).items()})
+    for key, entry in manifest.get("source", {}).get("files", {}).items():
+        keys[f"data.files.{key}.sha256"] = entry["sha256"]
+    return keys
 
-    With ``verify`` every array is checked against the manifest's SHA-256 first,
-    so a stage never trains or evaluates on arrays that changed behind its back.
+
+def check_prepared(directory: Path, manifest: Mapping[str, Any], data: DataConfig) -> None:
+    """Refuse arrays prepared for another data config, naming the first key that differs.
+
+    A run's record must be true: a config that says all 58,000 images must not
+    train on the 1,000 the default pipeline prepared.
+    """
+    wanted = prepared_for(
+        {
+            "dataset": data.name,
+            "pixel_max": data.pixel_max,
+            "split_plan": asdict(split_plan(data)),
+            "source": {"files": {key: asdict(entry) for key, entry in data.files.items()}},
+        }
+    )
+    found = prepared_for(manifest)
+    for key, value in wanted.items():
+        if found.get(key) != value:
+            setting = f"{key}={_override(value)}"
+            raise DataError(
+                f"{directory} holds data prepared with {key}={_override(found.get(key))}, not "
+                f"{setting}; prepare it for this config with `dvc exp run -S '{setting}'` "
+                f"(or `make params && dvc repro preprocess` after changing conf/)"
+            )
+
+
+def _override(value: Any) -> str:
+    """A value in Hydra's override grammar."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def load_splits(
+    directory: str | Path,
+    data: DataConfig | None = None,
+    *,
+    verify: bool = True,
+    splits: Sequence[str] = SPLITS,
+) -> dict[str, Split]:
+    """``splits`` (all by default: {"train": (x, y), "val": ..., "test": ...}) from a
+    preprocess output folder.
+
+    With ``data``, the manifest must say the arrays were prepared for that data
+    config (:func:`check_prepared`). With ``verify`` every array read is checked
+    against the manifest's SHA-256 first, so a stage never trains or evaluates
+    on arrays that changed behind its back.
     """
     directory = Path(directory)
     manifest = load_manifest(directory)
+    if data is not None:
+        check_prepared(directory, manifest, data)
     if verify:
+        wanted = {f"{split}_{part}.npy" for split in splits for part in "xy"}
         for filename, entry in manifest["arrays"].items():
+            if filename not in wanted:
+                continue
             path = directory / filename
             if not path.is_file():
                 raise DataError(f"{path}: missing; run the preprocess stage again")
@@ -338,5 +408,5 @@ def load_splits(directory: str | Path, verify: bool = True) -> dict[str, Split]:
             np.load(directory / f"{split}_x.npy", allow_pickle=False),
             np.load(directory / f"{split}_y.npy", allow_pickle=False),
         )
-        for split in SPLITS
+        for split in splits
     }
