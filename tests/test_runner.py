@@ -213,6 +213,52 @@ def test_sigkilled_training_resumes_and_ends_like_an_uninterrupted_run(tmp_path,
     assert not (killed / ".reglab/checkpoints/dropout@42").exists()
 
 
+def test_a_killed_command_line_run_resumes_when_the_same_command_runs_again(tmp_path, data_dir):
+    """Hydra makes a new output folder each time; the checkpoint is found all the same."""
+    (tmp_path / "data").symlink_to(data_dir)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    command = [sys.executable, "-m", "reglab", "train", "variant=dropout", *DIGITS]
+    command += ["train.epochs=4", "tracking.log_model=false"]
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    wait_for_checkpoint(tmp_path, "adhoc/dropout@42", process, epoch=2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "resuming from the checkpoint after epoch" in again.stderr
+    client = store(tmp_path)
+    experiment = client.get_experiment_by_name("reglab")
+    (run,) = client.search_runs([experiment.experiment_id], "tags.variant = 'dropout'")
+    assert run.info.status == "FINISHED"
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/data_loss"))
+    assert steps == [1, 2, 3, 4]
+    assert len(list((tmp_path / "outputs").rglob("model.keras"))) == 1
+
+
+def test_a_checkpoint_for_other_code_starts_over_and_ends_its_run_killed(project, caplog):
+    config = config_for("train.epochs=2")
+    checkpoints = project / ".reglab/checkpoints/baseline@42"
+    first = train_variant(config, "baseline@42")
+    # As if killed after epoch 1 with a RUNNING run, under code that has changed since.
+    client = store(project)
+    orphan = client.create_run(client.get_run(first["mlflow_run_id"]).info.experiment_id)
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "state.json").write_text(
+        json.dumps({"epoch": 1, "run_id": orphan.info.run_id, "fingerprint": {"code": "old"}})
+    )
+    leftover = project / "models/.baseline@42.tmp-abc"
+    leftover.mkdir()
+    keras.backend.clear_session()
+    second = train_variant(config, "baseline@42")
+    assert "was written for another config and code and data" in caplog.text
+    assert client.get_run(orphan.info.run_id).info.status == "KILLED"
+    assert second["resumed_from_epoch"] == 0 and second["epochs_trained"] == 2
+    assert not leftover.exists() and not checkpoints.exists()
+
+
 def test_sigterm_ends_the_run_killed(tmp_path, data_dir):
     root = tmp_path / "project"
     root.mkdir()

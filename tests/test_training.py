@@ -155,7 +155,8 @@ def test_a_resumed_run_with_early_stopping_ends_like_an_uninterrupted_one(splits
     straight = fit_digits(
         straight_model, splits, seed=4, label="s", epochs=10, early_stopping=stopper()
     )
-    checkpoint = Checkpoint(tmp_path / "checkpoint", "config-1")
+    written_for = {"config": "c1", "code": "k1", "data": "d1"}
+    checkpoint = Checkpoint(tmp_path / "checkpoint", written_for)
     # The same run, stopped after epoch 2 (as by a kill) and resumed from its checkpoint.
     fit_digits(
         fresh_model(), splits, seed=4, label="r", epochs=2, early_stopping=stopper(),
@@ -173,8 +174,12 @@ def test_a_resumed_run_with_early_stopping_ends_like_an_uninterrupted_one(splits
     assert resumed.early_stopping == straight.early_stopping
     for a, b in zip(resumed_model.get_weights(), straight_model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
-    # A checkpoint written under another config is not resumed from, and goes.
-    assert Checkpoint(tmp_path / "checkpoint", "config-2").load() is None
+    # A checkpoint written for other code is not resumed from; it goes, its run id kept.
+    state.run_id = "run-1"
+    checkpoint.save(resumed_model, state)
+    other_code = Checkpoint(tmp_path / "checkpoint", {**written_for, "code": "k2"})
+    assert other_code.load() is None
+    assert other_code.discarded_run_id == "run-1"
     assert not (tmp_path / "checkpoint").exists()
 
 

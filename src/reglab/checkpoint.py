@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,18 +50,31 @@ class Checkpoint:
     atomically: a kill during a save leaves the previous complete checkpoint.
     """
 
-    def __init__(self, directory: str | Path, fingerprint: str):
+    def __init__(self, directory: str | Path, fingerprint: Mapping[str, str]):
         self.directory = Path(directory)
-        self.fingerprint = fingerprint
+        # What the training depends on, by part: {"config": ..., "code": ..., "data": ...}.
+        self.fingerprint = dict(fingerprint)
+        # The MLflow run of a checkpoint that load() discarded: it will never finish.
+        self.discarded_run_id: str | None = None
 
     def load(self) -> TrainingState | None:
-        """The saved state if it belongs to this config, else None (and the folder goes)."""
+        """The saved state if it was written for the same config, code and data;
+        else None, and the folder goes (its run id kept in ``discarded_run_id``)."""
         state_file = self.directory / STATE_FILE
         if not state_file.exists():
             return None
         saved = json.loads(state_file.read_text())
-        if saved.pop("fingerprint", None) != self.fingerprint:
-            log.warning("discarding checkpoint %s: written for another config", self.directory)
+        written_for = saved.pop("fingerprint", None) or {}
+        changed = [
+            part for part in self.fingerprint if written_for.get(part) != self.fingerprint[part]
+        ]
+        if changed:
+            log.warning(
+                "starting over: the checkpoint in %s was written for another %s",
+                self.directory,
+                " and ".join(changed),
+            )
+            self.discarded_run_id = saved.get("run_id")
             self.clear()
             return None
         state = TrainingState(**saved)

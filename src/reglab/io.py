@@ -109,6 +109,32 @@ def writing_dir(target: str | Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def remove_leftovers(path: str | Path) -> list[Path]:
+    """Remove what a killed writer of ``path`` left beside it: staging folders,
+    retired folders and temporary files (the names the functions above give)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    patterns = (f".{path.name}.tmp-*", f".{path.name}.old-*", f".{path.name}.*.tmp")
+    removed = [stale for pattern in patterns for stale in path.parent.glob(pattern)]
+    for stale in removed:
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+    return removed
+
+
+def tree_digest(folder: str | Path, pattern: str = "*.py") -> str:
+    """SHA-256 over the relative names and contents of the files matching ``pattern``."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob(pattern)):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def file_sha256(path: str | Path) -> str:
     with open(path, "rb") as stream:
         return hashlib.file_digest(stream, "sha256").hexdigest()

@@ -25,6 +25,7 @@ import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -243,10 +244,12 @@ _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 def save_model(model: keras.Model, path: str | Path) -> None:
     """``model.save`` whose bytes depend on the model alone, written atomically.
 
-    Keras writes the save time into ``metadata.json`` and stamps the weights
-    entry of the zip with it, so two identical runs gave two files and DVC two
-    hashes (no deduplication in its cache, run cache or remote). Here the date
-    goes and every entry carries the same timestamp; the rest is Keras's own.
+    Keras writes the save time into ``metadata.json``, stamps the weights entry
+    of the zip with it and numbers shared objects in ``config.json`` by their
+    memory address, so two identical runs gave two files and DVC two hashes (no
+    deduplication in its cache, run cache or remote). Here the date goes, every
+    entry carries the same timestamp and shared objects are numbered 1, 2, ...
+    in the order they appear; the rest is Keras's own.
     """
     path = Path(path)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as folder:
@@ -260,8 +263,24 @@ def save_model(model: keras.Model, path: str | Path) -> None:
                     metadata = json.loads(data)
                     metadata.pop("date_saved", None)
                     data = json.dumps(metadata, sort_keys=True).encode()
+                elif entry.filename == "config.json":
+                    data = json.dumps(_renumber_shared(json.loads(data), {})).encode()
                 fixed = zipfile.ZipInfo(entry.filename, date_time=_ZIP_EPOCH)
                 fixed.compress_type = entry.compress_type
                 fixed.external_attr = entry.external_attr
                 target.writestr(fixed, data)
     write_atomic(path, buffer.getvalue())
+
+
+def _renumber_shared(node: Any, numbers: dict[int, int]) -> Any:
+    """``shared_object_id`` values (memory addresses) -> 1, 2, ... in order of appearance."""
+    if isinstance(node, dict):
+        return {
+            key: numbers.setdefault(value, len(numbers) + 1)
+            if key == "shared_object_id"
+            else _renumber_shared(value, numbers)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_renumber_shared(item, numbers) for item in node]
+    return node

@@ -27,7 +27,7 @@ from reglab.checkpoint import Checkpoint, TrainingState
 from reglab.config import Config, config_hash
 from reglab.data.config import DataConfig
 from reglab.data.prepare import load_splits
-from reglab.io import write_atomic, writing_dir
+from reglab.io import remove_leftovers, tree_digest, write_atomic, writing_dir
 from reglab.metrics import HISTORY_COLUMNS
 from reglab.models import build_model, describe_model, save_model
 from reglab.paths import history_file, parse_run_key
@@ -66,8 +66,10 @@ def train_variant(
     model_dir.parent.mkdir(parents=True, exist_ok=True)  # unwritable? fail before any work
     uri = tracking.configure(config.tracking.uri, config.tracking.experiment)
     params = run_params(config, variant, seed)
-    checkpoint = Checkpoint(Path(config.paths.checkpoints, key), fingerprint(params))
-    state = checkpoint.load() or TrainingState()
+    checkpoint = Checkpoint(
+        Path(config.paths.checkpoints, key), fingerprint(params, config.paths.processed)
+    )
+    state = load_state(checkpoint)
     resumed_from = state.epoch
     model = prepare_model(config, recipe, seed, train[0].shape[1:])
     with open_run(config, key, state.run_id, parent_run_id, run_tags) as run:
@@ -212,6 +214,8 @@ def write_outputs(
     history_path: Path,
 ) -> None:
     """The model folder (model.keras, run.json) swapped in whole; the history CSV."""
+    for leftover in [*remove_leftovers(model_dir), *remove_leftovers(history_path)]:
+        log.info("removed %s, left by an interrupted run", leftover)
     with writing_dir(model_dir) as staging:
         save_model(model, staging / "model.keras")
         (staging / "run.json").write_text(json.dumps(dict(summary), indent=2) + "\n")
@@ -237,8 +241,27 @@ def run_params(config: Config, variant: str, seed: int) -> dict[str, Any]:
     return params
 
 
-def fingerprint(params: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+def fingerprint(params: Mapping[str, Any], processed_dir: str) -> dict[str, str]:
+    """What a checkpoint is valid for: the config (where outputs go aside), the code
+    of the package, the data's digests. A change in any of them starts over."""
+    from reglab.data.prepare import load_manifest
+
+    def digest(value: Any) -> str:
+        return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+    return {
+        "config": digest({key: value for key, value in params.items() if key != "paths"}),
+        "code": tree_digest(Path(__file__).parent),
+        "data": digest(load_manifest(processed_dir)["digests"]),
+    }
+
+
+def load_state(checkpoint: Checkpoint) -> TrainingState:
+    """The checkpoint's state, or a fresh one; a discarded checkpoint's run ends KILLED."""
+    state = checkpoint.load()
+    if checkpoint.discarded_run_id:
+        tracking.end_orphaned_run(checkpoint.discarded_run_id)
+    return state or TrainingState()
 
 
 def run_tags_of(config: Config, variant: str, seed: int) -> dict[str, str]:

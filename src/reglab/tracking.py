@@ -180,6 +180,18 @@ def resumed_run(uri: str, run_id: str) -> Iterator[mlflow.ActiveRun]:
         yield run
 
 
+def end_orphaned_run(run_id: str) -> None:
+    """A run whose training was killed and will not resume: RUNNING becomes KILLED."""
+    client = mlflow.MlflowClient()
+    try:
+        status = client.get_run(run_id).info.status
+    except mlflow.exceptions.MlflowException:
+        return  # in another store, or deleted: nothing to end
+    if status == "RUNNING":
+        client.set_terminated(run_id, "KILLED")
+        log.info("MLflow run %s of an interrupted training marked KILLED", run_id)
+
+
 def log_run_setup(params: Mapping[str, Any], model_summary: str, processed_dir: str) -> None:
     """What a new run records before its first epoch: enough to re-create it from MLflow alone."""
     mlflow.log_params(flatten(params))
