@@ -275,8 +275,9 @@ def test_a_second_pipeline_at_the_same_time_refuses(project):
     import time
 
     root, env, _ = project
+    raw = {path: path.stat().st_mtime_ns for path in (root / "data/raw").iterdir()}
     first = subprocess.Popen(
-        ["dvc", "repro", "--force", "compare"],
+        ["dvc", "repro", "--force", "--single-item", "compare"],
         cwd=root,
         env=env,
         stdout=subprocess.PIPE,
@@ -284,19 +285,26 @@ def test_a_second_pipeline_at_the_same_time_refuses(project):
         text=True,
     )
     try:
-        time.sleep(3)  # DVC takes its lock at once; compare needs far longer than this
-        assert first.poll() is None, first.stdout.read()
+        rwlock = root / ".dvc/tmp/rwlock"
+        deadline = time.monotonic() + 120
+        while str(first.pid) not in (rwlock.read_text() if rwlock.exists() else ""):
+            assert first.poll() is None and time.monotonic() < deadline, first.stdout.read()
+            time.sleep(0.1)
+        started = time.monotonic()
         second = subprocess.run(
-            ["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True, timeout=120
+            ["dvc", "repro", "--force"], cwd=root, env=env, capture_output=True, text=True
         )
+        elapsed = time.monotonic() - started
     finally:
         output = first.communicate(timeout=600)[0]
     assert second.returncode != 0
     refusal = second.stderr + second.stdout
-    # DVC's repo lock, or its per-output read/write lock, whichever the second meets first.
-    assert "Unable to acquire lock" in refusal or "is busy, it is being blocked by" in refusal
+    assert f"another pipeline is running in this project (PID {first.pid}: dvc repro" in refusal
+    assert stages_run(second.stdout) == {"check"}, refusal
+    assert {path: path.stat().st_mtime_ns for path in (root / "data/raw").iterdir()} == raw
     assert first.returncode == 0, output
     assert "l2" in (root / "reports/summary.md").read_text()
+    print(f"refused in {elapsed:.1f} s")
 
 
 def test_mlflow_run_trains_one_variant_with_overrides(project):
