@@ -71,3 +71,51 @@ def test_a_file_where_the_output_folder_belongs_is_a_clear_error(tmp_path, data_
     assert "models" in last and "a file stands where a folder is expected" in last
     assert (tmp_path / "models").read_text() == "not a folder"
     assert not Path(tmp_path, "reports").exists()
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real file system of 300 KB, full before a model fits (root can mount a tmpfs)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_while_saving_the_model_is_one_line_and_leaves_nothing(
+    tmp_path, data_dir, full_disk
+):
+    from mlflow import MlflowClient
+
+    from reglab.compose import compose, to_yaml
+    from tests.conftest import DIGITS
+
+    (tmp_path / "data").symlink_to(data_dir)
+    overrides = ["train.epochs=1", "tracking.log_model=false", f"paths.models={full_disk}/models"]
+    (tmp_path / "params.yaml").write_text(to_yaml(compose(DIGITS + overrides)))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "reglab.stages.train", "baseline@42"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: cannot write {full_disk}/models/baseline@42/model.keras: No space left on "
+        "device; free some disk space, then run the stage again"
+    )
+    assert [path.name for path in full_disk.rglob("*")] == ["models"]  # nothing half-written
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("reglab").experiment_id
+    (run,) = client.search_runs([experiment], "tags.variant = 'baseline'")
+    assert run.info.status == "FAILED"

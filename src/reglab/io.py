@@ -10,12 +10,38 @@ them private, which is no use for shared outputs).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from reglab.errors import ReglabError
+
+# Failures to write an output that a user fixes outside the project. Outputs are
+# written to a temporary name and renamed, so none is left half-written.
+WRITE_ERRORS = {
+    errno.ENOSPC: "free some disk space, then run the stage again",
+    errno.EDQUOT: "free some of your disk quota, then run the stage again",
+    errno.EACCES: "make the folder writable for this user, then run the stage again",
+    errno.EPERM: "make the folder writable for this user, then run the stage again",
+    errno.EROFS: "the file system is read-only; point paths.* in conf/ somewhere writable",
+    errno.ENOTDIR: "a file stands where a folder is expected; move it or change paths.* in conf/",
+    errno.EEXIST: "a file stands where a folder is expected; move it or change paths.* in conf/",
+}
+
+
+class WriteError(ReglabError):
+    """An output could not be written; the message names the path and what to do."""
+
+    @classmethod
+    def of(cls, error: OSError, path: str | Path | None = None) -> WriteError:
+        where = error.filename or path
+        where = f" {where}" if where else ""
+        advice = WRITE_ERRORS.get(error.errno, "check the path and run the stage again")
+        return cls(f"cannot write{where}: {error.strerror or error}; {advice}")
 
 
 def _umask() -> int:
@@ -46,6 +72,9 @@ def write_atomic(path: str | Path, content: str | bytes) -> Path:
                 stream.write(content)
         os.chmod(temporary, file_mode())
         os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise WriteError.of(error, path) from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

@@ -31,7 +31,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from reglab.io import write_atomic
+from reglab.io import WriteError, write_atomic
 from reglab.recipes import ACTIVATIONS, MODEL_NAMES, ModelConfig  # noqa: F401
 from reglab.regularizers import RegularizerConfig, describe, format_value, layer_regularization
 from reglab.schema import ConfigError
@@ -241,7 +241,7 @@ def describe_model(model: keras.Model) -> str:
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
-def save_model(model: keras.Model, path: str | Path) -> None:
+def save_model(model: keras.Model, path: str | Path, shown_as: str | Path | None = None) -> None:
     """``model.save`` whose bytes depend on the model alone, written atomically.
 
     Keras writes the save time into ``metadata.json``, stamps the weights entry
@@ -254,7 +254,10 @@ def save_model(model: keras.Model, path: str | Path) -> None:
     path = Path(path)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as folder:
         saved = Path(folder) / "model.keras"
-        model.save(saved)
+        try:
+            model.save(saved)
+        except OSError as error:  # Keras's writers do not say which file
+            raise WriteError.of(error, shown_as or path) from None
         buffer = io.BytesIO()
         with zipfile.ZipFile(saved) as source, zipfile.ZipFile(buffer, "w") as target:
             for entry in source.infolist():

@@ -217,7 +217,7 @@ def write_outputs(
     for leftover in [*remove_leftovers(model_dir), *remove_leftovers(history_path)]:
         log.info("removed %s, left by an interrupted run", leftover)
     with writing_dir(model_dir) as staging:
-        save_model(model, staging / "model.keras")
+        save_model(model, staging / "model.keras", shown_as=model_dir / "model.keras")
         (staging / "run.json").write_text(json.dumps(dict(summary), indent=2) + "\n")
         write_atomic(history_path, history_csv(history))
 
