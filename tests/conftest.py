@@ -93,7 +93,7 @@ DIGITS = [
 
 def make_project(root: Path, overrides: list[str]) -> Path:
     """A project folder with params.yaml and processed digits, made by the real stages."""
-    from reglab.config import compose, to_yaml
+    from reglab.compose import compose, to_yaml
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(to_yaml(compose(DIGITS + overrides)))
@@ -115,6 +115,6 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def config_for(*overrides: str):
-    from reglab.config import compose, validate
+    from reglab.compose import compose_config
 
-    return validate(compose(DIGITS + list(overrides)))
+    return compose_config(DIGITS + list(overrides))
