@@ -29,7 +29,7 @@ from sklearn.metrics import confusion_matrix
 
 from reglab import weights
 from reglab.errors import ReglabError
-from reglab.io import write_atomic
+from reglab.io import read_json_object, write_atomic
 from reglab.metrics import TEST_METRICS, accuracy, cross_entropy, softmax
 from reglab.paths import RunKeyError, parse_run_key
 
@@ -134,18 +134,9 @@ def split_metrics(
 
 def read_run_info(path: Path) -> dict[str, Any]:
     """The train stage's run.json, checked for the keys evaluation relies on."""
-    if not path.exists():
-        raise EvaluationError(f"{path}: not found; run the train stage for this variant first")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise EvaluationError(
-            f"{path}: not valid JSON ({error.msg}); re-run the train stage"
-        ) from None
-    missing = [key for key in RUN_INFO_KEYS if key not in info]
-    if missing:
-        raise EvaluationError(f"{path}: missing {missing}; re-run the train stage")
-    return info
+    return read_json_object(
+        path, RUN_INFO_KEYS, EvaluationError, "the train stage for this variant"
+    )
 
 
 def load_model(path: Path) -> Any:

@@ -36,8 +36,6 @@ from reglab.report.load import (
 from reglab.report.render import leaderboard_csv, learning_curves_csv, summary_markdown
 from reglab.report.stats import (
     BASELINE,
-    SIGNIFICANCE_RULE,
-    Delta,
     Stat,
     Sweep,
     VariantSummary,
@@ -49,9 +47,7 @@ from reglab.report.stats import (
 __all__ = [
     "BASELINE",
     "FIGURE_FILES",
-    "SIGNIFICANCE_RULE",
     "Comparison",
-    "Delta",
     "ReportError",
     "Stat",
     "Sweep",

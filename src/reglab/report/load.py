@@ -8,7 +8,6 @@ Nothing here loads a model, so the compare stage runs without TensorFlow.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from reglab.errors import ReglabError
+from reglab.io import read_json_object
 from reglab.paths import SEED_SEPARATOR, RunKeyError, history_file, parse_run_key
 
 log = logging.getLogger(__name__)
@@ -27,22 +27,6 @@ WEIGHTS_KEYS = ("variant", "seed", "layer", "shape", "values")
 
 class ReportError(ReglabError):
     """The inputs of the compare stage are missing or inconsistent."""
-
-
-def _read_json(path: Path, needed: Sequence[str], stage: str) -> dict[str, Any]:
-    """A JSON object with the ``needed`` keys; any problem names the stage that writes it."""
-    if not path.exists():
-        raise ReportError(f"{path}: not found; run its {stage} stage first")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ReportError(
-            f"{path}: not valid JSON ({error.msg}); re-run its {stage} stage"
-        ) from None
-    missing = [key for key in needed if key not in data]
-    if missing:
-        raise ReportError(f"{path}: missing {missing}; re-run its {stage} stage")
-    return data
 
 
 def load_reports(
@@ -66,7 +50,7 @@ def load_reports(
                 name, file_seed = parse_run_key(path.stem)
             except RunKeyError as error:
                 raise ReportError(f"{path}: {error}") from None
-            report = _read_json(path, REPORT_KEYS, "evaluate")
+            report = read_json_object(path, REPORT_KEYS, ReportError, "its evaluate stage")
             if report["variant"] != variant or name != variant:
                 raise ReportError(
                     f"{path}: holds variant {report['variant']!r}, expected {variant!r}"
@@ -110,7 +94,7 @@ def load_histories(
 
 def load_weights(path: Path) -> dict[str, Any]:
     """One run's first-layer weights file (written by the evaluate stage), checked."""
-    data = _read_json(path, WEIGHTS_KEYS, "evaluate")
+    data = read_json_object(path, WEIGHTS_KEYS, ReportError, "its evaluate stage")
     if int(np.prod(data["shape"])) != len(data["values"]):
         raise ReportError(
             f"{path}: {len(data['values'])} values for shape {data['shape']}; "
