@@ -9,16 +9,22 @@ import json
 import numpy as np
 import pytest
 
-from reglab import report as rp
 from reglab.report import (
     ReportError,
     Stat,
     compare,
     compare_to_baseline,
+    comparison_metrics,
+    load_first_layer_kernels,
+    load_history,
     load_reports,
     strength_sweeps,
     summarize,
 )
+from reglab.report import figures as rf
+from reglab.report import render as rr
+from reglab.report.stats import mean_curve
+from reglab.weights import kernel_record
 
 
 def make_report(variant, seed, accuracy, loss, **extra):
@@ -68,7 +74,7 @@ def test_single_seed_leaderboard_is_sorted_with_plain_differences():
     assert rows[0].accuracy_vs_baseline.significant is None  # one seed: no verdict
     assert rows[0].test_accuracy.std is None
     assert rows[-1].accuracy_vs_baseline is None
-    text = rp.best_variant_text(rows)
+    text = rr.best_variant_text(rows)
     assert "**l2**" in text and "+3.00 points" in text and "single seed" in text
 
 
@@ -107,12 +113,12 @@ def test_rule_needs_two_seeds_on_both_sides():
 
 def test_markdown_marks_not_significant_and_shows_mean_and_std():
     rows = summarize(multi_seed_reports())
-    table = rp.leaderboard_markdown(rows)
+    table = rr.leaderboard_markdown(rows)
     lines = table.splitlines()
     assert lines[2].startswith("| 1 | clear | 3 | 0.8600 ± 0.0100 | +0.0500 |")
     assert "| 2 | wide | 3 | 0.8200 ± 0.0200 | +0.0100 (n.s.) |" in table
     assert "| 3 | **baseline** | 3 | 0.8100 ± 0.0100 | – |" in table
-    loss_text = rp.data_loss_text(rows)
+    loss_text = rr.data_loss_text(rows)
     assert "Baseline test data loss: 0.6200 ± 0.0200." in loss_text
     assert "- clear: 0.4100 ± 0.0100 (lower, -0.2100" in loss_text
     assert (
@@ -126,7 +132,7 @@ def test_baseline_best_is_said_plainly():
         "baseline": [make_report("baseline", 1, 0.9, 0.3)],
         "l1": [make_report("l1", 1, 0.88, 0.3)],
     }
-    text = rp.best_variant_text(summarize(reports))
+    text = rr.best_variant_text(summarize(reports))
     assert text.startswith("The baseline has the highest test accuracy")
     assert "**l1**, is 2.00 points behind" in text
 
@@ -136,14 +142,19 @@ def write_report(directory, name, report):
     (directory / f"{name}.json").write_text(json.dumps(report))
 
 
-def test_load_reports_single_and_multi_seed_names(tmp_path):
-    write_report(tmp_path, "baseline", make_report("baseline", 42, 0.8, 0.6))
+def test_load_reports_by_run_key(tmp_path, caplog):
     for seed in (1, 2):
-        write_report(tmp_path, f"l2@{seed}", make_report("l2", seed, 0.8, 0.6))
+        write_report(tmp_path, f"l2@{seed}", make_report("l2", seed, [0.81, 0.82][seed - 1], 0.6))
+    write_report(tmp_path, "baseline@42", make_report("baseline", 42, 0.7, 0.6))
     write_report(tmp_path, "l2_big@1", make_report("l2_big", 1, 0.8, 0.6))  # not an l2 seed
+    write_report(tmp_path, "l2", make_report("l2", 9, 0.1, 0.6))  # the old single-seed name
     reports = load_reports(tmp_path, ["baseline", "l2"])
-    assert [r["run_key"] for r in reports["baseline"]] == ["baseline"]
-    assert [r["run_key"] for r in reports["l2"]] == ["l2@1", "l2@2"]
+    assert [r["run_key"] for r in reports["baseline"]] == ["baseline@42"]
+    assert [(r["run_key"], r["test_accuracy"]) for r in reports["l2"]] == [
+        ("l2@1", 0.81),
+        ("l2@2", 0.82),
+    ]
+    assert "l2.json: ignored" in caplog.text
     assert [r["seed"] for r in load_reports(tmp_path, ["l2"], seeds=[2])["l2"]] == [2]
     with pytest.raises(ReportError, match=r"no seeds \[3\] for variant 'l2'"):
         load_reports(tmp_path, ["l2"], seeds=[1, 3])
@@ -153,23 +164,67 @@ def test_load_reports_single_and_multi_seed_names(tmp_path):
         load_reports(tmp_path, ["dropout"])
 
 
-def test_load_reports_refuses_two_files_for_one_seed(tmp_path):
-    write_report(tmp_path, "l2", make_report("l2", 7, 0.8, 0.6))
-    write_report(tmp_path, "l2@7", make_report("l2", 7, 0.8, 0.6))
-    with pytest.raises(ReportError, match="both hold l2 seed 7; delete the stale one"):
+def test_load_reports_refuses_a_name_without_an_integer_seed(tmp_path):
+    write_report(tmp_path, "l2@x", make_report("l2", 7, 0.8, 0.6))
+    with pytest.raises(ReportError, match="l2@x.json: 'l2@x': expected <variant>@<seed>"):
         load_reports(tmp_path, ["l2"])
 
 
-def test_load_reports_checks_the_seed_in_the_name(tmp_path):
+def test_load_reports_checks_the_seed_and_the_keys(tmp_path):
     write_report(tmp_path, "l2@7", make_report("l2", 8, 0.8, 0.6))
     with pytest.raises(ReportError, match="holds seed 8, its name says 7"):
         load_reports(tmp_path, ["l2"])
+    (tmp_path / "l2@7.json").write_text(json.dumps({"variant": "l2", "seed": 7}))
+    with pytest.raises(ReportError, match="missing .'test_accuracy'"):
+        load_reports(tmp_path, ["l2"])
+    (tmp_path / "l2@7.json").write_text("{")
+    with pytest.raises(ReportError, match="not valid JSON"):
+        load_reports(tmp_path, ["l2"])
+
+
+def write_weights(directory, key, kernel, layer="conv_1/kernel"):
+    variant, seed = key.split("@")
+    record = {"variant": variant, "seed": int(seed), **kernel_record(layer, kernel)}
+    (directory / f"{key}.json").write_text(json.dumps(record))
+
+
+def test_first_layer_kernels_come_back_bit_for_bit_from_the_weights_files(tmp_path):
+    rng = np.random.default_rng(3)
+    kernels = {
+        "baseline": rng.normal(0, 0.2, (3, 3, 1, 4)).astype(np.float32),
+        "l2": rng.normal(0, 0.05, (3, 3, 1, 4)).astype(np.float32),
+    }
+    write_weights(tmp_path, "baseline@1", kernels["baseline"])
+    write_weights(tmp_path, "l2@1", kernels["l2"])
+    write_weights(tmp_path, "l2@2", np.zeros((3, 3, 1, 4), np.float32))  # not the lowest seed
+    reports = {
+        "baseline": [{"run_key": "baseline@1"}],
+        "l2": [{"run_key": "l2@1"}, {"run_key": "l2@2"}],
+    }
+    loaded = load_first_layer_kernels(tmp_path, reports)
+    assert set(loaded) == {"baseline", "l2"}
+    for name, kernel in kernels.items():
+        assert loaded[name].dtype == np.float32 and loaded[name].shape == (3, 3, 1, 4)
+        assert loaded[name].tobytes() == kernel.tobytes()
+    # The histogram figure draws the same numbers from the file as from the model's arrays.
+    from_files = rf.weight_histogram_figure(loaded, tmp_path / "a.png")
+    from_arrays = rf.weight_histogram_figure(kernels, tmp_path / "b.png")
+    assert from_files == from_arrays
+    assert sum(from_files["counts"]["l2"]) == 36
+
+    (tmp_path / "l2@1.json").write_text(
+        json.dumps({"variant": "l2", "seed": 1, "layer": "k", "shape": [2, 2], "values": [0.0]})
+    )
+    with pytest.raises(ReportError, match=r"1 values for shape \[2, 2\]; re-run its evaluate"):
+        load_first_layer_kernels(tmp_path, reports)
+    with pytest.raises(ReportError, match="dropout@1.json: not found; run its evaluate stage"):
+        load_first_layer_kernels(tmp_path, {"dropout": [{"run_key": "dropout@1"}]})
 
 
 def test_load_history_reads_columns(tmp_path):
     path = tmp_path / "h.csv"
     path.write_text("epoch,train_data_loss,val_data_loss\n1,0.9,1.0\n2,0.5,0.8\n")
-    assert rp.load_history(path) == {
+    assert load_history(path) == {
         "epoch": [1.0, 2.0],
         "train_data_loss": [0.9, 0.5],
         "val_data_loss": [1.0, 0.8],
@@ -229,7 +284,7 @@ def test_keys_that_move_together_make_one_sweep_and_other_settings_split_it():
 
 
 def test_mean_curve_over_seeds_of_unequal_length():
-    means, stds = rp.mean_curve([[1.0, 2.0, 3.0], [3.0, 4.0]])
+    means, stds = mean_curve([[1.0, 2.0, 3.0], [3.0, 4.0]])
     assert means == [2.0, 3.0, 3.0]
     assert stds[0] == pytest.approx(np.sqrt(2.0)) and stds[2] is None
 
@@ -281,6 +336,14 @@ def test_compare_writes_figures_with_the_expected_series(tmp_path):
     assert [row.variant for row in result.summaries] == ["l2", "dropout", "l2_small", "baseline"]
     for name, path in result.figures.items():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert stale.read_bytes() == b""  # only the comparison's own figures are replaced
+    assert sorted(p.name for p in stale.parent.iterdir()) == [
+        "first_layer_weights.png",
+        "strength_sweep.png",
+        "test_metrics.png",
+        "unrelated.png",
+        "val_data_loss.png",
+    ]
     assert set(result.figures) == {
         "validation_loss",
         "test_metrics",
@@ -297,9 +360,14 @@ def test_compare_writes_figures_with_the_expected_series(tmp_path):
 
     histograms = result.series["weight_histograms"]
     assert histograms["baseline"] == "baseline"
-    assert set(histograms["counts"]) == set(kernels)
-    assert all(sum(counts) == 72 for counts in histograms["counts"].values())
-    assert len(histograms["bin_edges"]) == len(histograms["counts"]["l2"]) + 1
+    # One set of edges over all kernels: 2 * sqrt(72) ~ 16 bins from the lowest to the highest.
+    everything = np.concatenate([k.ravel() for k in kernels.values()])
+    expected_edges = np.linspace(everything.min(), everything.max(), 17)
+    assert histograms["bin_edges"] == pytest.approx(expected_edges.tolist())
+    for name, kernel in kernels.items():
+        expected = np.histogram(kernel.ravel(), bins=expected_edges)[0].tolist()
+        assert histograms["counts"][name] == expected, name
+        assert sum(histograms["counts"][name]) == 72
     # L2 pulls weights toward zero: more of them in the central bins than the baseline.
     edges = np.asarray(histograms["bin_edges"])
     central = (np.abs(edges[:-1]) < 0.1) & (np.abs(edges[1:]) < 0.1)
@@ -330,7 +398,33 @@ def test_compare_writes_figures_with_the_expected_series(tmp_path):
     assert board[0]["seeds"] == "2"
 
     text = result.markdown
-    assert "| 1 | l2 | 2 | 0.8415 ± 0.0007 |" in text
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert table[1:] == [
+        "| 1 | l2 | 2 | 0.8415 ± 0.0007 | +0.0265 | 0.5000 ± 0.0000 | -0.2000 | 0.0500 ± 0.0000 "
+        "| 0.1000 ± 0.0000 | 0.0200 ± 0.0000 | 0.050 ± 0.000 | 1,000 | 10.0 ± 0.0 |",
+        "| 2 | dropout | 2 | 0.8300 ± 0.0000 | +0.0150 | 0.4500 ± 0.0000 | -0.2500 "
+        "| 0.0500 ± 0.0000 | 0.1000 ± 0.0000 | 0.0200 ± 0.0000 | 0.000 ± 0.000 | 1,000 "
+        "| 10.0 ± 0.0 |",
+        "| 3 | l2_small | 2 | 0.8200 ± 0.0000 | +0.0050 (n.s.) | 0.5500 ± 0.0000 | -0.1500 "
+        "| 0.0500 ± 0.0000 | 0.1000 ± 0.0000 | 0.0200 ± 0.0000 | 0.020 ± 0.000 | 1,000 "
+        "| 10.0 ± 0.0 |",
+        "| 4 | **baseline** | 2 | 0.8150 ± 0.0071 | – | 0.7000 ± 0.0000 | – | 0.0500 ± 0.0000 "
+        "| 0.1000 ± 0.0000 | 0.0200 ± 0.0000 | 0.010 ± 0.000 | 1,000 | 10.0 ± 0.0 |",
+    ]
+    assert comparison_metrics(result) == pytest.approx(
+        {
+            "test_accuracy/l2": 0.8415,
+            "test_data_loss/l2": 0.5,
+            "test_accuracy/dropout": 0.83,
+            "test_data_loss/dropout": 0.45,
+            "test_accuracy/l2_small": 0.82,
+            "test_data_loss/l2_small": 0.55,
+            "test_accuracy/baseline": 0.815,
+            "test_data_loss/baseline": 0.7,
+            "best/test_accuracy": 0.8415,
+            "best/accuracy_vs_baseline": 0.0265,
+        }
+    )
     assert "Best: **l2**" in text
     assert "](figures/val_data_loss.png)" in text
     assert "- kernel.l2: l2_small, l2" in text
@@ -356,8 +450,35 @@ def test_compare_skips_and_removes_figures_that_no_longer_apply(tmp_path):
     )
     assert set(result.figures) == {"test_metrics"}
     assert not (figures / "strength_sweep.png").exists()
+    assert result.series["test_metrics"]["test_accuracy"] == pytest.approx([0.81, 0.8])
+    assert set(result.plot_data) == {"leaderboard.csv"}
+    assert "first_layer_weights" not in result.markdown
+
+
+def test_plot_csvs_keep_a_name_with_a_comma_and_a_quote_in_one_field():
+    odd = 'l2, "strong"'
+    reports = {
+        "baseline": [make_report("baseline", 1, 0.8, 0.6)],
+        odd: [make_report(odd, 1, 0.9, 0.5)],
+    }
+    board = list(csv.reader(io.StringIO(rr.leaderboard_csv(summarize(reports)))))
+    assert board == [
+        ["variant", "test_accuracy", "test_data_loss", "generalization_gap", "seeds"],
+        [odd, "0.9", "0.5", "0.05", "1"],
+        ["baseline", "0.8", "0.6", "0.05", "1"],
+    ]
+    curves = {
+        odd: {"epoch": [1, 2], "val_data_loss": [0.7, 0.6], "train_data_loss": [0.5, 0.4]},
+        "baseline": {"epoch": [1], "val_data_loss": [0.9]},
+    }
+    assert list(csv.reader(io.StringIO(rr.learning_curves_csv(curves)))) == [
+        ["variant", "epoch", "val_data_loss", "train_data_loss"],
+        [odd, "1", "0.7", "0.5"],
+        [odd, "2", "0.6", "0.4"],
+        ["baseline", "1", "0.9", ""],
+    ]
 
 
 def test_weight_histograms_need_the_baseline(tmp_path):
     with pytest.raises(ReportError, match="baseline"):
-        rp.weight_histogram_figure({"l2": np.zeros(4)}, tmp_path / "w.png")
+        rf.weight_histogram_figure({"l2": np.zeros(4)}, tmp_path / "w.png")

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
-from reglab.config import compose, to_yaml
+from reglab.compose import compose, to_yaml
+from reglab.config import ConfigError
 from reglab.data.prepare import write_processed
 from reglab.errors import ReglabError
 from reglab.evaluation import EvaluationError
@@ -20,6 +24,7 @@ from tests.conftest import digits_splits
 
 EXPERIMENT = "reglab-stage-test"
 VARIANTS = ("baseline", "l2")
+SEED = 42
 
 
 def tiny_model(l2: float, seed: int) -> keras.Model:
@@ -77,7 +82,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, splits: dict) -> dict:
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             )
             fitted = model.fit(x_train, y_train, epochs=2, batch_size=64, verbose=0)
-            model_dir = root / "models" / variant
+            model_dir = root / "models" / f"{variant}@{SEED}"
             model_dir.mkdir(parents=True)
             model.save(model_dir / "model.keras")
             tags = {"mlflow.parentRunId": parent.info.run_id}
@@ -85,12 +90,8 @@ def project(tmp_path_factory: pytest.TempPathFactory, splits: dict) -> dict:
                 mlflow.log_metric("train/data_loss", fitted.history["loss"][-1], step=2)
             run_ids[variant] = run.info.run_id
             write_run_json(model_dir, variant, run.info.run_id, int(model.count_params()))
-            history = root / "reports/history" / f"{variant}.csv"
-            history.parent.mkdir(parents=True, exist_ok=True)
-            rows = ["epoch,train_data_loss,val_data_loss"]
             losses = fitted.history["loss"]
-            rows += [f"{epoch},{loss},{loss + 0.1 * epoch}" for epoch, loss in enumerate(losses, 1)]
-            history.write_text("\n".join(rows) + "\n")
+            write_history(root, f"{variant}@{SEED}", [(loss, loss + 0.1) for loss in losses])
         yield {
             "root": root,
             "splits": splits,
@@ -102,10 +103,20 @@ def project(tmp_path_factory: pytest.TempPathFactory, splits: dict) -> dict:
             mlflow.end_run()
 
 
+def write_history(root: Path, key: str, losses: list[tuple[float, float]]) -> None:
+    """reports/history/<key>.csv with (train, validation) data loss per epoch."""
+    history = root / "reports/history" / f"{key}.csv"
+    history.parent.mkdir(parents=True, exist_ok=True)
+    with history.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("epoch", "train_data_loss", "val_data_loss"))
+        writer.writerows((epoch, *pair) for epoch, pair in enumerate(losses, 1))
+
+
 def write_run_json(model_dir: Path, variant: str, run_id: str, params_count: int = 0) -> None:
     info = {
         "variant": variant,
-        "seed": 42,
+        "seed": SEED,
         "mlflow_run_id": run_id,
         "tracking_uri": "unused",
         "epochs_trained": 2,
@@ -122,7 +133,7 @@ def bare_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, splits: dict) 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     write_processed(tmp_path / "data/processed", splits, {"source": "digits"}, num_classes=10)
     write_params(tmp_path, f"sqlite:///{tmp_path / 'never-created.db'}")
-    write_run_json(tmp_path / "models/l2", "l2", "no-run")
+    write_run_json(tmp_path / f"models/l2@{SEED}", "l2", "no-run")
     return tmp_path
 
 
@@ -133,11 +144,11 @@ def test_evaluate_then_compare(project, monkeypatch):
     monkeypatch.chdir(root)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", project["uri"])
     for variant in VARIANTS:
-        evaluate_stage.main([variant])
+        evaluate_stage.main([f"{variant}@{SEED}"])
 
     # The JSON holds exactly what an independent computation gives.
-    report = json.loads((root / "reports/eval/l2.json").read_text())
-    model = keras.saving.load_model(root / "models/l2/model.keras")
+    report = json.loads((root / "reports/eval/l2@42.json").read_text())
+    model = keras.saving.load_model(root / "models/l2@42/model.keras")
     x_test, y_test = splits["test"]
     logits = model.predict(x_test, verbose=0)
     expected_loss = float(
@@ -160,10 +171,22 @@ def test_evaluate_then_compare(project, monkeypatch):
     assert (report["variant"], report["seed"], report["epochs_trained"]) == ("l2", 42, 2)
     assert 0 <= report["ece"] <= 1
 
-    with (root / "reports/plots/confusion/l2.csv").open() as handle:
+    with (root / "reports/plots/confusion/l2@42.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == len(y_test)
-    assert set(rows[0]) == {"actual", "predicted"}
+    names = report["class_names"]
+    predicted = logits.argmax(1)
+    assert [(row["actual"], row["predicted"]) for row in rows] == [
+        (names[a], names[p]) for a, p in zip(y_test, predicted, strict=True)
+    ]
+
+    # The first-layer kernel, bit for bit, for the compare stage's histograms.
+    weights = json.loads((root / "reports/weights/l2@42.json").read_text())
+    kernel = model.layers[0].kernel.numpy()
+    assert (weights["variant"], weights["seed"], weights["shape"]) == ("l2", 42, [3, 3, 1, 4])
+    assert weights["layer"] == f"{model.layers[0].name}/kernel"
+    assert np.asarray(weights["values"], np.float32).reshape(kernel.shape).tobytes() == (
+        kernel.tobytes()
+    )
 
     # The test metrics arrived in the variant's own run, with the confusion matrix.
     client = MlflowClient(project["uri"])
@@ -178,9 +201,13 @@ def test_evaluate_then_compare(project, monkeypatch):
 
     compare_stage.main([])
     summary = (root / "reports/summary.md").read_text()
-    reports = {v: json.loads((root / f"reports/eval/{v}.json").read_text()) for v in VARIANTS}
+    reports = {v: json.loads((root / f"reports/eval/{v}@42.json").read_text()) for v in VARIANTS}
     best = max(VARIANTS, key=lambda v: reports[v]["test_accuracy"])
-    assert f"| 1 | {'**baseline**' if best == 'baseline' else best} | 1 |" in summary
+    best_accuracy = reports[best]["test_accuracy"]
+    assert (
+        f"| 1 | {'**baseline**' if best == 'baseline' else best} | 1 | {best_accuracy:.4f} |"
+        in (summary)
+    )
     curves = list(csv.DictReader((root / "reports/plots/val_data_loss.csv").open()))
     assert [(r["variant"], r["epoch"]) for r in curves[:2]] == [
         ("baseline", "1"),
@@ -199,29 +226,106 @@ def test_evaluate_then_compare(project, monkeypatch):
     assert {"summary.md", "figures", "leaderboard.json"} <= logged
 
 
-def test_evaluate_refuses_an_unknown_variant_and_a_missing_model(bare_project):
-    with pytest.raises(ReglabError, match="unknown"):
-        evaluate_stage.main(["dropout"])
-    with pytest.raises(EvaluationError, match="model.keras: not found"):
+def test_evaluate_refuses_a_bad_key_an_unknown_variant_or_seed_and_a_missing_model(bare_project):
+    with pytest.raises(ReglabError, match="expected <variant>@<seed>"):
         evaluate_stage.main(["l2"])
-    assert not (bare_project / "reports/eval/l2.json").exists()
+    with pytest.raises(ConfigError, match="variant='dropout': unknown"):
+        evaluate_stage.main(["dropout@42"])
+    with pytest.raises(ConfigError, match=r"seed 7 is not in seeds=\[42\]"):
+        evaluate_stage.main(["l2@7"])
+    with pytest.raises(EvaluationError, match="model.keras: not found"):
+        evaluate_stage.main(["l2@42"])
+    assert not (bare_project / "reports").exists()
     assert not (bare_project / "never-created.db").exists()
 
 
 def test_evaluate_refuses_a_run_json_of_another_variant(bare_project):
-    write_run_json(bare_project / "models/l2", "baseline", "no-run")
-    with pytest.raises(EvaluationError, match="does not match its folder 'l2'"):
-        evaluate_stage.main(["l2"])
+    write_run_json(bare_project / "models/l2@42", "baseline", "no-run")
+    with pytest.raises(EvaluationError, match="does not match its folder 'l2@42'"):
+        evaluate_stage.main(["l2@42"])
+
+
+# Runs the compare stage as DVC does, then lists what it imported.
+COMPARE_AND_LIST_MODULES = """
+import json, runpy, sys
+sys.argv = ["compare"]
+runpy.run_module("reglab.stages.compare", run_name="__main__")
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))))
+"""
+
+
+def test_compare_stage_reads_files_only_and_never_imports_tensorflow(tmp_path):
+    """Eval reports, histories and weights files in, summary and figures out: no model."""
+    from mlflow.tracking import MlflowClient
+
+    from reglab.weights import kernel_record
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    write_params(tmp_path, uri)
+    rng = np.random.default_rng(0)
+    for variant, accuracy, spread in (("baseline", 0.81, 0.3), ("l2", 0.86, 0.05)):
+        key = f"{variant}@{SEED}"
+        report = {
+            "variant": variant,
+            "seed": SEED,
+            "test_accuracy": accuracy,
+            "test_data_loss": 1 - accuracy,
+            "generalization_gap": 0.02,
+            "mlflow_run_id": f"no-such-run-{variant}",
+        }
+        (tmp_path / "reports/eval").mkdir(parents=True, exist_ok=True)
+        (tmp_path / f"reports/eval/{key}.json").write_text(json.dumps(report))
+        write_history(tmp_path, key, [(0.9, 1.0), (0.5, spread + 0.5)])
+        kernel = rng.normal(0, spread, (3, 3, 1, 4))
+        record = {"variant": variant, "seed": SEED, **kernel_record("conv_1/kernel", kernel)}
+        (tmp_path / "reports/weights").mkdir(parents=True, exist_ok=True)
+        (tmp_path / f"reports/weights/{key}.json").write_text(json.dumps(record))
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    done = subprocess.run(
+        [sys.executable, "-c", COMPARE_AND_LIST_MODULES],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == []
+
+    summary = (tmp_path / "reports/summary.md").read_text()
+    assert "| 1 | l2 | 1 | 0.8600 | +0.0500 | 0.1400 | -0.0500 |" in summary
+    assert "| 2 | **baseline** | 1 | 0.8100 | – | 0.1900 | – |" in summary
+    with (tmp_path / "reports/plots/val_data_loss.csv").open(newline="") as handle:
+        assert list(csv.reader(handle)) == [
+            ["variant", "epoch", "val_data_loss", "train_data_loss"],
+            ["baseline", "1", "1.0", "0.9"],
+            ["baseline", "2", "0.8", "0.5"],
+            ["l2", "1", "1.0", "0.9"],
+            ["l2", "2", "0.55", "0.5"],
+        ]
+    for name in ("first_layer_weights.png", "val_data_loss.png", "test_metrics.png"):
+        assert (tmp_path / "reports/figures" / name).read_bytes()[:4] == b"\x89PNG", name
+    # The variants' runs are not in this store: the compare run is logged top-level.
+    client = MlflowClient(uri)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name(EXPERIMENT).experiment_id],
+        "attributes.run_name = 'compare'",
+    )
+    assert "mlflow.parentRunId" not in run.data.tags
+    assert run.data.tags["best_variant"] == "l2"
+    assert run.data.metrics["best/accuracy_vs_baseline"] == pytest.approx(0.05)
+    assert "MLflow run no-such-run-l2 not found in this store" in done.stderr
 
 
 def test_strength_sweeps_of_the_real_presets():
     import dataclasses
 
-    from reglab.config import validate
+    from reglab.compose import compose_config
     from reglab.report import strength_sweeps
 
     def sweeps(overrides):
-        config = validate(compose(overrides))
+        config = compose_config(overrides)
         recipes = {name: dataclasses.asdict(r) for name, r in config.variants.items()}
         return {sweep.label: sweep.variants for sweep in strength_sweeps(recipes)}
 

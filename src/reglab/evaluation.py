@@ -7,13 +7,14 @@ always in inference mode (dropout off), and never adds the regularization
 penalty: the reports compare *data* loss, the quantity a penalty is meant to
 improve on unseen data.
 
-Results are identified by a *run key*: ``<variant>`` for a single seed, or
-``<variant>@<seed>`` when a variant is trained under several seeds. The same key
-names the model folder, the history CSV and the eval report.
+Results are identified by a run key, ``<variant>@<seed>`` (:mod:`reglab.paths`),
+which names the model folder, the history CSV, the eval report and the weights file.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import math
@@ -24,14 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import confusion_matrix
 
+from reglab import weights
 from reglab.errors import ReglabError
+from reglab.io import read_json_object, write_atomic
+from reglab.metrics import TEST_METRICS, accuracy, cross_entropy, softmax
+from reglab.paths import RunKeyError, parse_run_key
 
 log = logging.getLogger(__name__)
 
-SPARSITY_THRESHOLD = 1e-3
 RUN_INFO_KEYS = ("variant", "seed", "mlflow_run_id", "epochs_trained", "params_count")
-SEED_SEPARATOR = "@"
 
 
 class EvaluationError(ReglabError):
@@ -39,63 +43,7 @@ class EvaluationError(ReglabError):
 
 
 # ---------------------------------------------------------------------------
-# Run keys: how one (variant, seed) result is named on disk.
-
-
-def run_key(variant: str, seed: int | None = None) -> str:
-    """``l2`` for a single-seed run, ``l2@7`` for seed 7 of a multi-seed run."""
-    return variant if seed is None else f"{variant}{SEED_SEPARATOR}{int(seed)}"
-
-
-def parse_run_key(key: str) -> tuple[str, int | None]:
-    """Inverse of :func:`run_key`."""
-    variant, sep, seed = key.partition(SEED_SEPARATOR)
-    if not sep:
-        return variant, None
-    if not seed.isdigit():
-        raise EvaluationError(
-            f"{key!r}: expected <variant>{SEED_SEPARATOR}<seed> with an integer seed"
-        )
-    return variant, int(seed)
-
-
-# ---------------------------------------------------------------------------
 # Metric functions on plain arrays.
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Numerically stable log-probabilities (float64, so large logits do not overflow)."""
-    logits = np.asarray(logits, dtype=np.float64)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    return np.exp(log_softmax(logits))
-
-
-def data_loss_from_logits(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Mean sparse categorical cross-entropy from logits, with no penalty term."""
-    labels = np.asarray(labels, dtype=np.int64)
-    if len(labels) == 0:
-        raise EvaluationError("cannot compute a loss on an empty split")
-    log_probs = log_softmax(logits)
-    return float(-log_probs[np.arange(len(labels)), labels].mean())
-
-
-def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
-    predicted, labels = np.asarray(predicted), np.asarray(labels)
-    if len(labels) == 0:
-        raise EvaluationError("cannot compute an accuracy on an empty split")
-    return float(np.mean(predicted == labels))
-
-
-def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    """Counts with rows = actual class and columns = predicted class."""
-    labels = np.asarray(labels, dtype=np.int64)
-    predicted = np.asarray(predicted, dtype=np.int64)
-    flat = np.bincount(labels * num_classes + predicted, minlength=num_classes * num_classes)
-    return flat.reshape(num_classes, num_classes)
 
 
 def per_class_accuracy(confusion: np.ndarray) -> list[float | None]:
@@ -159,16 +107,19 @@ def expected_calibration_error(
 
 
 def split_metrics(
-    logits: np.ndarray, labels: np.ndarray, num_classes: int, calibration_bins: int = 15
+    logits: np.ndarray, labels: np.ndarray, num_classes: int, calibration_bins: int
 ) -> dict[str, Any]:
     """Every metric of one split, from its logits."""
     labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) == 0:
+        raise EvaluationError("cannot evaluate an empty split; re-run preprocess")
     predicted = np.asarray(logits).argmax(axis=1)
-    confusion = confusion_matrix(labels, predicted, num_classes)
+    # Rows = actual class, columns = predicted; every class has its row, seen or not.
+    confusion = confusion_matrix(labels, predicted, labels=range(num_classes))
     probabilities = softmax(logits)
     return {
         "accuracy": accuracy(predicted, labels),
-        "data_loss": data_loss_from_logits(logits, labels),
+        "data_loss": cross_entropy(logits, labels),
         "ece": expected_calibration_error(probabilities, labels, calibration_bins),
         "confusion_matrix": confusion,
         "per_class_accuracy": per_class_accuracy(confusion),
@@ -183,18 +134,9 @@ def split_metrics(
 
 def read_run_info(path: Path) -> dict[str, Any]:
     """The train stage's run.json, checked for the keys evaluation relies on."""
-    if not path.exists():
-        raise EvaluationError(f"{path}: not found; run the train stage for this variant first")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise EvaluationError(
-            f"{path}: not valid JSON ({error.msg}); re-run the train stage"
-        ) from None
-    missing = [key for key in RUN_INFO_KEYS if key not in info]
-    if missing:
-        raise EvaluationError(f"{path}: missing {missing}; re-run the train stage")
-    return info
+    return read_json_object(
+        path, RUN_INFO_KEYS, EvaluationError, "the train stage for this variant"
+    )
 
 
 def load_model(path: Path) -> Any:
@@ -213,29 +155,15 @@ def predict_logits(model: Any, images: np.ndarray, batch_size: int) -> np.ndarra
     return np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
 
 
-def first_layer_kernel(model: Any) -> tuple[str, np.ndarray]:
-    """The first layer's kernel, where a weight penalty's effect is easiest to see."""
-    from reglab.weights import weight_arrays
-
-    for name, values in weight_arrays(model, ("kernel",)).items():
-        return name, values
-    raise EvaluationError("the model has no layer with a kernel")
-
-
-def kernel_sparsity(model: Any, threshold: float = SPARSITY_THRESHOLD) -> float:
-    """Share of all kernel weights (every Conv2D and Dense) with |w| below the threshold."""
-    from reglab.weights import overall_sparsity
-
-    return overall_sparsity(model, threshold)
-
-
 @dataclass
 class Evaluation:
-    """A JSON-ready report plus the per-image test predictions behind its confusion matrix."""
+    """A JSON-ready report, the per-image test predictions behind its confusion matrix, and
+    the first-layer kernel (:func:`reglab.weights.kernel_record`) the compare stage plots."""
 
     report: dict[str, Any]
     test_labels: np.ndarray
     test_predicted: np.ndarray
+    first_layer: dict[str, Any]
 
 
 def evaluate_model(
@@ -244,9 +172,9 @@ def evaluate_model(
     train: tuple[np.ndarray, np.ndarray],
     *,
     class_names: Sequence[str],
-    batch_size: int = 1024,
-    calibration_bins: int = 15,
-    sparsity_threshold: float = SPARSITY_THRESHOLD,
+    batch_size: int,
+    calibration_bins: int,
+    sparsity_threshold: float,
 ) -> Evaluation:
     """Test metrics plus the train-vs-test gaps, as plain values.
 
@@ -271,7 +199,7 @@ def evaluate_model(
         "train_data_loss": on_train["data_loss"],
         "generalization_gap": on_train["accuracy"] - on_test["accuracy"],
         "data_loss_gap": on_test["data_loss"] - on_train["data_loss"],
-        "sparsity": kernel_sparsity(model, sparsity_threshold),
+        "sparsity": weights.overall_sparsity(model, sparsity_threshold),
         "sparsity_threshold": sparsity_threshold,
         "per_class_accuracy": dict(zip(class_names, on_test["per_class_accuracy"], strict=True)),
         "confusion_matrix": on_test["confusion_matrix"].tolist(),
@@ -280,7 +208,11 @@ def evaluate_model(
         "test_samples": int(len(test_y)),
         "train_samples": int(len(train_y)),
     }
-    return Evaluation(report, np.asarray(test_y), on_test["predicted"])
+    try:
+        first_layer = weights.kernel_record(*weights.first_layer_kernel(model))
+    except ValueError as error:
+        raise EvaluationError(f"{error}: nothing for the weight histograms") from None
+    return Evaluation(report, np.asarray(test_y), on_test["predicted"], first_layer)
 
 
 def evaluate_variant(
@@ -288,14 +220,18 @@ def evaluate_variant(
     splits: Mapping[str, tuple[np.ndarray, np.ndarray]],
     *,
     class_names: Sequence[str],
-    batch_size: int = 1024,
-    calibration_bins: int = 15,
-    sparsity_threshold: float = SPARSITY_THRESHOLD,
+    batch_size: int,
+    calibration_bins: int,
+    sparsity_threshold: float,
 ) -> Evaluation:
-    """Evaluate ``<model_dir>/model.keras`` and put the facts from ``run.json`` first."""
+    """Evaluate ``<model_dir>/model.keras`` (``model_dir`` named by its run key) and put the
+    facts from ``run.json`` first, in the report and in the first-layer record."""
     info = read_run_info(model_dir / "run.json")
-    variant, seed = parse_run_key(model_dir.name)
-    if info["variant"] != variant or (seed is not None and int(info["seed"]) != seed):
+    try:
+        variant, seed = parse_run_key(model_dir.name)
+    except RunKeyError as error:
+        raise EvaluationError(f"{model_dir}: {error}") from None
+    if info["variant"] != variant or int(info["seed"]) != seed:
         raise EvaluationError(
             f"{model_dir / 'run.json'}: holds variant {info['variant']!r} seed {info['seed']}, "
             f"which does not match its folder {model_dir.name!r}; re-run the train stage"
@@ -313,14 +249,15 @@ def evaluate_variant(
         calibration_bins=calibration_bins,
         sparsity_threshold=sparsity_threshold,
     )
-    result.report = {
+    facts = {
         "variant": info["variant"],
         "seed": int(info["seed"]),
         "mlflow_run_id": info["mlflow_run_id"],
         "epochs_trained": int(info["epochs_trained"]),
         "params_count": int(info["params_count"]),
-        **result.report,
     }
+    result.report = {**facts, **result.report}
+    result.first_layer = {"variant": facts["variant"], "seed": facts["seed"], **result.first_layer}
     report = result.report
     log.info(
         "%s: test accuracy %.4f, test data loss %.4f, gap %.4f, ECE %.4f, sparsity %.3f",
@@ -335,7 +272,7 @@ def evaluate_variant(
 
 
 # ---------------------------------------------------------------------------
-# Outputs: the eval JSON, the DVC confusion-plot CSV, MLflow.
+# Outputs: the eval JSON, the DVC confusion-plot CSV, the weights JSON, MLflow.
 
 
 def report_json(report: Mapping[str, Any]) -> str:
@@ -343,26 +280,27 @@ def report_json(report: Mapping[str, Any]) -> str:
     return json.dumps(dict(report), indent=2, allow_nan=False) + "\n"
 
 
-def write_outputs(result: Evaluation, report_path: Path, confusion_path: Path) -> None:
-    """The eval JSON (DVC metrics) and the per-image CSV (DVC confusion plot), each atomically."""
-    from reglab.config import write_atomic
-
+def write_outputs(
+    result: Evaluation, report_path: Path, confusion_path: Path, weights_path: Path
+) -> None:
+    """The eval JSON (DVC metrics), the per-image CSV (DVC confusion plot) and the
+    first-layer weights JSON (the compare stage's histograms), each atomically."""
     write_atomic(report_path, report_json(result.report))
     labels, predicted = result.test_labels, result.test_predicted
     write_atomic(confusion_path, confusion_csv(labels, predicted, result.report["class_names"]))
-    log.info("wrote %s and %s", report_path, confusion_path)
+    write_atomic(weights_path, json.dumps(result.first_layer, allow_nan=False) + "\n")
+    log.info("wrote %s, %s and %s", report_path, confusion_path, weights_path)
 
 
 def confusion_csv(labels: np.ndarray, predicted: np.ndarray, class_names: Sequence[str]) -> str:
     """One row per test image, ``actual,predicted`` class names: DVC's confusion template input."""
-    lines = ["actual,predicted"]
-    names = [_csv_field(name) for name in class_names]
-    lines.extend(f"{names[a]},{names[p]}" for a, p in zip(labels, predicted, strict=True))
-    return "\n".join(lines) + "\n"
-
-
-def _csv_field(text: str) -> str:
-    return f'"{text}"' if any(ch in text for ch in ',"\n') else text
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(("actual", "predicted"))
+    writer.writerows(
+        (class_names[a], class_names[p]) for a, p in zip(labels, predicted, strict=True)
+    )
+    return buffer.getvalue()
 
 
 def metric_name(text: str) -> str:
@@ -371,16 +309,8 @@ def metric_name(text: str) -> str:
 
 
 def mlflow_metrics(report: Mapping[str, Any]) -> dict[str, float]:
-    metrics = {
-        "test/accuracy": report["test_accuracy"],
-        "test/data_loss": report["test_data_loss"],
-        "test/ece": report["ece"],
-        "test/generalization_gap": report["generalization_gap"],
-        "test/data_loss_gap": report["data_loss_gap"],
-        "eval/train_accuracy": report["train_accuracy"],
-        "eval/train_data_loss": report["train_data_loss"],
-        "weights/kernel_sparsity": report["sparsity"],
-    }
+    """The report's test metrics under their MLflow names, plus one accuracy per class."""
+    metrics = {name: report[key] for key, name in TEST_METRICS.items()}
     for name, value in report["per_class_accuracy"].items():
         if value is not None:
             metrics[f"test/class_accuracy/{metric_name(name)}"] = value
@@ -422,27 +352,28 @@ def confusion_figure(confusion: np.ndarray, class_names: Sequence[str], title: s
 def log_report(report: Mapping[str, Any], tracking_uri: str) -> dict[str, float]:
     """Add the test metrics and the confusion matrix to the variant's training run."""
     import matplotlib.pyplot as plt
-    import mlflow
 
-    from reglab.tracking import resumed_run
+    from reglab.tracking import log_evaluation
 
     metrics = mlflow_metrics(report)
-    with resumed_run(tracking_uri, report["mlflow_run_id"]):
-        mlflow.log_metrics(metrics)
-        mlflow.log_dict(
-            {"class_names": report["class_names"], "confusion_matrix": report["confusion_matrix"]},
-            "evaluation/confusion_matrix.json",
+    figure = confusion_figure(
+        np.asarray(report["confusion_matrix"]),
+        report["class_names"],
+        f"{report['variant']} (seed {report['seed']}): test accuracy {report['test_accuracy']:.4f}",
+    )
+    try:
+        log_evaluation(
+            tracking_uri,
+            report["mlflow_run_id"],
+            metrics=metrics,
+            report_text=report_json(report),
+            confusion={
+                "class_names": report["class_names"],
+                "confusion_matrix": report["confusion_matrix"],
+            },
+            figure=figure,
         )
-        mlflow.log_text(report_json(report), "evaluation/report.json")
-        figure = confusion_figure(
-            np.asarray(report["confusion_matrix"]),
-            report["class_names"],
-            f"{report['variant']} (seed {report['seed']}): "
-            f"test accuracy {report['test_accuracy']:.4f}",
-        )
-        try:
-            mlflow.log_figure(figure, "evaluation/confusion_matrix.png")
-        finally:
-            plt.close(figure)
+    finally:
+        plt.close(figure)
     log.info("logged %d test metrics to MLflow run %s", len(metrics), report["mlflow_run_id"])
     return metrics

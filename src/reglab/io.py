@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from reglab.errors import ReglabError
 
@@ -167,3 +169,24 @@ def tree_digest(folder: str | Path, pattern: str = "*.py") -> str:
 def file_sha256(path: str | Path) -> str:
     with open(path, "rb") as stream:
         return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
+def read_json_object(
+    path: str | Path, needed: Sequence[str], error: type[Exception], writer: str
+) -> dict[str, Any]:
+    """A JSON file another step wrote, with the ``needed`` keys.
+
+    A missing file, invalid JSON or a missing key raises ``error`` with one line
+    that names ``writer``, the step to (re-)run, e.g. "its evaluate stage".
+    """
+    path = Path(path)
+    if not path.exists():
+        raise error(f"{path}: not found; run {writer} first")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as problem:
+        raise error(f"{path}: not valid JSON ({problem.msg}); re-run {writer}") from None
+    missing = [key for key in needed if key not in data]
+    if missing:
+        raise error(f"{path}: missing {missing}; re-run {writer}")
+    return data

@@ -9,8 +9,6 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-STATISTICS = ("l1", "l2", "max_abs", "sparsity")
-
 
 def weight_arrays(model: Any, kinds: tuple[str, ...] = ("kernel", "bias")) -> dict[str, np.ndarray]:
     """Trainable kernels and biases by '<layer>/<kind>' (e.g. 'conv_1/kernel'), in layer order."""
@@ -21,6 +19,21 @@ def weight_arrays(model: Any, kinds: tuple[str, ...] = ("kernel", "bias")) -> di
             if variable is not None and hasattr(variable, "numpy"):
                 arrays[f"{layer.name}/{kind}"] = np.asarray(variable.numpy())
     return arrays
+
+
+def first_layer_kernel(model: Any) -> tuple[str, np.ndarray]:
+    """The first layer's kernel, where a weight penalty's effect is easiest to see."""
+    for name, values in weight_arrays(model, ("kernel",)).items():
+        return name, values
+    raise ValueError("the model has no layer with a kernel")
+
+
+def kernel_record(name: str, values: np.ndarray) -> dict[str, Any]:
+    """A kernel as JSON-ready plain values: ``layer``, ``shape`` and ``values`` (flattened in
+    row-major order; float32 values written as the float64 numbers they equal, so reading
+    them back as float32 gives the same bits)."""
+    values = np.asarray(values, dtype=np.float32)
+    return {"layer": name, "shape": list(values.shape), "values": values.ravel().tolist()}
 
 
 def statistics(values: np.ndarray, sparsity_threshold: float) -> dict[str, float]:

@@ -1,11 +1,16 @@
-"""DVC stage `compare`: leaderboard, summary and figures across all variants."""
+"""DVC stage `compare`: leaderboard, summary and figures across all variants.
+
+Reads only files (eval reports, histories, first-layer weights): no model is
+loaded, so this stage never imports TensorFlow or Keras.
+"""
 
 import dataclasses
 from pathlib import Path
 
 from reglab import report
-from reglab.config import load_params, write_atomic
+from reglab.compose import load_params
 from reglab.errors import ReglabError
+from reglab.io import write_atomic
 from reglab.stages import run_stage
 from reglab.tracking import resolve_uri
 
@@ -19,7 +24,7 @@ def main(argv: list[str]) -> None:
     comparison = report.compare(
         reports,
         report.load_histories(Path(paths.history), reports),
-        report.load_first_layer_kernels(Path(paths.models), reports),
+        report.load_first_layer_kernels(Path(paths.weights), reports),
         {name: dataclasses.asdict(recipe) for name, recipe in config.variants.items()},
         figures_dir=Path(paths.figures),
         summary_path=Path(paths.summary),

@@ -1,37 +1,42 @@
-"""DVC stage `evaluate@<variant>`: test metrics of one trained variant.
+"""DVC stage `evaluate@<variant>-<seed>`: test metrics of one trained run.
 
-The argument is a run key: ``<variant>`` or, for one seed of a multi-seed run,
-``<variant>@<seed>``; it names the model folder and the report file alike.
+The argument is a run key, ``<variant>@<seed>``; it names the model folder, the
+report, the confusion-plot CSV and the first-layer weights file alike.
 """
 
 from pathlib import Path
 
 from reglab import evaluation
-from reglab.config import load_params
+from reglab.compose import load_params
 from reglab.data.prepare import load_splits
 from reglab.errors import ReglabError
+from reglab.paths import eval_file, model_dir, parse_run_key
 from reglab.stages import run_stage
 from reglab.tracking import resolve_uri
 
 
 def main(argv: list[str]) -> None:
     if len(argv) != 1:
-        raise ReglabError("usage: python -m reglab.stages.evaluate <variant>[@<seed>]")
+        raise ReglabError("usage: python -m reglab.stages.evaluate <variant>@<seed>")
     key = argv[0]
+    variant, seed = parse_run_key(key)
     config = load_params()
-    config.variant(evaluation.parse_run_key(key)[0])  # an unknown variant fails before any work
+    config.variant(variant)  # an unknown variant or seed fails before any work
+    config.check_seed(seed)
     paths = config.paths
     result = evaluation.evaluate_variant(
-        Path(paths.models, key),
+        model_dir(paths.models, key),
         load_splits(paths.processed),
         class_names=config.data.class_names,
         batch_size=config.evaluation.batch_size,
         calibration_bins=config.evaluation.calibration_bins,
-        sparsity_threshold=config.tracking.sparsity_threshold,
+        sparsity_threshold=config.evaluation.sparsity_threshold,
     )
-    plots = Path(paths.plots)
     evaluation.write_outputs(
-        result, Path(paths.eval, f"{key}.json"), plots / "confusion" / f"{key}.csv"
+        result,
+        eval_file(paths.eval, key),
+        Path(paths.plots, "confusion", f"{key}.csv"),
+        Path(paths.weights, f"{key}.json"),
     )
     evaluation.log_report(result.report, resolve_uri(config.tracking.uri))
 

@@ -1,0 +1,172 @@
+"""Comparison across variants: the leaderboard, the significance rule and the figures.
+
+Input is plain values: the eval reports (one per variant and seed, as written by
+the evaluate stage), the per-epoch histories, the first-layer kernels and the
+regularizer recipes. The work is split by concern:
+
+- :mod:`reglab.report.load`: reading the reports, histories and weights files;
+- :mod:`reglab.report.stats`: statistics over seeds, the significance rule, sweeps;
+- :mod:`reglab.report.figures`: the PNGs, each returning the numbers it drew;
+- :mod:`reglab.report.render`: the Markdown summary and the DVC plot CSVs.
+
+:func:`compare` ties them together; :func:`log_comparison` hands the result to
+:mod:`reglab.tracking`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reglab.report import figures as fig
+from reglab.report.load import (
+    ReportError,
+    load_first_layer_kernels,
+    load_histories,
+    load_history,
+    load_reports,
+    load_weights,
+)
+from reglab.report.render import leaderboard_csv, learning_curves_csv, summary_markdown
+from reglab.report.stats import (
+    BASELINE,
+    Stat,
+    Sweep,
+    VariantSummary,
+    compare_to_baseline,
+    strength_sweeps,
+    summarize,
+)
+
+__all__ = [
+    "BASELINE",
+    "FIGURE_FILES",
+    "Comparison",
+    "ReportError",
+    "Stat",
+    "Sweep",
+    "VariantSummary",
+    "compare",
+    "compare_to_baseline",
+    "comparison_metrics",
+    "load_first_layer_kernels",
+    "load_histories",
+    "load_history",
+    "load_reports",
+    "load_weights",
+    "log_comparison",
+    "strength_sweeps",
+    "summarize",
+]
+
+log = logging.getLogger(__name__)
+
+FIGURE_FILES = {
+    "validation_loss": "val_data_loss.png",
+    "test_metrics": "test_metrics.png",
+    "weight_histograms": "first_layer_weights.png",
+    "strength_sweep": "strength_sweep.png",
+}
+
+
+@dataclass
+class Comparison:
+    summaries: list[VariantSummary]
+    markdown: str
+    figures: dict[str, Path] = field(default_factory=dict)
+    series: dict[str, Any] = field(default_factory=dict)
+    sweeps: list[Sweep] = field(default_factory=list)
+    # File name -> CSV text, for the DVC plots folder.
+    plot_data: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def best(self) -> VariantSummary:
+        return self.summaries[0]
+
+
+def compare(
+    reports: Mapping[str, Sequence[Mapping[str, Any]]],
+    histories: Mapping[str, Sequence[Mapping[str, Sequence[float]]]],
+    kernels: Mapping[str, np.ndarray],
+    recipes: Mapping[str, Mapping[str, Any]],
+    *,
+    figures_dir: Path,
+    summary_path: Path,
+    baseline: str = BASELINE,
+) -> Comparison:
+    """Leaderboard, figures and summary text from plain inputs.
+
+    ``histories`` holds one history per seed for each variant; ``kernels`` the
+    first-layer kernel of one seed per variant. Missing inputs for a figure skip
+    that figure with a warning rather than failing the whole report.
+    """
+    if not reports:
+        raise ReportError("no eval reports to compare")
+    summaries = summarize(reports, baseline)
+    figures: dict[str, Path] = {}
+    series: dict[str, Any] = {}
+
+    def draw(name: str, function: Any, *args: Any, **kwargs: Any) -> None:
+        path = figures_dir / FIGURE_FILES[name]
+        series[name] = function(*args, path, **kwargs)
+        figures[name] = path
+
+    if histories:
+        draw("validation_loss", fig.validation_loss_figure, histories)
+    draw("test_metrics", fig.accuracy_loss_figure, summaries)
+    if baseline in kernels and len(kernels) > 1:
+        draw("weight_histograms", fig.weight_histogram_figure, kernels, baseline=baseline)
+    else:
+        log.warning("weight histograms skipped: need the baseline's and another variant's kernel")
+    sweeps = strength_sweeps({name: recipes[name] for name in reports if name in recipes})
+    if sweeps:
+        draw("strength_sweep", fig.strength_sweep_figure, sweeps, summaries, baseline=baseline)
+    else:
+        log.info("no strength sweep among the variants (see strength_sweeps for the rule)")
+    for name, filename in FIGURE_FILES.items():
+        if name not in figures:  # a figure from an earlier run no longer applies
+            (figures_dir / filename).unlink(missing_ok=True)
+    markdown = summary_markdown(summaries, figures, summary_path, baseline, sweeps)
+    plot_data = {"leaderboard.csv": leaderboard_csv(summaries)}
+    if "validation_loss" in series:
+        plot_data["val_data_loss.csv"] = learning_curves_csv(series["validation_loss"])
+    return Comparison(summaries, markdown, figures, series, sweeps, plot_data)
+
+
+def comparison_metrics(comparison: Comparison) -> dict[str, float]:
+    """The compare run's headline metrics: every variant's means and the best variant's."""
+    metrics = {}
+    for row in comparison.summaries:
+        metrics[f"test_accuracy/{row.variant}"] = row.test_accuracy.mean
+        metrics[f"test_data_loss/{row.variant}"] = row.test_data_loss.mean
+    best = comparison.best
+    metrics["best/test_accuracy"] = best.test_accuracy.mean
+    if best.accuracy_vs_baseline:
+        metrics["best/accuracy_vs_baseline"] = best.accuracy_vs_baseline.difference
+    return {key: value for key, value in metrics.items() if math.isfinite(value)}
+
+
+def log_comparison(comparison: Comparison, tracking_uri: str, experiment: str) -> str:
+    """A run named "compare" in the variants' experiment: summary, figures, headline metrics.
+
+    Nested under the variants' pipeline run when they share one, so the UI shows
+    the comparison next to the runs it compares.
+    """
+    from reglab import tracking
+
+    return tracking.log_comparison(
+        tracking_uri,
+        experiment,
+        run_ids=[run_id for row in comparison.summaries for run_id in row.mlflow_run_ids],
+        tags={"reglab.stage": "compare", "best_variant": comparison.best.variant},
+        metrics=comparison_metrics(comparison),
+        summary=comparison.markdown,
+        leaderboard=[row.as_dict() for row in comparison.summaries],
+        figures=list(comparison.figures.values()),
+    )

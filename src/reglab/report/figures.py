@@ -1,0 +1,213 @@
+"""The comparison's figures. Each writes a PNG and returns the series it drew,
+so tests (and the summary) can check the data, not the pixels."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reglab.io import atomic_path
+from reglab.report.load import ReportError
+from reglab.report.stats import BASELINE, Sweep, VariantSummary, mean_curve
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure: Any, path: Path) -> None:
+    """Save through a temporary name so a killed stage leaves no half-written PNG."""
+    try:
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=110, format="png")
+    finally:
+        _pyplot().close(figure)
+
+
+def validation_loss_figure(
+    histories: Mapping[str, Sequence[Mapping[str, Sequence[float]]]], path: Path
+) -> dict[str, dict[str, list[Any]]]:
+    """Validation data loss per epoch, every variant on one plot (mean over seeds).
+
+    As in the TensorFlow "overfit and underfit" tutorial, the training data loss of
+    each variant is drawn dashed in the same colour, so the widening gap of an
+    overfitting model is visible next to the regularized ones.
+    """
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(8, 5))
+    series: dict[str, dict[str, list[Any]]] = {}
+    for index, (variant, runs) in enumerate(sorted(histories.items())):
+        color = f"C{index % 10}"
+        val_mean, val_std = mean_curve([run["val_data_loss"] for run in runs])
+        epochs = max((run["epoch"] for run in runs), key=len)[: len(val_mean)]
+        entry: dict[str, list[Any]] = {
+            "epoch": [int(e) for e in epochs],
+            "val_data_loss": val_mean,
+            "val_data_loss_std": val_std,
+        }
+        axis.plot(epochs, val_mean, color=color, label=f"{variant} (validation)")
+        if any(s is not None for s in val_std):
+            low = [m - (s or 0.0) for m, s in zip(val_mean, val_std, strict=True)]
+            high = [m + (s or 0.0) for m, s in zip(val_mean, val_std, strict=True)]
+            axis.fill_between(epochs, low, high, color=color, alpha=0.15)
+        if all("train_data_loss" in run for run in runs):
+            train_mean, _ = mean_curve([run["train_data_loss"] for run in runs])
+            entry["train_data_loss"] = train_mean
+            axis.plot(epochs, train_mean, color=color, linestyle="--", alpha=0.7)
+        series[variant] = entry
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("data loss (cross-entropy, no penalty)")
+    axis.set_title("Validation data loss per epoch (dashed: training data loss)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    _save(figure, path)
+    return series
+
+
+def accuracy_loss_figure(summaries: Sequence[VariantSummary], path: Path) -> dict[str, Any]:
+    """Test accuracy and test data loss per variant: points with ± std bars over seeds.
+
+    Points rather than bars: the differences are small, so the axis cannot start at zero.
+    """
+    plt = _pyplot()
+    names = [row.variant for row in summaries]
+    several = any(row.test_accuracy.std is not None for row in summaries)
+    series: dict[str, Any] = {"variant": names}
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    positions = np.arange(len(names))
+    for axis, key in zip(axes, ("test_accuracy", "test_data_loss"), strict=True):
+        stats = [getattr(row, key) for row in summaries]
+        series[key] = [stat.mean for stat in stats]
+        series[f"{key}_std"] = [stat.std for stat in stats]
+        for index, stat in enumerate(stats):
+            axis.errorbar(
+                positions[index],
+                stat.mean,
+                yerr=stat.std or 0.0,
+                fmt="o",
+                capsize=5 if stat.std else 0,
+                color=f"C{index % 10}",
+            )
+        axis.set_xticks(positions, names, rotation=30)
+        axis.set_xlim(-0.5, len(names) - 0.5)
+        suffix = " (mean ± std over seeds)" if several else ""
+        axis.set_title(key.replace("_", " ") + suffix)
+        axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    _save(figure, path)
+    return series
+
+
+def weight_histogram_figure(
+    kernels: Mapping[str, np.ndarray], path: Path, baseline: str = BASELINE, bins: int | None = None
+) -> dict[str, Any]:
+    """First-layer kernel histograms: the baseline overlaid on each regularized variant.
+
+    All panels share one set of bin edges so the counts are comparable between
+    variants (the first layer has the same shape in all of them). By default about
+    two bins per square root of the weight count: enough to show the shape of a few
+    hundred weights without turning it into noise.
+    """
+    if baseline not in kernels:
+        raise ReportError(f"no first-layer kernel for {baseline!r}: cannot overlay the baseline")
+    others = [name for name in kernels if name != baseline]
+    values = {name: np.asarray(array, dtype=np.float64).ravel() for name, array in kernels.items()}
+    if bins is None:
+        bins = int(np.clip(2 * np.sqrt(len(values[baseline])), 10, 80))
+    low = min(float(v.min()) for v in values.values())
+    high = max(float(v.max()) for v in values.values())
+    edges = (
+        np.linspace(low, high, bins + 1) if high > low else np.linspace(low - 1, high + 1, bins + 1)
+    )
+    counts = {
+        name: np.histogram(v, bins=edges)[0].astype(int).tolist() for name, v in values.items()
+    }
+
+    plt = _pyplot()
+    columns = min(3, max(1, len(others)))
+    rows = max(1, -(-len(others) // columns))
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(4.5 * columns, 3.3 * rows), squeeze=False, sharex=True
+    )
+    for axis, name in zip(axes.ravel(), others, strict=False):
+        axis.stairs(counts[baseline], edges, fill=True, alpha=0.45, color="grey", label=baseline)
+        axis.stairs(counts[name], edges, color="C1", linewidth=1.8, label=name)
+        axis.set_title(f"{name} vs {baseline}", fontsize=9)
+        axis.set_xlabel("weight")
+        axis.set_ylabel("count")
+        axis.legend(fontsize=7)
+    for axis in axes.ravel()[len(others) :]:
+        axis.set_visible(False)
+    figure.suptitle("First-layer kernel weights")
+    figure.tight_layout()
+    _save(figure, path)
+    return {"bin_edges": edges.tolist(), "counts": counts, "baseline": baseline}
+
+
+def strength_sweep_figure(
+    sweeps: Sequence[Sweep],
+    summaries: Sequence[VariantSummary],
+    path: Path,
+    baseline: str = BASELINE,
+) -> dict[str, dict[str, Any]]:
+    """Test accuracy and sparsity against strength (log axis), one row per sweep."""
+    by_name = {row.variant: row for row in summaries}
+    base = by_name.get(baseline)
+    plt = _pyplot()
+    from matplotlib.ticker import NullFormatter
+
+    figure, axes = plt.subplots(len(sweeps), 2, figsize=(10, 3.6 * len(sweeps)), squeeze=False)
+    series: dict[str, dict[str, Any]] = {}
+    for (acc_axis, sparse_axis), sweep in zip(axes, sweeps, strict=True):
+        rows = [by_name[name] for name in sweep.variants]
+        entry = {
+            "parameters": list(sweep.parameters),
+            "variants": list(sweep.variants),
+            "strength": list(sweep.strengths),
+            "test_accuracy": [row.test_accuracy.mean for row in rows],
+            "test_accuracy_std": [row.test_accuracy.std for row in rows],
+            "sparsity": [row.sparsity.mean if row.sparsity else None for row in rows],
+            "baseline_test_accuracy": base.test_accuracy.mean if base else None,
+            "baseline_sparsity": base.sparsity.mean if base and base.sparsity else None,
+        }
+        series[sweep.label] = entry
+        acc_axis.errorbar(
+            entry["strength"],
+            entry["test_accuracy"],
+            yerr=[s or 0.0 for s in entry["test_accuracy_std"]],
+            marker="o",
+            capsize=4,
+        )
+        sparse_axis.plot(
+            entry["strength"],
+            [s if s is not None else np.nan for s in entry["sparsity"]],
+            marker="o",
+        )
+        for axis, key, ylabel in (
+            (acc_axis, "baseline_test_accuracy", "test accuracy"),
+            (sparse_axis, "baseline_sparsity", "share of |w| below threshold"),
+        ):
+            if entry[key] is not None:
+                axis.axhline(entry[key], color="grey", linestyle="--", label=baseline)
+                axis.legend(fontsize=8)
+            axis.set_xscale("log")
+            # Ticks at the swept strengths only: minor log ticks crowd a short range.
+            axis.xaxis.set_minor_formatter(NullFormatter())
+            axis.set_xticks(entry["strength"], [f"{value:g}" for value in entry["strength"]])
+            axis.set_xlabel(sweep.label)
+            axis.set_ylabel(ylabel)
+            axis.grid(alpha=0.3, which="both")
+        acc_axis.set_title(f"{sweep.label}: test accuracy", fontsize=10)
+        sparse_axis.set_title(f"{sweep.label}: kernel sparsity", fontsize=10)
+    figure.tight_layout()
+    _save(figure, path)
+    return series
