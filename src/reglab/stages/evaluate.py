@@ -26,7 +26,7 @@ def main(argv: list[str]) -> None:
     paths = config.paths
     result = evaluation.evaluate_variant(
         model_dir(paths.models, key),
-        load_splits(paths.processed),
+        load_splits(paths.processed, config.data, splits=("train", "test")),
         class_names=config.data.class_names,
         batch_size=config.evaluation.batch_size,
         calibration_bins=config.evaluation.calibration_bins,
