@@ -320,7 +320,17 @@ def test_command_line_rejects_a_bad_override_in_one_line(tmp_path):
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == (
-        "error: variants.l2.kernel.l2=-1.0: must be >= 0"
-    )
+    assert result.stderr.strip().splitlines() == ["error: variants.l2.kernel.l2=-1.0: must be >= 0"]
     assert not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "outputs").exists()  # no empty Hydra folder for a run that never began
+
+
+def test_a_damaged_tracking_store_is_one_line_naming_the_file(project):
+    (project / "mlflow.db").write_bytes(b"not a database" * 100)
+    with pytest.raises(TrackingUnavailable) as damaged:
+        train_variant(config_for(), "baseline@42")
+    store_file = (project / "mlflow.db").resolve()
+    assert str(damaged.value) == (
+        f"{store_file}: the MLflow store is damaged (file is not a database); move it aside "
+        f"(`mv {store_file} {store_file}.damaged`) and run again: a fresh store is created"
+    )

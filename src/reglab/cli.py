@@ -53,6 +53,19 @@ def train_job(cfg: DictConfig) -> float | None:
     return results[0].get("best_val_data_loss")
 
 
+def precheck(overrides: list[str]) -> None:
+    """Validate one run's config in well under a second, before TensorFlow or Hydra's
+    run folder: the command line's own keys (variant, hydra.*) aside, it is the
+    pipeline's config."""
+    variant, rest = "baseline", []
+    for override in overrides:
+        if override.startswith("variant="):
+            variant = override.partition("=")[2]
+        elif not override.lstrip("+~").startswith(("hydra.", "hydra/", "hydra=")):
+            rest.append(override)
+    validate(compose(rest)).variant(variant)
+
+
 def compose_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="reglab compose")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=full")
@@ -95,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(compose_command(rest))
         if command == "check":
             sys.exit(check_command(rest))
+        if not {"-m", "--multirun"} & set(rest):
+            precheck(rest)  # before Hydra makes a run folder for a run that cannot start
         import hydra
 
         register_schema()

@@ -58,10 +58,29 @@ def check_reachable(uri: str, timeout_s: float = 8.0) -> None:
         ) from None
 
 
+def check_sqlite_store(uri: str) -> None:
+    """A damaged sqlite store is one line naming the file, not SQLAlchemy's traceback."""
+    prefix = "sqlite:///"
+    path = Path(uri[len(prefix) :]) if uri.startswith(prefix) else None
+    if path is None or not path.exists():
+        return  # MLflow creates a new store
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as store:
+            store.execute("SELECT count(*) FROM sqlite_master").fetchall()
+    except sqlite3.DatabaseError as error:
+        raise TrackingUnavailable(
+            f"{path}: the MLflow store is damaged ({error}); move it aside "
+            f"(`mv {path} {path}.damaged`) and run again: a fresh store is created"
+        ) from None
+
+
 def configure(uri: str, experiment: str | None = None) -> str:
     """Point MLflow at the tracking store (and experiment); returns the URI in use."""
     uri = resolve_uri(uri)
     check_reachable(uri)
+    check_sqlite_store(uri)
     mlflow.set_tracking_uri(uri)
     launcher = os.environ.get("MLFLOW_RUN_ID")
     if launcher:
