@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -24,10 +25,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
+def start_server(root: Path, port: int) -> subprocess.Popen:
+    """`mlflow server` on 127.0.0.1:port with its stores in ``root``; waits until it answers."""
+    root.mkdir(parents=True, exist_ok=True)
     command = [
         str(Path(sys.executable).parent / "mlflow"),
         "server",
@@ -42,22 +42,28 @@ def server(tmp_path_factory):
         "--workers",
         "1",
     ]
-    log_file = (root / "server.log").open("w")
+    log_file = (root / "server.log").open("a")
     process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
-    uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
                 if response.status == 200:
-                    break
+                    return process
         except OSError:
-            assert process.poll() is None, (root / "server.log").read_text()
+            if process.poll() is not None:
+                break
             time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("mlflow server did not start:\n" + (root / "server.log").read_text())
-    yield uri, root
+    process.kill()
+    pytest.fail("mlflow server did not start:\n" + (root / "server.log").read_text())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    process = start_server(root, port)
+    yield f"http://127.0.0.1:{port}", root
     process.terminate()
     process.wait(timeout=30)
 
@@ -83,14 +89,14 @@ def test_training_logs_metrics_images_and_model_to_a_real_server(
             "tracking.registered_model_name=reglab-digits",
             "tracking.system_metrics=true",
         ),
-        "l2",
+        "l2@42",
     )
     assert summary["tracking_uri"] == uri
 
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == "l2"
+    assert run.info.run_name == "l2@42"
     for key in ("train/data_loss", "train/penalty", "val/data_loss", "val/accuracy"):
         history = client.get_metric_history(run.info.run_id, key)
         assert [m.step for m in history] == [1, 2, 3]
@@ -113,3 +119,65 @@ def test_training_logs_metrics_images_and_model_to_a_real_server(
     x = np.load(tmp_path / "data/processed/test_x.npy")[:5]
     assert np.asarray(model.predict(x)).shape == (5, 10)
     assert not os.path.exists(tmp_path / "mlflow.db")  # nothing went to the local default
+
+
+def test_a_server_that_dies_during_training_loses_nothing(data_dir, tmp_path, monkeypatch):
+    """Killed after epoch 2 of 4: training finishes, its outputs are written, the
+    process says what was not logged; run again with the server back, the same
+    run gets every epoch once and the model, without retraining."""
+    import keras
+    from mlflow import MlflowClient
+
+    from reglab.runner import train_variant
+    from reglab.tracking import TrackingLost
+
+    root, port = tmp_path / "server", free_port()
+    uri = f"http://127.0.0.1:{port}"
+    process = start_server(root, port)
+    try:
+        (tmp_path / "data").symlink_to(data_dir)
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        for name in ("RETRIES", "BACKOFF_FACTOR", "TIMEOUT"):
+            monkeypatch.delenv(f"MLFLOW_HTTP_REQUEST_MAX_{name}", raising=False)
+            monkeypatch.delenv(f"MLFLOW_HTTP_REQUEST_{name}", raising=False)
+        config = config_for("train.epochs=4", "tracking.server_wait_s=4", "tracking.log_model=true")
+
+        def kill_server_after_epoch_2(epoch, row):
+            if epoch == 2:
+                process.kill()
+                process.wait()
+
+        started = time.monotonic()
+        with pytest.raises(TrackingLost) as lost:
+            train_variant(config, "l2@42", hooks=[kill_server_after_epoch_2])
+        elapsed = time.monotonic() - started
+        assert str(lost.value).startswith(
+            "l2@42 is trained and written to models/l2@42 and reports/history/l2@42.csv, "
+            f"but the tracking server {uri} did not answer within 4 s:"
+        )
+        assert "run the same command again once the server is back" in str(lost.value)
+        assert elapsed < 120, elapsed  # bounded: not MLflow's minutes of retries
+        rows = (tmp_path / "reports/history/l2@42.csv").read_text().splitlines()
+        assert len(rows) == 1 + 4
+        assert (tmp_path / "models/l2@42/model.keras").is_file()
+        state = json.loads((tmp_path / ".reglab/checkpoints/l2@42/state.json").read_text())
+        assert state["epoch"] == 4
+
+        process = start_server(root, port)  # back, with the same stores
+        keras.backend.clear_session()
+        summary = train_variant(config, "l2@42")
+        assert summary["resumed_from_epoch"] == 4  # nothing retrained
+        client = MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name("reglab")
+        (run,) = client.search_runs([experiment.experiment_id], "tags.variant = 'l2'")
+        assert run.info.run_id == summary["mlflow_run_id"] == state["run_id"]
+        assert run.info.status == "FINISHED"
+        for key in ("val/data_loss", "train/penalty"):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert sorted(steps) == [1, 2, 3, 4], key  # each epoch once
+        assert "model" in {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert not (tmp_path / ".reglab/checkpoints/l2@42").exists()
+    finally:
+        process.kill()
+        process.wait()

@@ -87,6 +87,10 @@ class TrackingConfig:
     histogram_every: int = bounded(5, ge=1)
     # CPU and memory of the training process as MLflow system metrics.
     system_metrics: bool = False
+    # How long a request waits for a tracking server that stopped answering (MLflow's
+    # own retries, bounded). Past it, a finished training keeps its outputs and the
+    # same command, run again, logs what is missing into the same run.
+    server_wait_s: float = bounded(30.0, gt=0)
 
 
 @dataclass

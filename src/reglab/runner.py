@@ -64,7 +64,9 @@ def train_variant(
     train, validation = load_training_data(config.paths.processed, config.data)
     model_dir = Path(config.paths.models, key)
     model_dir.parent.mkdir(parents=True, exist_ok=True)  # unwritable? fail before any work
-    uri = tracking.configure(config.tracking.uri, config.tracking.experiment)
+    uri = tracking.configure(
+        config.tracking.uri, config.tracking.experiment, config.tracking.server_wait_s
+    )
     params = run_params(config, variant, seed)
     checkpoint = Checkpoint(
         Path(config.paths.checkpoints, key), fingerprint(params, config.paths.processed)
@@ -86,21 +88,46 @@ def train_variant(
             predict_batch_size=config.evaluation.batch_size,
             early_stopping=make_early_stopping(recipe.early_stopping, state),
             checkpoint=checkpoint,
-            hooks=[epoch_logger(model, config.evaluation.sparsity_threshold), *hooks],
+            hooks=[epoch_logger(model, config.evaluation.sparsity_threshold, uri), *hooks],
             histogram=lambda: weights.histograms(model, config.tracking.histogram_bins),
             histogram_every=config.tracking.histogram_every,
-        )  # fmt: skip
-        tracking.log_trained_model(
-            model, state.histograms, key, state.epoch,
-            example_inputs=validation[0][:8] if config.tracking.log_model else None,
-            registered_model_name=config.tracking.registered_model_name,
         )  # fmt: skip
         summary = run_summary(key, model, state, uri, config_hash(config), resumed_from)
         history_path = history_file(config.paths.history, key)
         write_outputs(model, summary, state.history, model_dir, history_path)
+        finish_logging(model, state, key, validation[0][:8], config, (model_dir, history_path))
     checkpoint.clear()
     log.info("%s: trained %d epochs, run %s", key, state.epoch, state.run_id)
     return summary
+
+
+def finish_logging(
+    model: keras.Model,
+    state: TrainingState,
+    key: str,
+    example_inputs: np.ndarray,
+    config: Config,
+    outputs: Sequence[Path],
+) -> None:
+    """Log what comes after the epochs. The outputs are written first: if the server
+    is gone, the training is kept and the re-run logs the rest without retraining."""
+    written = " and ".join(str(path) for path in outputs)
+    lost = (
+        f"{key} is trained and written to {written}, but the tracking server "
+        f"{tracking.resolve_uri(config.tracking.uri)} did not answer within "
+        f"{config.tracking.server_wait_s:g} s: the model, kernel histograms and unsent epoch "
+        "metrics are not logged; run the same command again once the server is back, "
+        "and it logs them into the same run without retraining"
+    )
+    with tracking.lost_server_is(lost):
+        tracking.log_trained_model(
+            model,
+            state.histograms,
+            state.history,
+            key,
+            example_inputs=example_inputs if config.tracking.log_model else None,
+            registered_model_name=config.tracking.registered_model_name,
+        )
 
 
 def open_run(
@@ -171,11 +198,26 @@ def make_early_stopping(rule: EarlyStoppingConfig, state: TrainingState) -> Earl
     )
 
 
-def epoch_logger(model: keras.Model, sparsity_threshold: float) -> EpochHook:
-    """The hook that logs each epoch's losses and weight statistics to the active run."""
+def epoch_logger(model: keras.Model, sparsity_threshold: float, uri: str) -> EpochHook:
+    """The hook that logs each epoch's losses and weight statistics to the active run.
+
+    If the tracking server stops answering, training goes on without it: the
+    epochs stay in the checkpoint and the history, and are logged at the end or
+    by the re-run.
+    """
+    to_server = uri.startswith(("http://", "https://"))
+    lost: list[int] = []
 
     def log_epoch(epoch: int, row: Mapping[str, float]) -> None:
-        tracking.log_epoch(row, weights.weight_statistics(model, sparsity_threshold), epoch)
+        if lost:
+            return
+        statistics = weights.weight_statistics(model, sparsity_threshold)
+        try:
+            with tracking.lost_server_is("the tracking server stopped answering"):
+                tracking.log_epoch(row, statistics, epoch, synchronous=to_server)
+        except tracking.TrackingLost:
+            lost.append(epoch)
+            log.warning("%s: the tracking server stopped answering in epoch %d", uri, epoch)
 
     return log_epoch
 

@@ -76,9 +76,47 @@ def check_sqlite_store(uri: str) -> None:
         ) from None
 
 
-def configure(uri: str, experiment: str | None = None) -> str:
+class TrackingLost(ReglabError):
+    """The tracking server stopped answering while a run was being logged."""
+
+
+def bound_server_wait(wait_s: float) -> None:
+    """MLflow's HTTP retries, bounded to about ``wait_s`` seconds (its defaults: minutes).
+
+    urllib3 sleeps backoff * 2**(n - 1) before the n-th retry; with backoff 2 the
+    retries fit in 2 * (2**retries - 1) seconds. Settings the user made win.
+    """
+    retries = 1
+    while 2 * (2 ** (retries + 1) - 1) <= wait_s:
+        retries += 1
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, min(10, int(wait_s)))))
+
+
+@contextlib.contextmanager
+def lost_server_is(message: str) -> Iterator[None]:
+    """Turn an error while the tracking server does not answer (after the bounded
+    retries) into TrackingLost with ``message``; other errors pass unchanged."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except (requests.RequestException, ConnectionError, MlflowException) as error:
+        uri = mlflow.get_tracking_uri()
+        try:
+            check_reachable(uri, timeout_s=2.0)
+        except TrackingUnavailable:
+            raise TrackingLost(message) from None
+        raise error
+
+
+def configure(uri: str, experiment: str | None = None, server_wait_s: float = 30.0) -> str:
     """Point MLflow at the tracking store (and experiment); returns the URI in use."""
     uri = resolve_uri(uri)
+    if uri.startswith(("http://", "https://")):
+        bound_server_wait(server_wait_s)
     check_reachable(uri)
     check_sqlite_store(uri)
     mlflow.set_tracking_uri(uri)
@@ -178,6 +216,9 @@ def ending_run(active: mlflow.ActiveRun) -> Iterator[mlflow.ActiveRun]:
     except KeyboardInterrupt:
         mlflow.end_run("KILLED")
         raise
+    except TrackingLost:
+        _forget_active_run()  # the server cannot hear it; the re-run finishes the run
+        raise
     except BaseException:
         mlflow.end_run("FAILED")
         raise
@@ -185,6 +226,21 @@ def ending_run(active: mlflow.ActiveRun) -> Iterator[mlflow.ActiveRun]:
         mlflow.end_run("FINISHED")
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _forget_active_run() -> None:
+    """Leave the active run without a request to a server that is gone.
+
+    ``mlflow.end_run`` would first wait the whole bounded retry again to set a
+    status nobody receives; MLflow has no public call that only leaves the run,
+    so this pops its active-run stack the way ``end_run`` does before its request.
+    """
+    from mlflow.tracking import fluent
+
+    stack = fluent._active_run_stack.get()
+    if stack:
+        stack.pop()
+    os.environ.pop("MLFLOW_RUN_ID", None)
 
 
 @contextlib.contextmanager
@@ -263,14 +319,21 @@ def data_inputs(directory: str | Path) -> list[tuple[Any, str]]:
     return inputs
 
 
-def log_epoch(row: Mapping[str, float], weight_statistics: Mapping[str, float], step: int) -> None:
+def log_epoch(
+    row: Mapping[str, float],
+    weight_statistics: Mapping[str, float],
+    step: int,
+    synchronous: bool = False,
+) -> None:
     """One epoch's losses (history row -> MLflow names) and weight statistics.
 
-    Asynchronous: training does not wait for the tracking store.
+    Asynchronous by default: training does not wait for a local store. To a
+    server, synchronous: a failure is seen at once (and bounded), instead of
+    piling up in the background queue that the process would wait for at exit.
     """
     metrics = {name: float(row[key]) for key, name in EPOCH_METRICS.items() if key in row}
     metrics.update(weight_statistics)
-    mlflow.log_metrics(metrics, step=step, synchronous=False)
+    mlflow.log_metrics(metrics, step=step, synchronous=synchronous)
 
 
 def log_missing_epochs(run_id: str, history: list[Mapping[str, float]]) -> None:
@@ -287,8 +350,8 @@ def log_missing_epochs(run_id: str, history: list[Mapping[str, float]]) -> None:
 def log_trained_model(
     model: Any,
     histograms: Mapping[str, Any],
+    history: list[Mapping[str, float]],
     label: str,
-    epochs_trained: int,
     *,
     example_inputs: Any | None,
     registered_model_name: str | None = None,
@@ -296,10 +359,12 @@ def log_trained_model(
     """After training: the pending epochs, the kernel histograms, the model (with an
     input example, when given one) and the epoch count."""
     mlflow.flush_async_logging()
+    # Epochs whose asynchronous logging failed while the server was away.
+    log_missing_epochs(mlflow.active_run().info.run_id, history)
     log_weight_histograms({int(epoch): counts for epoch, counts in histograms.items()}, label)
     if example_inputs is not None:
         log_keras_model(model, example_inputs, registered_model_name)
-    mlflow.log_metrics({"epochs_trained": epochs_trained})
+    mlflow.log_metrics({"epochs_trained": len(history)})
 
 
 def log_weight_histograms(
