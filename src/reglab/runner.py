@@ -31,6 +31,7 @@ from reglab.io import remove_leftovers, tree_digest, write_atomic, writing_dir
 from reglab.metrics import HISTORY_COLUMNS
 from reglab.models import build_model, describe_model, save_model
 from reglab.paths import history_file, parse_run_key
+from reglab.progress import EpochProgress
 from reglab.recipes import EarlyStoppingConfig, RegularizerConfig
 from reglab.training import (
     EarlyStopping,
@@ -76,6 +77,8 @@ def train_variant(
     model = prepare_model(config, recipe, seed, train[0].shape[1:])
     with open_run(config, key, state.run_id, parent_run_id, run_tags) as run:
         begin_logging(run.info.run_id, state, params, model, config.paths.processed)
+        log_epoch = epoch_logger(model, config.evaluation.sparsity_threshold, uri)
+        progress = EpochProgress(key, config.train.epochs, state.epoch)
         state = fit(
             model, train, validation, state,
             num_classes=config.data.num_classes,
@@ -88,10 +91,11 @@ def train_variant(
             predict_batch_size=config.evaluation.batch_size,
             early_stopping=make_early_stopping(recipe.early_stopping, state),
             checkpoint=checkpoint,
-            hooks=[epoch_logger(model, config.evaluation.sparsity_threshold, uri), *hooks],
+            hooks=[log_epoch, progress, *hooks],
             histogram=lambda: weights.histograms(model, config.tracking.histogram_bins),
             histogram_every=config.tracking.histogram_every,
         )  # fmt: skip
+        progress.close()
         summary = run_summary(key, model, state, uri, config_hash(config), resumed_from)
         history_path = history_file(config.paths.history, key)
         write_outputs(model, summary, state.history, model_dir, history_path)
