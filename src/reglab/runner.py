@@ -131,6 +131,7 @@ def finish_logging(
             key,
             example_inputs=example_inputs if config.tracking.log_model else None,
             registered_model_name=config.tracking.registered_model_name,
+            class_names=config.data.class_names,
         )
 
 

@@ -6,7 +6,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -355,15 +355,17 @@ def log_trained_model(
     *,
     example_inputs: Any | None,
     registered_model_name: str | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> None:
     """After training: the pending epochs, the kernel histograms, the model (with an
-    input example, when given one) and the epoch count."""
+    input example, when given one; it predicts probabilities of ``class_names``) and
+    the epoch count."""
     mlflow.flush_async_logging()
     # Epochs whose asynchronous logging failed while the server was away.
     log_missing_epochs(mlflow.active_run().info.run_id, history)
     log_weight_histograms({int(epoch): counts for epoch, counts in histograms.items()}, label)
     if example_inputs is not None:
-        log_keras_model(model, example_inputs, registered_model_name)
+        log_keras_model(model, example_inputs, registered_model_name, class_names)
     mlflow.log_metrics({"epochs_trained": len(history)})
 
 
@@ -394,44 +396,54 @@ def log_weight_histograms(
     plt.close("all")
 
 
-class _KerasFlavor:
-    """mlflow.keras whose save_model makes the model folder first.
-
-    MLflow 3.17's Keras flavor writes the input example before it creates the
-    folder, so ``input_example=`` fails with FileNotFoundError; creating the
-    (empty) folder first is all the flavor needs.
-    """
-
-    __name__ = "mlflow.keras"
-
-    @staticmethod
-    def save_model(path: str, **kwargs: Any) -> Any:
-        os.makedirs(path, exist_ok=True)
-        return mlflow.keras.save_model(path=path, **kwargs)
+SERVED_MODEL = Path(__file__).with_name("served_model.py")
 
 
 def log_keras_model(
-    model: Any, example_inputs: Any, registered_model_name: str | None = None
+    model: Any,
+    example_inputs: Any,
+    registered_model_name: str | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> str:
-    """Log with MLflow's Keras flavor, with a signature and an input example.
+    """Log the model MLflow serves: class probabilities with the class names.
 
-    Pip requirements are given explicitly: inferring them costs seconds per model.
+    The Keras model (logits, as training and evaluation use it) goes in as the
+    ``keras_model`` artifact of :mod:`reglab.served_model`, a pyfunc model from
+    code whose ``predict`` returns a DataFrame of softmax probabilities, one
+    column per class name; the signature names them too. Pip requirements are
+    given explicitly: inferring them costs seconds per model.
     """
-    import keras
-    import tensorflow as tf
-    from mlflow.models import Model, infer_signature
+    import tempfile
 
-    signature = infer_signature(example_inputs, model.predict(example_inputs, verbose=0))
-    info = Model.log(
-        artifact_path=None,
-        name="model",
-        flavor=_KerasFlavor,
-        model=model,
-        signature=signature,
-        input_example=example_inputs,
-        pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
-        registered_model_name=registered_model_name,
-    )
+    import keras
+    import numpy as np
+    import pandas as pd
+    import tensorflow as tf
+    from mlflow.models import infer_signature
+
+    from reglab.metrics import softmax
+
+    logits = model.predict(example_inputs, verbose=0)
+    names = [str(name) for name in class_names or range(logits.shape[1])]
+    probabilities = pd.DataFrame(softmax(logits), columns=names)
+    with tempfile.TemporaryDirectory(prefix="reglab-model-") as folder:
+        keras_file = Path(folder, "model.keras")
+        model.save(keras_file)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(SERVED_MODEL),
+            artifacts={"keras_model": str(keras_file)},
+            model_config={"class_names": names},
+            signature=infer_signature(np.asarray(example_inputs), probabilities),
+            input_example=np.asarray(example_inputs),
+            pip_requirements=[
+                f"tensorflow=={tf.__version__}",
+                f"keras=={keras.__version__}",
+                f"mlflow=={mlflow.__version__}",
+                f"pandas=={pd.__version__}",
+            ],
+            registered_model_name=registered_model_name,
+        )
     return info.model_uri
 
 

@@ -15,7 +15,7 @@ unless ``REGLAB_LOG_LEVEL=DEBUG``:
   runs with file descriptor 2 captured, and the captured text is written back
   without the lines :data:`IMPORT_NOISE` matches: filtered, not silenced.
 - ``MLFLOW_LOGGING_LEVEL=WARNING``: MLflow's info lines (creating tables, a new
-  experiment) are not the project's.
+  experiment) are not the project's; nor is its artifact download bar.
 """
 
 from __future__ import annotations
@@ -96,6 +96,7 @@ def quiet_libraries() -> None:
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if "tensorflow" not in sys.modules and not any(
         isinstance(finder, _QuietTensorFlowImport) for finder in sys.meta_path
     ):

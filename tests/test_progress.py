@@ -1,0 +1,168 @@
+"""Logs a user can read: one line per epoch (a bar on a terminal), no library noise.
+
+The stage tests run the real train and evaluate stages on digits, with the
+environment a user has (no TF_CPP_MIN_LOG_LEVEL, no REGLAB_LOG_LEVEL), and read
+the captured output line by line.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reglab.progress import EpochProgress, epoch_line
+from tests.conftest import make_project
+
+ROW = {"train_data_loss": 0.41234, "val_data_loss": 0.50119, "train_penalty": 0.03121,
+       "val_accuracy": 0.815}  # fmt: skip
+
+# What a stage's log must not hold: TensorFlow's C++ runtime, Keras's progress bars,
+# MLflow's info lines and download bars, ANSI colour codes.
+NOISE = [
+    re.compile(pattern)
+    for pattern in (
+        r"absl::InitializeLog",
+        r"^[IWEF]\d{4} \d\d:\d\d:[\d.]+ +\d+ \S+:\d+\]",
+        r"cuInit|cuda drivers|cudart_stub",
+        r"use_unbounded_threadpool",
+        r"oneDNN",
+        r"\x1b\[",
+        r"━|ms/step|Downloading artifacts",
+        r" INFO mlflow",
+        r"Warning:",
+    )
+]
+
+
+def user_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "REGLAB_LOG_LEVEL")
+    }
+    return {**env, **extra}
+
+
+def test_epoch_line_holds_the_numbers():
+    line = epoch_line("l2@42", 3, 20, ROW, 1.44)
+    assert line == (
+        "l2@42 epoch 3/20: train data loss 0.4123, val data loss 0.5012, penalty 0.03121, "
+        "val accuracy 0.8150, 1.4 s"
+    )
+
+
+def test_a_log_gets_one_line_per_epoch(caplog):
+    hook = EpochProgress("l1@7", 2, stream=io.StringIO())
+    with caplog.at_level(logging.INFO, logger="reglab.progress"):
+        hook(1, ROW)
+        hook(2, ROW)
+    lines = [record.getMessage() for record in caplog.records]
+    assert [line.split(":")[0] for line in lines] == ["l1@7 epoch 1/2", "l1@7 epoch 2/2"]
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_gets_a_bar_instead(caplog):
+    screen = Terminal()
+    hook = EpochProgress("l1@7", 4, start_epoch=1, stream=screen)
+    with caplog.at_level(logging.INFO, logger="reglab.progress"):
+        for epoch in (2, 3, 4):
+            hook(epoch, ROW)
+    assert not caplog.records
+    shown = screen.getvalue()
+    assert "l1@7" in shown and "4/4" in shown and "val=0.5012" in shown
+    assert hook.bar is None  # closed after the last epoch
+
+
+def import_tensorflow(**env: str) -> str:
+    code = "import reglab.stages, tensorflow"
+    return subprocess.run(
+        [sys.executable, "-c", code], env=user_env(**env), capture_output=True, text=True,
+        check=True, timeout=300,
+    ).stderr  # fmt: skip
+
+
+def test_tensorflow_loads_quietly_unless_debug():
+    assert "absl::InitializeLog" not in import_tensorflow()
+    assert "absl::InitializeLog" in import_tensorflow(REGLAB_LOG_LEVEL="DEBUG")
+
+
+def run_stage(root: Path, stage: str, key: str) -> list[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", f"reglab.stages.{stage}", key],
+        cwd=root, env=user_env(MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout
+    return result.stdout.splitlines()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, list[str], list[str]]:
+    """The digits project after the real train and evaluate stages of l2@42, with their logs."""
+    root = make_project(tmp_path_factory.mktemp("logs"), ["tracking.log_model=true"])
+    train_log = run_stage(root, "train", "l2@42")
+    evaluate_log = run_stage(root, "evaluate", "l2@42")
+    return root, train_log, evaluate_log
+
+
+@pytest.mark.slow
+def test_stage_logs_hold_the_projects_lines_only(trained):
+    _, train_log, evaluate_log = trained
+    for line in train_log + evaluate_log:
+        assert not any(pattern.search(line) for pattern in NOISE), line
+        assert re.match(r"\d\d:\d\d:\d\d (INFO|WARNING) reglab\.", line), line
+
+
+@pytest.mark.slow
+def test_one_epoch_line_per_epoch_with_the_history_numbers(trained):
+    root, train_log, _ = trained
+    history = list(csv.DictReader((root / "reports/history/l2@42.csv").open()))
+    lines = [line.split(": ", 1)[1] for line in train_log if " epoch " in line]
+    assert len(lines) == len(history) == 3
+    for line, row in zip(lines, history, strict=True):
+        values = {key: float(value) for key, value in row.items()}
+        expected = epoch_line("l2@42", int(values["epoch"]), 3, values, 0.0)
+        assert line.rsplit(", ", 1)[0] == expected.rsplit(", ", 1)[0]
+        assert float(line.rsplit(", ", 1)[1].removesuffix(" s")) > 0
+
+
+@pytest.mark.slow
+def test_the_logged_model_predicts_evaluates_labels_as_probabilities(trained):
+    """Through MLflow: probabilities (rows sum to 1) with the class names as columns,
+    whose arg-max is the predicted label evaluate wrote for each test image."""
+    import mlflow
+
+    from reglab.compose import load_params
+
+    root, _, _ = trained
+    run_id = json.loads((root / "models/l2@42/run.json").read_text())["mlflow_run_id"]
+    class_names = load_params(root / "params.yaml", check_fresh=False).data.class_names
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    cwd = os.getcwd()
+    os.chdir(root)  # the sqlite store's artifacts live in ./mlruns
+    try:
+        model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    finally:
+        os.chdir(cwd)
+    images = np.load(root / "data/processed/test_x.npy")
+    probabilities = model.predict(images)
+    assert list(probabilities.columns) == class_names
+    assert model.metadata.signature.outputs.input_names() == class_names
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-9)
+    assert (probabilities.to_numpy() >= 0).all()
+    confusion = list(csv.DictReader((root / "reports/plots/confusion/l2@42.csv").open()))
+    evaluated = [row["predicted"] for row in confusion]
+    assert len(evaluated) == len(images)
+    assert list(probabilities.idxmax(axis=1)) == evaluated
