@@ -126,8 +126,27 @@ def configure(uri: str, experiment: str | None = None, server_wait_s: float = 30
         experiment_id = mlflow.MlflowClient().get_run(launcher).info.experiment_id
         mlflow.set_experiment(experiment_id=experiment_id)
     elif experiment:
-        mlflow.set_experiment(experiment)
+        mark_model_training(mlflow.set_experiment(experiment))
     return uri
+
+
+# MLflow 3's UI files an experiment without this tag under GenAI (traces, token usage).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
+def mark_model_training(experiment: Any) -> None:
+    """Tag the experiment as model training, so MLflow's UI opens it on its runs.
+
+    The tag decides the experiment's kind and its runs tab; the UI's GenAI/model
+    training switch is also a per-browser setting that the URL parameter
+    ``?workflowType=machine_learning`` sets (see the README). A kind a user chose
+    in the UI is kept.
+    """
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        mlflow.MlflowClient().set_experiment_tag(
+            experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+        )
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -215,17 +234,41 @@ def ending_run(active: mlflow.ActiveRun) -> Iterator[mlflow.ActiveRun]:
         yield active
     except KeyboardInterrupt:
         mlflow.end_run("KILLED")
+        span_parent(active.info.run_id)
         raise
     except TrackingLost:
         _forget_active_run()  # the server cannot hear it; the re-run finishes the run
         raise
     except BaseException:
         mlflow.end_run("FAILED")
+        span_parent(active.info.run_id)
         raise
     else:
         mlflow.end_run("FINISHED")
+        span_parent(active.info.run_id)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def span_parent(run_id: str) -> None:
+    """Move the end of ``run_id``'s pipeline parent to the end of ``run_id``, if later.
+
+    The parent is created (its start) before its first child starts, and every
+    child that ends moves its end, so the UI shows the pipeline's real duration.
+    A launcher's run (``mlflow run``) is not the project's: it ends itself.
+    """
+    client = mlflow.MlflowClient()
+    try:
+        child = client.get_run(run_id)
+        parent_id = child.data.tags.get("mlflow.parentRunId")
+        parent = client.get_run(parent_id) if parent_id else None
+    except mlflow.exceptions.MlflowException as error:
+        log.warning("could not read run %s or its parent: %s", run_id, error)
+        return
+    if parent is None or PIPELINE_TAG not in parent.data.tags or child.info.end_time is None:
+        return
+    if parent.info.end_time is None or parent.info.end_time < child.info.end_time:
+        client.set_terminated(parent_id, "FINISHED", end_time=child.info.end_time)
 
 
 def _forget_active_run() -> None:
@@ -253,6 +296,7 @@ def resumed_run(uri: str, run_id: str) -> Iterator[mlflow.ActiveRun]:
     configure(uri)
     with mlflow.start_run(run_id=run_id) as run:
         yield run
+    span_parent(run_id)
 
 
 def end_orphaned_run(run_id: str) -> None:
@@ -538,4 +582,5 @@ def log_comparison(
         mlflow.log_dict(leaderboard, "leaderboard.json")
         for path in figures:
             mlflow.log_artifact(str(path), "figures")
-        return run.info.run_id
+    span_parent(run.info.run_id)
+    return run.info.run_id
