@@ -396,6 +396,9 @@ def test_compare_writes_figures_with_the_expected_series(tmp_path):
     assert [r["variant"] for r in board] == ["l2", "dropout", "l2_small", "baseline"]
     assert float(board[0]["test_accuracy"]) == pytest.approx(0.8415)
     assert board[0]["seeds"] == "2"
+    spread = float(board[0]["test_accuracy_high"]) - float(board[0]["test_accuracy"])
+    assert spread > 0  # two seeds: mean ± sample std, the error bar
+    assert float(board[0]["test_accuracy_low"]) == pytest.approx(0.8415 - spread)
 
     text = result.markdown
     table = [line for line in text.splitlines() if line.startswith("| ")]
@@ -463,9 +466,17 @@ def test_plot_csvs_keep_a_name_with_a_comma_and_a_quote_in_one_field():
     }
     board = list(csv.reader(io.StringIO(rr.leaderboard_csv(summarize(reports)))))
     assert board == [
-        ["variant", "test_accuracy", "test_data_loss", "generalization_gap", "seeds"],
-        [odd, "0.9", "0.5", "0.05", "1"],
-        ["baseline", "0.8", "0.6", "0.05", "1"],
+        [
+            "variant",
+            "test_accuracy",
+            "test_accuracy_low",
+            "test_accuracy_high",
+            "test_data_loss",
+            "generalization_gap",
+            "seeds",
+        ],
+        [odd, "0.9", "0.9", "0.9", "0.5", "0.05", "1"],
+        ["baseline", "0.8", "0.8", "0.8", "0.6", "0.05", "1"],
     ]
     curves = {
         odd: {"epoch": [1, 2], "val_data_loss": [0.7, 0.6], "train_data_loss": [0.5, 0.4]},

@@ -179,17 +179,23 @@ def learning_curves_csv(curves: Mapping[str, Mapping[str, Sequence[Any]]]) -> st
 
 
 def leaderboard_csv(summaries: Sequence[VariantSummary]) -> str:
-    """Mean test metrics per variant (a bar template plots one column against ``variant``)."""
-    rows = [
-        (
-            row.variant,
-            row.test_accuracy.mean,
-            row.test_data_loss.mean,
-            row.generalization_gap.mean,
-            len(row.seeds),
+    """Mean test metrics per variant, and the test accuracy's mean ± std over seeds
+    (``test_accuracy_low``/``_high``, the mean itself for one seed): the leaderboard
+    template's point and error bar."""
+    rows = []
+    for row in summaries:
+        accuracy = row.test_accuracy
+        spread = accuracy.std or 0.0
+        rows.append(
+            (
+                row.variant,
+                accuracy.mean,
+                accuracy.mean - spread,
+                accuracy.mean + spread,
+                row.test_data_loss.mean,
+                row.generalization_gap.mean,
+                len(row.seeds),
+            )
         )
-        for row in summaries
-    ]
-    return csv_text(
-        ("variant", "test_accuracy", "test_data_loss", "generalization_gap", "seeds"), rows
-    )
+    columns = ("variant", "test_accuracy", "test_accuracy_low", "test_accuracy_high")
+    return csv_text((*columns, "test_data_loss", "generalization_gap", "seeds"), rows)
