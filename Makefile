@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 # Keep TensorFlow's start-up chatter out of the logs.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: run test setup dataset params lint format bench clean
+.PHONY: run test setup dataset params plots lint format bench clean
 
 run: setup dataset params  ## run the whole pipeline with DVC
 	dvc repro
@@ -39,6 +39,15 @@ dataset:
 
 params: setup  ## compose conf/ into params.yaml (what every stage reads)
 	$(BIN)/python -m reglab compose --output params.yaml
+
+# `dvc plots show` with Vega, Vega-Lite and Vega-Embed inlined (reglab.offline_plots):
+# the page renders without a network. The template is made once per lock file.
+PLOTS_TEMPLATE := .reglab/plots-template.html
+$(PLOTS_TEMPLATE): $(VENV)/.installed
+	$(BIN)/python -m reglab.offline_plots $@
+
+plots: setup $(PLOTS_TEMPLATE)  ## write dvc_plots/index.html (offline), as `dvc plots show` does
+	$(BIN)/dvc plots show --html-template $(PLOTS_TEMPLATE)
 
 lint: setup
 	$(BIN)/ruff check src tests bench
