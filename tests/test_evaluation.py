@@ -154,6 +154,17 @@ def test_evaluate_model_gaps_report_keys_and_first_layer():
     }
 
 
+def test_the_metrics_file_holds_the_headline_numbers_only(tmp_path):
+    result = evaluate_fake()[0]
+    result.report["epochs_trained"] = 3
+    paths = [tmp_path / "eval/a@1.json", tmp_path / "c/a@1.csv", tmp_path / "w/a@1.json"]
+    evaluation.write_outputs(result, *paths, tmp_path / "metrics/a@1.json")
+    metrics = json.loads((tmp_path / "metrics/a@1.json").read_text())
+    assert list(metrics) == list(evaluation.HEADLINE_METRICS)
+    assert metrics == {name: result.report[name] for name in evaluation.HEADLINE_METRICS}
+    assert "confusion_matrix" in json.loads(paths[0].read_text())  # the full report
+
+
 def test_write_outputs_writes_the_report_the_confusion_csv_and_the_weights(tmp_path):
     result = evaluate_fake()[0]
     paths = [tmp_path / "eval/a@1.json", tmp_path / "confusion/a@1.csv", tmp_path / "w/a@1.json"]

@@ -217,7 +217,8 @@ def test_experiment_changing_one_variant_reruns_only_it(project):
     assert stages_run(result.stdout) == {"check", "train@l2-42", "evaluate@l2-42", "compare"}
     shown = json.loads(run(["dvc", "exp", "show", "--json"], root, env).stdout)
     text = json.dumps(shown)
-    assert "test_accuracy" in text and "reports/eval/l2@42.json" in text
+    assert "test_accuracy" in text and "reports/metrics/l2@42.json" in text
+    assert "confusion_matrix" not in text and "per_class_accuracy" not in text
 
 
 def test_another_seed_trains_only_the_new_runs_and_the_leaderboard_shows_mean_and_std(project):

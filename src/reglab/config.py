@@ -33,6 +33,9 @@ class PathsConfig:
     models: str = "models"
     history: str = "reports/history"
     eval: str = "reports/eval"
+    # The headline numbers DVC reads as metrics (`dvc metrics show`, `dvc exp show`);
+    # the full evaluation report stays in ``eval``.
+    metrics: str = "reports/metrics"
     summary: str = "reports/summary.md"
     figures: str = "reports/figures"
     # Data behind `dvc plots show`: confusion matrices, learning curves, leaderboard.

@@ -280,12 +280,37 @@ def report_json(report: Mapping[str, Any]) -> str:
     return json.dumps(dict(report), indent=2, allow_nan=False) + "\n"
 
 
+# What DVC reads as metrics: the numbers a user compares across experiments. The
+# rest of the report (per-class accuracy, the confusion matrix, the run id) would
+# make `dvc metrics show` and `dvc exp show` hundreds of columns wide.
+HEADLINE_METRICS = (
+    "test_accuracy",
+    "test_data_loss",
+    "ece",
+    "generalization_gap",
+    "data_loss_gap",
+    "sparsity",
+    "epochs_trained",
+)
+
+
+def headline_metrics(report: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: report[name] for name in HEADLINE_METRICS if name in report}
+
+
 def write_outputs(
-    result: Evaluation, report_path: Path, confusion_path: Path, weights_path: Path
+    result: Evaluation,
+    report_path: Path,
+    confusion_path: Path,
+    weights_path: Path,
+    metrics_path: Path | None = None,
 ) -> None:
-    """The eval JSON (DVC metrics), the per-image CSV (DVC confusion plot) and the
-    first-layer weights JSON (the compare stage's histograms), each atomically."""
+    """The eval JSON (the full report), the headline metrics JSON (DVC metrics), the
+    per-image CSV (DVC confusion plot) and the first-layer weights JSON (the compare
+    stage's histograms), each atomically."""
     write_atomic(report_path, report_json(result.report))
+    if metrics_path is not None:
+        write_atomic(metrics_path, report_json(headline_metrics(result.report)))
     labels, predicted = result.test_labels, result.test_predicted
     write_atomic(confusion_path, confusion_csv(labels, predicted, result.report["class_names"]))
     write_atomic(weights_path, json.dumps(result.first_layer, allow_nan=False) + "\n")

@@ -44,3 +44,7 @@ def history_file(history: str | Path, key: str) -> Path:
 
 def eval_file(eval_dir: str | Path, key: str) -> Path:
     return Path(eval_dir, f"{key}.json")
+
+
+def metrics_file(metrics_dir: str | Path, key: str) -> Path:
+    return Path(metrics_dir, f"{key}.json")

@@ -10,7 +10,7 @@ from reglab import evaluation
 from reglab.compose import load_params
 from reglab.data.prepare import load_splits
 from reglab.errors import ReglabError
-from reglab.paths import eval_file, model_dir, parse_run_key
+from reglab.paths import eval_file, metrics_file, model_dir, parse_run_key
 from reglab.stages import run_stage
 from reglab.tracking import resolve_uri
 
@@ -37,6 +37,7 @@ def main(argv: list[str]) -> None:
         eval_file(paths.eval, key),
         Path(paths.plots, "confusion", f"{key}.csv"),
         Path(paths.weights, f"{key}.json"),
+        metrics_file(paths.metrics, key),
     )
     evaluation.log_report(result.report, resolve_uri(config.tracking.uri))
 
