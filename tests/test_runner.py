@@ -228,7 +228,7 @@ def test_a_killed_command_line_run_resumes_when_the_same_command_runs_again(tmp_
     process.wait()
     again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
-    assert "resuming from the checkpoint after epoch" in again.stderr
+    assert "resuming from the checkpoint after epoch" in again.stdout + again.stderr
     client = store(tmp_path)
     experiment = client.get_experiment_by_name("reglab")
     (run,) = client.search_runs([experiment.experiment_id], "tags.variant = 'dropout'")

@@ -177,11 +177,17 @@ def validate(raw: dict[str, Any] | DictConfig) -> Config:
     return config
 
 
-SCHEMA_NAME = "reglab_schema"
+@dataclass
+class CommandLineConfig(Config):
+    """The ad-hoc command line's config (conf/cli.yaml): the pipeline's, plus which
+    variant ``reglab train`` trains (under each of ``seeds``)."""
+
+    variant: str = "baseline"
 
 
 def register_schema() -> None:
-    """Put :class:`Config` in Hydra's ConfigStore as ``reglab_schema``.
+    """Put the schema in Hydra's ConfigStore: group ``schema``, ``pipeline``
+    (:class:`Config`) and ``command_line`` (:class:`CommandLineConfig`).
 
     ``conf/config.yaml`` composes on top of it, so every YAML file states only
     what differs from the defaults here, and composition itself type-checks.
@@ -191,7 +197,9 @@ def register_schema() -> None:
     """
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name=SCHEMA_NAME, node=Config)
+    store = ConfigStore.instance()
+    store.store(group="schema", name="pipeline", node=Config, package="_global_")
+    store.store(group="schema", name="command_line", node=CommandLineConfig, package="_global_")
 
 
 def as_dict(config: Config) -> dict[str, Any]:

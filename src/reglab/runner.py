@@ -176,7 +176,10 @@ def load_training_data(
 def prepare_model(
     config: Config, recipe: RegularizerConfig, seed: int, input_shape: tuple[int, ...]
 ) -> keras.Model:
-    """Seeded, built and compiled: the same seed gives the same initial weights."""
+    """Seeded, built and compiled: the same seed gives the same initial weights, and
+    the same saved config whatever this process built before (Keras numbers
+    unnamed objects per session)."""
+    keras.backend.clear_session()
     seed_everything(seed, config.train.deterministic)
     keras.mixed_precision.set_global_policy(config.train.precision)
     model = build_model(config.model, recipe, input_shape, config.data.num_classes, seed)

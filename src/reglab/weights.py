@@ -47,7 +47,7 @@ def statistics(values: np.ndarray, sparsity_threshold: float) -> dict[str, float
     }
 
 
-def weight_statistics(model: Any, sparsity_threshold: float = 1e-3) -> dict[str, float]:
+def weight_statistics(model: Any, sparsity_threshold: float) -> dict[str, float]:
     """Metrics 'weights/<layer>/<kind>/<stat>' for every kernel and bias."""
     metrics: dict[str, float] = {}
     for name, values in weight_arrays(model).items():
@@ -56,7 +56,7 @@ def weight_statistics(model: Any, sparsity_threshold: float = 1e-3) -> dict[str,
     return metrics
 
 
-def overall_sparsity(model: Any, sparsity_threshold: float = 1e-3) -> float:
+def overall_sparsity(model: Any, sparsity_threshold: float) -> float:
     """Share of all kernel weights with |w| below the threshold."""
     kernels = [values.ravel() for values in weight_arrays(model, ("kernel",)).values()]
     if not kernels:

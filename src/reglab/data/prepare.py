@@ -337,20 +337,23 @@ def prepared_for(manifest: Mapping[str, Any]) -> dict[str, Any]:
     return keys
 
 
+def described(data: DataConfig) -> dict[str, Any]:
+    """The manifest entries that say which data config arrays were prepared for."""
+    return {
+        "dataset": data.name,
+        "pixel_max": data.pixel_max,
+        "split_plan": asdict(split_plan(data)),
+        "source": {"files": {key: asdict(entry) for key, entry in data.files.items()}},
+    }
+
+
 def check_prepared(directory: Path, manifest: Mapping[str, Any], data: DataConfig) -> None:
     """Refuse arrays prepared for another data config, naming the first key that differs.
 
     A run's record must be true: a config that says all 58,000 images must not
     train on the 1,000 the default pipeline prepared.
     """
-    wanted = prepared_for(
-        {
-            "dataset": data.name,
-            "pixel_max": data.pixel_max,
-            "split_plan": asdict(split_plan(data)),
-            "source": {"files": {key: asdict(entry) for key, entry in data.files.items()}},
-        }
-    )
+    wanted = prepared_for(described(data))
     found = prepared_for(manifest)
     for key, value in wanted.items():
         if found.get(key) != value:
