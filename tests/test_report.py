@@ -493,3 +493,14 @@ def test_plot_csvs_keep_a_name_with_a_comma_and_a_quote_in_one_field():
 def test_weight_histograms_need_the_baseline(tmp_path):
     with pytest.raises(ReportError, match="baseline"):
         rf.weight_histogram_figure({"l2": np.zeros(4)}, tmp_path / "w.png")
+
+
+def test_each_variant_has_one_colour_in_every_figure():
+    from reglab.report.figures import BASELINE_COLOUR, variant_colours
+
+    by_name = variant_colours(["l2", "baseline", "dropout", "l1"])
+    by_rank = variant_colours(["dropout", "l1", "baseline", "l2"])  # the leaderboard's order
+    assert by_name == by_rank
+    assert by_name["baseline"] == BASELINE_COLOUR
+    assert len(set(by_name.values())) == 4
+    assert variant_colours(["baseline", "l1"], "baseline")["l1"] != BASELINE_COLOUR

@@ -13,6 +13,19 @@ from reglab.io import atomic_path
 from reglab.report.load import ReportError
 from reglab.report.stats import BASELINE, Sweep, VariantSummary, mean_curve
 
+BASELINE_COLOUR = "0.3"  # dark grey: the reference every figure compares against
+
+
+def variant_colours(variants: Sequence[str], baseline: str = BASELINE) -> dict[str, str]:
+    """One colour per variant, the same in every figure: the baseline dark grey, the
+    others Matplotlib's colour cycle in name order (not in each figure's own order,
+    which is the leaderboard's rank in one and the names in another)."""
+    others = sorted({name for name in variants if name != baseline})
+    colours = {name: f"C{index % 10}" for index, name in enumerate(others)}
+    if baseline in variants:
+        colours[baseline] = BASELINE_COLOUR
+    return colours
+
 
 def _pyplot() -> Any:
     import matplotlib
@@ -44,8 +57,9 @@ def validation_loss_figure(
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(8, 5))
     series: dict[str, dict[str, list[Any]]] = {}
-    for index, (variant, runs) in enumerate(sorted(histories.items())):
-        color = f"C{index % 10}"
+    colours = variant_colours(list(histories))
+    for variant, runs in sorted(histories.items()):
+        color = colours[variant]
         val_mean, val_std = mean_curve([run["val_data_loss"] for run in runs])
         epochs = max((run["epoch"] for run in runs), key=len)[: len(val_mean)]
         entry: dict[str, list[Any]] = {
@@ -84,6 +98,7 @@ def accuracy_loss_figure(summaries: Sequence[VariantSummary], path: Path) -> dic
     series: dict[str, Any] = {"variant": names}
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     positions = np.arange(len(names))
+    colours = variant_colours(names)
     for axis, key in zip(axes, ("test_accuracy", "test_data_loss"), strict=True):
         stats = [getattr(row, key) for row in summaries]
         series[key] = [stat.mean for stat in stats]
@@ -95,7 +110,7 @@ def accuracy_loss_figure(summaries: Sequence[VariantSummary], path: Path) -> dic
                 yerr=stat.std or 0.0,
                 fmt="o",
                 capsize=5 if stat.std else 0,
-                color=f"C{index % 10}",
+                color=colours[names[index]],
             )
         axis.set_xticks(positions, names, rotation=30)
         axis.set_xlim(-0.5, len(names) - 0.5)
@@ -133,14 +148,17 @@ def weight_histogram_figure(
     }
 
     plt = _pyplot()
+    colours = variant_colours(list(kernels), baseline)
     columns = min(3, max(1, len(others)))
     rows = max(1, -(-len(others) // columns))
     figure, axes = plt.subplots(
         rows, columns, figsize=(4.5 * columns, 3.3 * rows), squeeze=False, sharex=True
     )
     for axis, name in zip(axes.ravel(), others, strict=False):
-        axis.stairs(counts[baseline], edges, fill=True, alpha=0.45, color="grey", label=baseline)
-        axis.stairs(counts[name], edges, color="C1", linewidth=1.8, label=name)
+        axis.stairs(
+            counts[baseline], edges, fill=True, alpha=0.35, color=colours[baseline], label=baseline
+        )
+        axis.stairs(counts[name], edges, color=colours[name], linewidth=1.8, label=name)
         axis.set_title(f"{name} vs {baseline}", fontsize=9)
         axis.set_xlabel("weight")
         axis.set_ylabel("count")
@@ -197,7 +215,7 @@ def strength_sweep_figure(
             (sparse_axis, "baseline_sparsity", "share of |w| below threshold"),
         ):
             if entry[key] is not None:
-                axis.axhline(entry[key], color="grey", linestyle="--", label=baseline)
+                axis.axhline(entry[key], color=BASELINE_COLOUR, linestyle="--", label=baseline)
                 axis.legend(fontsize=8)
             axis.set_xscale("log")
             # Ticks at the swept strengths only: minor log ticks crowd a short range.
