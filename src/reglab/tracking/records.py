@@ -1,0 +1,213 @@
+"""What a training run records: setup, data sets, epochs, histograms, the model."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from reglab.metrics import EPOCH_METRICS
+from reglab.tracking.store import flatten
+
+log = logging.getLogger(__name__)
+
+
+def log_run_setup(params: Mapping[str, Any], model_summary: str, processed_dir: str) -> None:
+    """What a new run records before its first epoch: enough to re-create it from MLflow alone."""
+    mlflow.log_params(flatten(params))
+    mlflow.log_text(json.dumps(params, indent=2, default=str), "config.json")
+    mlflow.log_text(model_summary, "model_summary.txt")
+    mlflow.log_text(installed_packages(), "environment/requirements.txt")
+    log_data_inputs(processed_dir)
+
+
+def log_data_inputs(processed_dir: str) -> None:
+    """Which data the run used, with the manifest's digest, shown in the UI's Datasets."""
+    for dataset, context in data_inputs(processed_dir):
+        mlflow.log_input(dataset, context=context)
+
+
+# MLflow's conventional contexts for a run's input data sets.
+DATA_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
+
+
+def data_inputs(directory: str | Path) -> list[tuple[Any, str]]:
+    """One MLflow dataset per split with the manifest's digest, and its context.
+
+    The arrays are memory-mapped: MLflow records only their schema and shapes.
+    """
+    import warnings
+
+    import mlflow.data  # slow to import; only the stages that log need it
+    import numpy as np
+
+    from reglab.data.prepare import load_manifest
+
+    directory = Path(directory).resolve()
+    manifest = load_manifest(directory)
+    inputs = []
+    for split, context in DATA_CONTEXTS.items():
+        features = np.load(directory / f"{split}_x.npy", mmap_mode="r", allow_pickle=False)
+        targets = np.load(directory / f"{split}_y.npy", mmap_mode="r", allow_pickle=False)
+        with warnings.catch_warnings():
+            # MLflow registers its local source twice (for "" and "file") and warns
+            # that a local path is ambiguous between the two identical classes.
+            warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways")
+            dataset = mlflow.data.from_numpy(
+                features,
+                targets=targets,
+                source=directory.as_uri(),
+                name=f"{manifest['dataset']}-{split}",
+                digest=manifest["digests"][split],
+            )
+        inputs.append((dataset, context))
+    return inputs
+
+
+def log_epoch(
+    row: Mapping[str, float],
+    weight_statistics: Mapping[str, float],
+    step: int,
+    synchronous: bool = False,
+) -> None:
+    """One epoch's losses (history row -> MLflow names) and weight statistics.
+
+    Asynchronous by default: training does not wait for a local store. To a
+    server, synchronous: a failure is seen at once (and bounded), instead of
+    piling up in the background queue that the process would wait for at exit.
+    """
+    metrics = {name: float(row[key]) for key, name in EPOCH_METRICS.items() if key in row}
+    metrics.update(weight_statistics)
+    mlflow.log_metrics(metrics, step=step, synchronous=synchronous)
+
+
+def log_missing_epochs(run_id: str, history: list[Mapping[str, float]]) -> None:
+    """Log the history rows whose epoch the run has no ``val/data_loss`` for."""
+    marker = EPOCH_METRICS["val_data_loss"]
+    logged = {metric.step for metric in mlflow.MlflowClient().get_metric_history(run_id, marker)}
+    for row in history:
+        epoch = int(row["epoch"])
+        if epoch not in logged:
+            metrics = {name: float(row[key]) for key, name in EPOCH_METRICS.items() if key in row}
+            mlflow.log_metrics(metrics, step=epoch)
+
+
+def log_trained_model(
+    model: Any,
+    histograms: Mapping[str, Any],
+    history: list[Mapping[str, float]],
+    label: str,
+    *,
+    example_inputs: Any | None,
+    registered_model_name: str | None = None,
+    class_names: Sequence[str] | None = None,
+) -> None:
+    """After training: the pending epochs, the kernel histograms, the model (with an
+    input example, when given one; it predicts probabilities of ``class_names``) and
+    the epoch count."""
+    mlflow.flush_async_logging()
+    # Epochs whose asynchronous logging failed while the server was away.
+    log_missing_epochs(mlflow.active_run().info.run_id, history)
+    log_weight_histograms({int(epoch): counts for epoch, counts in histograms.items()}, label)
+    if example_inputs is not None:
+        log_keras_model(model, example_inputs, registered_model_name, class_names)
+    mlflow.log_metrics({"epochs_trained": len(history)})
+
+
+def log_weight_histograms(
+    by_epoch: Mapping[int, Mapping[str, Mapping[str, list[float]]]], label: str
+) -> None:
+    """Images with a step (the UI scrubs through training), raw counts, a start/end overlay."""
+    import matplotlib.pyplot as plt
+
+    from reglab import weights
+
+    for epoch, hists in sorted(by_epoch.items()):
+        figure = weights.plot_histograms(hists, f"{label}: kernel weights, epoch {epoch}")
+        mlflow.log_image(weights.render(figure), key="weights/kernel_histograms", step=epoch)
+    mlflow.log_text(
+        json.dumps({str(epoch): hists for epoch, hists in sorted(by_epoch.items())}),
+        "weights/histograms.json",
+    )
+    first, last = min(by_epoch), max(by_epoch)
+    names = list(by_epoch[first])
+    # The first layer and the last hidden one: where the tutorials look.
+    layers = [names[0], names[-2]] if len(names) > 2 else names
+    title = f"{label}: kernel weights at epoch {first} and {last}"
+    overlay = weights.plot_start_end_overlay(by_epoch[first], by_epoch[last], layers, title)
+    mlflow.log_figure(overlay, "weights/histograms_start_end.png")
+    final = weights.plot_histograms(by_epoch[last], f"{label}: kernel weights after training")
+    mlflow.log_figure(final, "weights/histograms_final.png")
+    plt.close("all")
+
+
+def log_keras_model(
+    model: Any,
+    example_inputs: Any,
+    registered_model_name: str | None = None,
+    class_names: Sequence[str] | None = None,
+) -> str:
+    """Log the model MLflow serves: class probabilities with the class names.
+
+    The Keras model (logits, as training and evaluation use it) goes in as the
+    ``keras_model`` artifact of :mod:`reglab.served_model`, a pyfunc model from
+    code whose ``predict`` returns a DataFrame of softmax probabilities, one
+    column per class name; the signature names them too. Pip requirements are
+    given explicitly: inferring them costs seconds per model.
+    """
+    import tempfile
+
+    import keras
+    import numpy as np
+    import pandas as pd
+    import tensorflow as tf
+    from mlflow.models import infer_signature
+
+    from reglab import served_model
+    from reglab.metrics import softmax
+
+    logits = model.predict(example_inputs, verbose=0)
+    names = [str(name) for name in class_names or range(logits.shape[1])]
+    probabilities = pd.DataFrame(softmax(logits), columns=names)
+    with tempfile.TemporaryDirectory(prefix="reglab-model-") as folder:
+        keras_file = Path(folder, "model.keras")
+        model.save(keras_file)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(Path(served_model.__file__)),
+            artifacts={"keras_model": str(keras_file)},
+            model_config={"class_names": names},
+            signature=infer_signature(np.asarray(example_inputs), probabilities),
+            input_example=np.asarray(example_inputs),
+            pip_requirements=[
+                f"tensorflow=={tf.__version__}",
+                f"keras=={keras.__version__}",
+                f"mlflow=={mlflow.__version__}",
+                f"pandas=={pd.__version__}",
+            ],
+            registered_model_name=registered_model_name,
+        )
+    return info.model_uri
+
+
+def installed_packages() -> str:
+    """`pip freeze` of the running environment: what a re-run must install.
+
+    The project itself is left out: it comes from the git commit, not an index.
+    """
+    from importlib import metadata
+
+    lines = {
+        f"{dist.metadata['Name']}=={dist.version}"
+        for dist in metadata.distributions()
+        if dist.metadata["Name"] and dist.metadata["Name"].lower() != "reglab"
+    }
+    return "\n".join(sorted(lines, key=str.lower)) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# The evaluate and compare stages' logging.

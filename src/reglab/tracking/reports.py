@@ -1,0 +1,74 @@
+"""What evaluation and the comparison add: test metrics, confusion, the compare run."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from reglab.tracking.runs import resumed_run, span_parent
+from reglab.tracking.store import configure
+
+log = logging.getLogger(__name__)
+
+
+def log_evaluation(
+    uri: str,
+    run_id: str,
+    *,
+    metrics: Mapping[str, float],
+    report_text: str,
+    confusion: Mapping[str, Any],
+    figure: Any,
+) -> None:
+    """Add a variant's test metrics, its eval report and its confusion matrix (as JSON and
+    as a figure) to the variant's training run, under ``evaluation/``."""
+    with resumed_run(uri, run_id):
+        mlflow.log_metrics(dict(metrics))
+        mlflow.log_dict(dict(confusion), "evaluation/confusion_matrix.json")
+        mlflow.log_text(report_text, "evaluation/report.json")
+        mlflow.log_figure(figure, "evaluation/confusion_matrix.png")
+
+
+def parent_of(run_ids: list[str]) -> str | None:
+    """The parent run all of ``run_ids`` are nested under, if they share one."""
+    client = mlflow.MlflowClient()
+    parents = set()
+    for run_id in run_ids:
+        try:
+            parents.add(client.get_run(run_id).data.tags.get("mlflow.parentRunId"))
+        except mlflow.exceptions.MlflowException:
+            log.warning("MLflow run %s not found in this store: no common parent run", run_id)
+            return None
+    return parents.pop() if len(parents) == 1 else None
+
+
+def log_comparison(
+    uri: str,
+    experiment: str,
+    *,
+    run_ids: list[str],
+    tags: Mapping[str, str],
+    metrics: Mapping[str, float],
+    summary: str,
+    leaderboard: list[dict[str, Any]],
+    figures: list[Path],
+) -> str:
+    """A run named "compare" in ``experiment``: metrics, summary.md, leaderboard.json and the
+    figures. Nested under the parent of ``run_ids`` when they share one. Returns its run id."""
+    configure(uri, experiment)
+    tags = dict(tags)
+    parent = parent_of(run_ids) if run_ids else None
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    with mlflow.start_run(run_name="compare", tags=tags) as run:
+        mlflow.log_metrics(dict(metrics))
+        mlflow.log_text(summary, "summary.md")
+        mlflow.log_dict(leaderboard, "leaderboard.json")
+        for path in figures:
+            mlflow.log_artifact(str(path), "figures")
+    span_parent(run.info.run_id)
+    return run.info.run_id
