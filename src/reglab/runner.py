@@ -25,7 +25,7 @@ import keras
 import mlflow
 import numpy as np
 
-from reglab import tracking, weights
+from reglab import secrets, tracking, weights
 from reglab.config import Config, config_hash, current_umask, write_atomic
 from reglab.errors import ReglabError
 from reglab.evaluation import parse_run_key
@@ -228,7 +228,7 @@ def train_variant(config: Config, key: str) -> dict[str, Any]:
                 "variant": variant,
                 "seed": config.seed,
                 "mlflow_run_id": run.info.run_id,
-                "tracking_uri": uri,
+                "tracking_uri": secrets.redact(uri),
                 "epochs_trained": result.epochs_trained,
                 "stopped_early": result.stopped_early,
                 "best_epoch": result.best_epoch,

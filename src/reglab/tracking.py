@@ -12,6 +12,7 @@ from typing import Any
 
 import mlflow
 
+from reglab import secrets
 from reglab.errors import ReglabError
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def check_reachable(uri: str, timeout_s: float = 8.0) -> None:
     except requests.RequestException as error:
         reason = type(error).__name__
         raise TrackingUnavailable(
-            f"MLflow tracking server {uri} is unreachable ({reason}); start it, "
+            f"MLflow tracking server {secrets.redact(uri)} is unreachable ({reason}); start it, "
             "or point MLFLOW_TRACKING_URI (or tracking.uri) at a running one"
         ) from None
 
@@ -60,6 +61,7 @@ def check_reachable(uri: str, timeout_s: float = 8.0) -> None:
 def configure(uri: str, experiment: str | None = None) -> str:
     """Point MLflow at the tracking store (and experiment); returns the URI in use."""
     uri = resolve_uri(uri)
+    secrets.install_log_filter()
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     launcher = os.environ.get("MLFLOW_RUN_ID")
@@ -73,14 +75,14 @@ def configure(uri: str, experiment: str | None = None) -> str:
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested config -> {"a.b.c": "value"}; lists become their string form."""
+    """Nested config -> {"a.b.c": "value"}; lists become their string form; secrets masked."""
     flat: dict[str, str] = {}
     for key, value in params.items():
         name = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(value, Mapping) and value:
             flat.update(flatten(value, name))
         else:
-            flat[name] = str(value)
+            flat[name] = secrets.redact(str(value))
     return flat
 
 
@@ -182,7 +184,7 @@ def resumed_run(uri: str, run_id: str) -> Iterator[mlflow.ActiveRun]:
 
 
 def log_text_artifact(text: str, artifact_file: str) -> None:
-    mlflow.log_text(text, artifact_file)
+    mlflow.log_text(secrets.redact(text), artifact_file)
 
 
 def log_figure(figure: Any, artifact_file: str) -> None:
