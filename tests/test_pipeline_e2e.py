@@ -10,15 +10,20 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import PROJECT_ROOT
+from tests.project_copy import (
+    clean_env,
+    compose_params,
+    copy_project,
+    git_init,
+    run,
+    select_experiment,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -34,57 +39,16 @@ EPOCH_METRICS = (
 )
 
 
-def project_files() -> list[str]:
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\n")
-    return [name for name in listed if name and (PROJECT_ROOT / name).is_file()]
-
-
-def run(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
-    return result
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     if not FASHION_MIRROR.is_dir():
         pytest.skip("Debian's dataset-fashion-mnist is not installed (make dataset)")
-    root = tmp_path_factory.mktemp("project")
-    for name in project_files():
-        target = root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(PROJECT_ROOT / name, target)
+    root = copy_project(tmp_path_factory.mktemp("project"))
     # A tiny, two-variant configuration, made the way a user would: in conf/.
-    (root / "conf/variants/e2e.yaml").write_text(
-        "# @package variants\ndefaults:\n"
-        + "".join(
-            f"  - /regularizer@{name}: [none, {recipe}]\n" for name, recipe in VARIANTS.items()
-        )
-    )
-    (root / "conf/experiment/e2e.yaml").write_text(
-        "# @package _global_\ndefaults:\n  - tiny\n  - override /variants: e2e\n"
-        "tracking:\n  log_model: true\n"
-    )
-    config = (root / "conf/config.yaml").read_text()
-    (root / "conf/config.yaml").write_text(
-        config.replace("  - experiment: null", "  - experiment: e2e")
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    run([sys.executable, "-m", "reglab.config", "compose", "--output", "params.yaml"], root, env)
-    for command in (
-        ["git", "init", "-q"],
-        ["git", "add", "-A"],
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
-    ):
-        run(command, root, env)
+    select_experiment(root, "e2e", VARIANTS, "tracking:\n  log_model: true\n")
+    env = clean_env()
+    compose_params(root, env)
+    git_init(root, env)
     first = run(["dvc", "repro"], root, env)
     return root, env, first
 
