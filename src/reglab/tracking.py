@@ -58,11 +58,37 @@ def check_reachable(uri: str, timeout_s: float = 8.0) -> None:
         ) from None
 
 
+def initialize_sqlite_store(uri: str) -> None:
+    """Create (or upgrade) a sqlite store's tables under an exclusive file lock.
+
+    MLflow creates the tables, running every migration, the first time a process
+    opens a store. Trainings started at once on a fresh ``mlflow.db`` (a multirun,
+    the trials of a search, a parallel ``dvc exp`` queue) would run the
+    migrations together and fail ("duplicate column name"); one at a time, the
+    first creates the tables and the others find them made. Writes after that
+    are short transactions that SQLite serializes by itself.
+    """
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or uri.endswith(":memory:"):
+        return
+    import fcntl
+
+    database = Path(uri[len(prefix) :].split("?")[0])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def configure(uri: str, experiment: str | None = None) -> str:
     """Point MLflow at the tracking store (and experiment); returns the URI in use."""
     uri = resolve_uri(uri)
     secrets.install_log_filter()
     check_reachable(uri)
+    initialize_sqlite_store(uri)
     mlflow.set_tracking_uri(uri)
     launcher = os.environ.get("MLFLOW_RUN_ID")
     if launcher:
@@ -120,7 +146,15 @@ def _find_or_make_parent(experiment_name: str, key: str, name: str, tags: Mappin
         experiment.experiment_id, run_name=name, tags={**tags, PIPELINE_TAG: key}
     )
     client.set_terminated(parent.info.run_id, "FINISHED")
-    return parent.info.run_id
+    # Variants started at the same moment may each have made a parent: all of
+    # them keep the oldest, and each deletes its own if it is not that one.
+    made = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{key}'"
+    )
+    oldest = min(made, key=lambda run: (run.info.start_time, run.info.run_id))
+    if oldest.info.run_id != parent.info.run_id:
+        client.delete_run(parent.info.run_id)
+    return oldest.info.run_id
 
 
 def start_variant_run(
