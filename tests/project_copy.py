@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tests.conftest import PROJECT_ROOT
@@ -39,11 +39,17 @@ def copy_project(root: Path) -> Path:
 
 
 def select_experiment(
-    root: Path, name: str, variants: Mapping[str, str], settings: str = "", base: str = "tiny"
+    root: Path,
+    name: str,
+    variants: Mapping[str, str],
+    settings: str = "",
+    base: str = "tiny",
+    overrides: Sequence[str] = (),
 ) -> None:
     """conf/variants/<name>.yaml and conf/experiment/<name>.yaml, chosen in conf/config.yaml.
 
     ``variants`` maps a variant's name to its recipe (on top of ``none``);
+    ``overrides`` are more defaults-list overrides (``/data: digits``);
     ``settings`` is YAML the preset adds after its defaults.
     """
     (root / f"conf/variants/{name}.yaml").write_text(
@@ -51,7 +57,9 @@ def select_experiment(
         + "".join(f"  - /regularizer@{key}: [none, {recipe}]\n" for key, recipe in variants.items())
     )
     (root / f"conf/experiment/{name}.yaml").write_text(
-        f"# @package _global_\ndefaults:\n  - {base}\n  - override /variants: {name}\n" + settings
+        f"# @package _global_\ndefaults:\n  - {base}\n  - override /variants: {name}\n"
+        + "".join(f"  - override {override}\n" for override in overrides)
+        + settings
     )
     config = (root / "conf/config.yaml").read_text()
     (root / "conf/config.yaml").write_text(

@@ -36,10 +36,11 @@ from pathlib import Path
 import pytest
 
 LOCALHOST = "127.0.0.1"
-# moto accepts any key; these are what the tests' clients send.
+# moto accepts any key; these are what the tests' clients send (distinctive, so a test
+# can search for them in everything that was logged).
 S3_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "reglab-test-key",
-    "AWS_SECRET_ACCESS_KEY": "reglab-test-secret",
+    "AWS_ACCESS_KEY_ID": "AKIAPLANTEDREGLAB01",
+    "AWS_SECRET_ACCESS_KEY": "planted-aws-secret-7f3e9c",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 
@@ -334,6 +335,27 @@ def stop_process_group(process: subprocess.Popen, timeout: float = 30) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=timeout)
+
+
+def basic_auth_config(path: Path, database_uri: str, admin_password: str) -> Path:
+    """A basic_auth.ini (MLFLOW_AUTH_CONFIG_PATH): users in ``database_uri``, READ by default."""
+    path.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = {database_uri}\n"
+        "admin_username = admin\n"
+        f"admin_password = {admin_password}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    path.chmod(0o600)
+    return path
+
+
+def basic_auth_available() -> bool:
+    """`--app-name basic-auth` needs Flask-WTF (the mlflow[auth] extra)."""
+    import importlib.util
+
+    return importlib.util.find_spec("flask_wtf") is not None
 
 
 # --- fixtures ---------------------------------------------------------------------------------
