@@ -294,7 +294,7 @@ def test_unauthenticated_and_unpermitted_users_cannot_write(stack, pipeline, mon
         bob.create_run(experiment.experiment_id)
     assert refused.value.error_code == "PERMISSION_DENIED"
     with pytest.raises(MlflowException):
-        bob.log_param(pipeline.run_ids["l2"], "sneaky", "1")
+        bob.log_param(pipeline.run_ids["l2"], "sneaky", "1", synchronous=True)
     (rows,) = stack.pg.query(
         "SELECT count(*) FROM params WHERE key = 'sneaky'",
     )
@@ -368,3 +368,136 @@ def test_dvc_exp_push_and_pull_share_an_experiment(pipeline, tmp_path):
     report = json.loads((clone / "reports/eval/l2.json").read_text())
     assert report == json.loads((root / "reports/eval/l2.json").read_text())
     assert tree_digest(clone / "models") == tree_digest(root / "models")
+
+
+# --- many writers at once -------------------------------------------------------------------
+
+WRITERS = ["baseline", "l1", "l2", "dropout"]
+WRITER_EPOCHS = 6
+# Epoch metrics every run logs at every step.
+EPOCH_KEYS = ("train/data_loss", "train/penalty", "val/data_loss", "val/accuracy")
+IN_EXPERIMENT = (
+    "JOIN runs r ON r.run_uuid = x.run_uuid "
+    "JOIN experiments e ON e.experiment_id = r.experiment_id "
+    "WHERE e.name = 'writers' AND r.lifecycle_stage = 'active'"
+)
+
+
+@pytest.fixture(scope="module")
+def writers_project(tmp_path_factory) -> Path:
+    from tests.conftest import make_project
+
+    return make_project(
+        tmp_path_factory.mktemp("writers"),
+        [
+            f"train.epochs={WRITER_EPOCHS}",
+            "tracking.log_model=false",
+            "tracking.histogram_every=100",
+            "tracking.experiment=writers",
+        ],
+    )
+
+
+def start_trainings(project: Path, env: dict[str, str]) -> list[subprocess.Popen]:
+    """The train stage for each writer, all started at the same moment."""
+    import sys
+
+    env = {**env, "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "reglab.stages.train", variant],
+            cwd=project,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for variant in WRITERS
+    ]
+
+
+def finish(processes: list[subprocess.Popen], timeout: float = 900) -> list[str]:
+    try:
+        outputs = [process.communicate(timeout=timeout)[0] for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    for process, output in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, output
+        assert "database is locked" not in output
+    return outputs
+
+
+def check_every_write_arrived(query) -> dict[str, int]:
+    """One run per writer (and one parent), every param, every metric step exactly once."""
+    runs = query(f"SELECT r.run_uuid, r.name, r.status FROM runs x {IN_EXPERIMENT}")
+    assert sorted(name for _, name, _ in runs) == sorted([*WRITERS, "pipeline"])
+    writers = {uuid: name for uuid, name, status in runs if name != "pipeline"}
+    assert all(status == "FINISHED" for _, _, status in runs)
+
+    params = query(f"SELECT x.run_uuid, x.key, x.value FROM params x {IN_EXPERIMENT}")
+    per_run = {uuid: {k: v for u, k, v in params if u == uuid} for uuid in writers}
+    counts = {len(found) for found in per_run.values()}
+    assert len(counts) == 1 and counts.pop() > 50, {writers[u]: len(p) for u, p in per_run.items()}
+    assert {writers[u]: found["variant"] for u, found in per_run.items()} == {w: w for w in WRITERS}
+
+    steps = query(
+        f"SELECT x.run_uuid, x.key, x.step, count(*) FROM metrics x {IN_EXPERIMENT} "
+        "GROUP BY x.run_uuid, x.key, x.step"
+    )
+    assert all(count == 1 for *_, count in steps), "a metric step was written twice"
+    for uuid, name in writers.items():
+        for key in EPOCH_KEYS:
+            logged = sorted(step for u, k, step, _ in steps if (u, k) == (uuid, key))
+            assert logged == list(range(1, WRITER_EPOCHS + 1)), (name, key, logged)
+    return {"runs": len(runs), "params": len(params), "metric_values": len(steps)}
+
+
+def test_four_trainings_at_once_on_a_fresh_sqlite_store(writers_project, tmp_path):
+    import sqlite3
+    import time
+
+    database = tmp_path / "mlflow.db"  # fresh: the four also race to create its tables
+    env = clean_env(MLFLOW_TRACKING_URI=f"sqlite:///{database}")
+    started = time.monotonic()
+    finish(start_trainings(writers_project, env))
+    elapsed = time.monotonic() - started
+
+    def query(sql: str) -> list:
+        with contextlib.closing(sqlite3.connect(database)) as connection:
+            return connection.execute(sql).fetchall()
+
+    figures = check_every_write_arrived(query)
+    print(f"sqlite, {len(WRITERS)} writers at once: {figures}, {elapsed:.1f} s")
+
+
+def test_four_trainings_at_once_on_the_server_survive_a_postgresql_restart(stack, writers_project):
+    import time
+
+    env = client_env(stack)
+    processes = start_trainings(writers_project, env)
+    try:
+        # Restart the database once the first epoch of some run is in it.
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            (logged,) = stack.pg.query(
+                f"SELECT count(*) FROM metrics x {IN_EXPERIMENT} AND x.key = 'val/data_loss'"
+            )
+            if logged[0] or all(p.poll() is not None for p in processes):
+                break
+            time.sleep(0.2)
+        assert any(p.poll() is None for p in processes), "all trainings ended before the restart"
+        before = logged[0]
+        restarted_ms = int(time.time() * 1000)
+        stack.pg.restart()
+    finally:
+        finish(processes)
+    assert before < len(WRITERS) * WRITER_EPOCHS, "the restart came after every epoch"
+    figures = check_every_write_arrived(stack.pg.query)
+    ended = stack.pg.query(
+        f"SELECT r.end_time FROM runs x {IN_EXPERIMENT} AND r.name <> 'pipeline'"
+    )
+    assert max(end for (end,) in ended) > restarted_ms, "no run was still going at the restart"
+    print(f"server, {len(WRITERS)} writers, PostgreSQL restarted after {before} epochs: {figures}")
