@@ -15,7 +15,8 @@ ADMIN_PASSWORD=${MLFLOW_AUTH_ADMIN_PASSWORD:-change-me-admin-password}
 export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-reglab-local} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-reglab-local-secret}
 export AWS_DEFAULT_REGION=${AWS_DEFAULT_REGION:-us-east-1}
 
-PG_BIN=$(dirname "$(command -v pg_ctl || ls -d /usr/lib/postgresql/*/bin/pg_ctl | sort -V | tail -1)")
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+[ -n "$PG_BIN" ] || PG_BIN=$(dirname "$(command -v pg_ctl || echo /missing/pg_ctl)")
 [ -x "$PG_BIN/initdb" ] || { echo "PostgreSQL is not installed: make services" >&2; exit 2; }
 # PostgreSQL refuses to run as root: run it as the package's postgres user then.
 as_owner() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
@@ -40,7 +41,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 for db in mlflow mlflow_auth; do
-  as_owner "$PG_BIN/createdb" -h "$STACK_DIR" -p "$PG_PORT" -U mlflow "$db" 2>/dev/null || true
+  as_owner "$PG_BIN/createdb" -h "$STACK_DIR" -p "$PG_PORT" -U mlflow "$db" || true
 done
 
 "$BIN/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$STACK_DIR/s3.log" 2>&1 &

@@ -58,7 +58,7 @@ def postgres_bin() -> Path | None:
     """The folder with initdb and pg_ctl: on PATH, or Debian's /usr/lib/postgresql/<v>/bin."""
     found = shutil.which("pg_ctl")
     if found and shutil.which("initdb"):
-        return Path(found).parent
+        return Path(found).resolve().parent
     versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), reverse=True)
     return Path(versions[0]).parent if versions else None
 
