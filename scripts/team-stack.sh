@@ -39,7 +39,8 @@ cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   as_owner "${PGCTL[@]}" stop -m fast || true
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap "exit 130" INT TERM
 for db in mlflow mlflow_auth; do
   as_owner "$PG_BIN/createdb" -h "$STACK_DIR" -p "$PG_PORT" -U mlflow "$db" || true
 done
