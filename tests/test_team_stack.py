@@ -152,7 +152,7 @@ def pipeline(stack, tmp_path_factory) -> Pipeline:
     first = run(["dvc", "repro"], root, env)
     git_commit_all(root, env, "first run")
     origin = base / "origin.git"
-    run(["git", "init", "-q", "--bare", str(origin)], base, env)
+    run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], base, env)
     run(["git", "remote", "add", "origin", str(origin)], root, env)
     run(["git", "push", "-q", "origin", "main"], root, env)
     run_ids = {}
