@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 # Keep TensorFlow's start-up chatter out of the logs.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: run test setup dataset params plots lint format bench clean
+.PHONY: run test setup dataset services stack params plots lint format bench clean
 
 run: setup dataset params  ## run the whole pipeline with DVC
 	dvc repro
@@ -36,6 +36,23 @@ dataset:
 	else \
 	  echo "Not root or no apt-get: the download stage will use the network mirrors"; \
 	fi
+
+# PostgreSQL for the team-stack tests (tests/test_team_stack.py) and `make stack`, and
+# Chromium for the tests that look at a page (MLflow's UI, the offline plots), from
+# Debian's packages where apt is usable as root; without them those tests are skipped.
+services:
+	@if (command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1) \
+	    && command -v chromium >/dev/null; then \
+	  echo "PostgreSQL and Chromium present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && apt-get install -y -qq postgresql chromium) \
+	    || echo "apt-get could not install postgresql and chromium; their tests will be skipped"; \
+	else \
+	  echo "Not root or no apt-get: without PostgreSQL and Chromium their tests will be skipped"; \
+	fi
+
+stack: setup services  ## PostgreSQL + S3-compatible store + mlflow server (basic auth) on 127.0.0.1
+	scripts/team-stack.sh
 
 params: setup  ## compose conf/ into params.yaml (what every stage reads)
 	$(BIN)/python -m reglab compose --output params.yaml

@@ -39,6 +39,16 @@ def clean_environment() -> dict[str, str]:
     return env
 
 
+def copy_files(destination: Path) -> Path:
+    """The project's files (as :func:`project_files` lists them) into ``destination``."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in project_files():
+        target = destination / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PROJECT_ROOT / name, target)
+    return destination
+
+
 def copy_project(
     destination: Path,
     overrides: list[str] | None = None,
@@ -47,11 +57,7 @@ def copy_project(
     """Copy the project into ``destination``, add or replace ``files`` (relative path ->
     text), compose params.yaml with ``overrides`` and commit it all in a new git
     repository (DVC experiments need a commit)."""
-    destination.mkdir(parents=True, exist_ok=True)
-    for name in project_files():
-        target = destination / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(PROJECT_ROOT / name, target)
+    copy_files(destination)
     for name, text in (files or {}).items():
         (destination / name).parent.mkdir(parents=True, exist_ok=True)
         (destination / name).write_text(text)

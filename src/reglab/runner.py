@@ -22,7 +22,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from reglab import tracking, weights
+from reglab import secrets, tracking, weights
 from reglab.checkpoint import Checkpoint, TrainingState
 from reglab.config import Config, config_hash
 from reglab.data.config import DataConfig
@@ -245,7 +245,7 @@ def run_summary(
         "variant": variant,
         "seed": seed,
         "mlflow_run_id": state.run_id,
-        "tracking_uri": uri,
+        "tracking_uri": secrets.redact(uri),
         "epochs_trained": state.epoch,
         "stopped_early": state.stopped_early,
         "best_epoch": stopping["best_epoch"] + 1 if stopping else None,

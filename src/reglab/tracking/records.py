@@ -10,6 +10,7 @@ from typing import Any
 
 import mlflow
 
+from reglab import secrets
 from reglab.metrics import EPOCH_METRICS
 from reglab.tracking.store import flatten
 
@@ -19,9 +20,9 @@ log = logging.getLogger(__name__)
 def log_run_setup(params: Mapping[str, Any], model_summary: str, processed_dir: str) -> None:
     """What a new run records before its first epoch: enough to re-create it from MLflow alone."""
     mlflow.log_params(flatten(params))
-    mlflow.log_text(json.dumps(params, indent=2, default=str), "config.json")
+    mlflow.log_text(secrets.redact(json.dumps(params, indent=2, default=str)), "config.json")
     mlflow.log_text(model_summary, "model_summary.txt")
-    mlflow.log_text(installed_packages(), "environment/requirements.txt")
+    mlflow.log_text(secrets.redact(installed_packages()), "environment/requirements.txt")
     log_data_inputs(processed_dir)
 
 

@@ -47,7 +47,15 @@ def pipeline_parent(experiment_name: str, key: str, tags: Mapping[str, str]) -> 
         experiment.experiment_id, run_name="pipeline", tags={**tags, PIPELINE_TAG: key}
     )
     client.set_terminated(parent.info.run_id, "FINISHED")
-    return parent.info.run_id
+    # Variants started at the same moment may each have made a parent: all of
+    # them keep the oldest, and each deletes its own if it is not that one.
+    made = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{key}'"
+    )
+    oldest = min(made, key=lambda run: (run.info.start_time, run.info.run_id))
+    if oldest.info.run_id != parent.info.run_id:
+        client.delete_run(parent.info.run_id)
+    return oldest.info.run_id
 
 
 def variant_run(

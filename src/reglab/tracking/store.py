@@ -11,6 +11,7 @@ from typing import Any
 
 import mlflow
 
+from reglab import secrets
 from reglab.errors import ReglabError
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def check_reachable(uri: str, timeout_s: float = 8.0) -> None:
     except requests.RequestException as error:
         reason = type(error).__name__
         raise TrackingUnavailable(
-            f"MLflow tracking server {uri} is unreachable ({reason}); start it, "
+            f"MLflow tracking server {secrets.redact(uri)} is unreachable ({reason}); start it, "
             "or point MLFLOW_TRACKING_URI (or tracking.uri) at a running one"
         ) from None
 
@@ -110,13 +111,40 @@ def lost_server_is(message: str) -> Iterator[None]:
         raise error
 
 
+def initialize_sqlite_store(uri: str) -> None:
+    """Create (or upgrade) a sqlite store's tables under an exclusive file lock.
+
+    MLflow creates the tables, running every migration, the first time a process
+    opens a store. Trainings started at once on a fresh ``mlflow.db`` (a multirun,
+    the trials of a search, a parallel ``dvc exp`` queue) would run the
+    migrations together and fail ("duplicate column name"); one at a time, the
+    first creates the tables and the others find them made. Writes after that
+    are short transactions that SQLite serializes by itself.
+    """
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or uri.endswith(":memory:"):
+        return
+    import fcntl
+
+    database = Path(uri[len(prefix) :].split("?")[0])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def configure(uri: str, experiment: str | None = None, server_wait_s: float = 30.0) -> str:
     """Point MLflow at the tracking store (and experiment); returns the URI in use."""
     uri = resolve_uri(uri)
     if uri.startswith(("http://", "https://")):
         bound_server_wait(server_wait_s)
+    secrets.install_log_filter()
     check_reachable(uri)
     check_sqlite_store(uri)
+    initialize_sqlite_store(uri)
     mlflow.set_tracking_uri(uri)
     launcher = os.environ.get("MLFLOW_RUN_ID")
     if launcher:
@@ -155,5 +183,5 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         if isinstance(value, Mapping) and value:
             flat.update(flatten(value, name))
         else:
-            flat[name] = str(value)
+            flat[name] = secrets.redact(str(value))
     return flat
