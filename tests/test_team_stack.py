@@ -239,9 +239,13 @@ def test_logged_model_predicts_through_the_server(stack, pipeline, monkeypatch):
     x = np.load(pipeline.root / "data/processed/test_x.npy")[:16]
     predicted = np.asarray(model.predict(x))
     assert predicted.shape == (16, 10)
-    # The very model the stage wrote to models/l2.
-    local = keras.models.load_model(next(pipeline.root.glob("models/l2*/model.keras")))
-    np.testing.assert_allclose(predicted, local.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    # The very model the stage wrote to models/l2@42, whose logits the server turns
+    # into class probabilities.
+    from reglab.metrics import softmax
+
+    local = keras.models.load_model(next(pipeline.root.glob("models/l2@*/model.keras")))
+    expected = softmax(local.predict(x, verbose=0))
+    np.testing.assert_allclose(predicted, expected, rtol=1e-5, atol=1e-6)
 
 
 def everything_logged(stack: Stack, pipeline: Pipeline) -> dict[str, str]:
@@ -405,7 +409,7 @@ def start_trainings(project: Path, env: dict[str, str]) -> list[subprocess.Popen
     env = {**env, "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
     return [
         subprocess.Popen(
-            [sys.executable, "-m", "reglab.stages.train", variant],
+            [sys.executable, "-m", "reglab.stages.train", f"{variant}@42"],
             cwd=project,
             env=env,
             stdout=subprocess.PIPE,
