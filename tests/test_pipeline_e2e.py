@@ -233,7 +233,9 @@ def test_another_seed_trains_only_the_new_runs_and_the_leaderboard_shows_mean_an
         "evaluate@l2-7",
         "compare",
     }
-    assert ran == seed_stages, result.stdout
+    # Only the new seed trains (l2@42 may come back from the run cache: the
+    # experiment before this one changed l2 in the workspace).
+    assert seed_stages <= ran and "train@baseline-42" not in ran, result.stdout
     mlflow_client = client(root)
     for name in VARIANTS:
         base = json.loads((root / f"reports/eval/{name}@42.json").read_text())
@@ -300,7 +302,8 @@ def test_a_second_pipeline_at_the_same_time_refuses(project):
         output = first.communicate(timeout=600)[0]
     assert second.returncode != 0
     refusal = second.stderr + second.stdout
-    assert f"another pipeline is running in this project (PID {first.pid}: dvc repro" in refusal
+    assert f"another pipeline is running in this project (PID {first.pid}: " in refusal
+    assert "dvc repro --force --single-item compare); wait for it to finish" in refusal
     assert stages_run(second.stdout) == {"check"}, refusal
     assert {path: path.stat().st_mtime_ns for path in (root / "data/raw").iterdir()} == raw
     assert first.returncode == 0, output
