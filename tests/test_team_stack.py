@@ -173,7 +173,7 @@ def test_runs_params_and_metric_histories_are_rows_in_postgresql(stack, pipeline
         ((name, status, experiment),) = stack.pg.query(
             "SELECT name, status, experiment_id FROM runs WHERE run_uuid = %s", (run_id,)
         )
-        assert (name, status, experiment) == (variant, "FINISHED", experiment_id[0])
+        assert (name, status, experiment) == (f"{variant}@42", "FINISHED", experiment_id[0])
         params = dict(
             stack.pg.query("SELECT key, value FROM params WHERE run_uuid = %s", (run_id,))
         )
@@ -187,11 +187,11 @@ def test_runs_params_and_metric_histories_are_rows_in_postgresql(stack, pipeline
             (run_id,),
         )
         # The same history as the stage's CSV, epoch by epoch.
-        with (pipeline.root / f"reports/history/{variant}.csv").open() as handle:
+        with (pipeline.root / f"reports/history/{variant}@42.csv").open() as handle:
             history = [float(row["val_data_loss"]) for row in csv.DictReader(handle)]
         assert [step for step, _ in steps] == list(range(1, EPOCHS + 1))
         assert [value for _, value in steps] == pytest.approx(history, rel=1e-6)
-        report = json.loads((pipeline.root / f"reports/eval/{variant}.json").read_text())
+        report = json.loads((pipeline.root / f"reports/eval/{variant}@42.json").read_text())
         (accuracy,) = stack.pg.query(
             "SELECT value FROM latest_metrics WHERE run_uuid = %s AND key = 'test/accuracy'",
             (run_id,),
@@ -369,14 +369,15 @@ def test_dvc_exp_push_and_pull_share_an_experiment(pipeline, tmp_path):
     assert "shared-results" in listed
     run(["dvc", "exp", "apply", "shared-results"], clone, env)
     run(["dvc", "checkout"], clone, env)
-    report = json.loads((clone / "reports/eval/l2.json").read_text())
-    assert report == json.loads((root / "reports/eval/l2.json").read_text())
+    report = json.loads((clone / "reports/eval/l2@42.json").read_text())
+    assert report == json.loads((root / "reports/eval/l2@42.json").read_text())
     assert tree_digest(clone / "models") == tree_digest(root / "models")
 
 
 # --- many writers at once -------------------------------------------------------------------
 
 WRITERS = ["baseline", "l1", "l2", "dropout"]
+RUN_NAMES = [f"{writer}@42" for writer in WRITERS]
 WRITER_EPOCHS = 6
 # Epoch metrics every run logs at every step.
 EPOCH_KEYS = ("train/data_loss", "train/penalty", "val/data_loss", "val/accuracy")
@@ -437,8 +438,8 @@ def finish(processes: list[subprocess.Popen], timeout: float = 900) -> list[str]
 def check_every_write_arrived(query) -> dict[str, int]:
     """One run per writer (and one parent), every param, every metric step exactly once."""
     runs = query(f"SELECT r.run_uuid, r.name, r.status FROM runs x {IN_EXPERIMENT}")
-    assert sorted(name for _, name, _ in runs) == sorted([*WRITERS, "pipeline"])
-    writers = {uuid: name for uuid, name, status in runs if name != "pipeline"}
+    assert sorted(name for _, name, _ in runs) == sorted([*RUN_NAMES, "pipeline"])
+    writers = {uuid: name.partition("@")[0] for uuid, name, status in runs if name != "pipeline"}
     assert all(status == "FINISHED" for _, _, status in runs)
 
     params = query(f"SELECT x.run_uuid, x.key, x.value FROM params x {IN_EXPERIMENT}")
