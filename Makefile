@@ -13,7 +13,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 run: setup dataset params  ## run the whole pipeline with DVC
 	dvc repro
 
-test: setup  ## run the test suite
+test: setup dataset services  ## run the test suite (with the data and services its tests use)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 setup: $(VENV)/.installed
