@@ -6,9 +6,11 @@ stages, in a temporary project folder with its own sqlite MLflow store.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ from mlflow import MlflowClient
 from reglab.compose import compose, to_yaml
 from reglab.runner import train_variant
 from reglab.tracking import TrackingUnavailable
+from reglab.tracking.store import check_sqlite_store
 from reglab.training import TrainingDiverged
 from tests.conftest import DIGITS, config_for
 
@@ -334,3 +337,33 @@ def test_a_damaged_tracking_store_is_one_line_naming_the_file(project):
         f"{store_file}: the MLflow store is damaged (file is not a database); move it aside "
         f"(`mv {store_file} {store_file}.damaged`) and run again: a fresh store is created"
     )
+
+
+def test_a_store_left_mid_transaction_by_a_killed_writer_is_not_called_damaged(tmp_path):
+    """SIGKILL during a write leaves a hot journal: the store is rolled back, not refused."""
+    store_file = tmp_path / "mlflow.db"
+    with contextlib.closing(sqlite3.connect(store_file)) as store:
+        store.execute("CREATE TABLE t (x BLOB)")
+        store.executemany("INSERT INTO t VALUES (?)", [(os.urandom(1000),) for _ in range(3000)])
+        store.commit()
+    writer = (
+        "import sqlite3, sys, time\n"
+        f"store = sqlite3.connect({str(store_file)!r}, isolation_level=None)\n"
+        "store.execute('PRAGMA cache_size=10')\n"  # spill pages, so the journal is hot
+        "store.execute('BEGIN IMMEDIATE')\n"
+        "store.execute('UPDATE t SET x = randomblob(1000)')\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline() == "ready\n"
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    assert (tmp_path / "mlflow.db-journal").stat().st_size > 0
+    check_sqlite_store(f"sqlite:///{store_file}")
+    assert not (tmp_path / "mlflow.db-journal").exists()  # rolled back
+    with contextlib.closing(sqlite3.connect(store_file)) as store:
+        assert store.execute("SELECT count(*) FROM t").fetchone() == (3000,)

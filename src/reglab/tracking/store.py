@@ -65,8 +65,11 @@ def check_sqlite_store(uri: str) -> None:
         return  # MLflow creates a new store
     import sqlite3
 
+    # Read-write on purpose: a writer killed mid-transaction leaves a hot journal,
+    # which sqlite rolls back on the next read-write open; read-only it cannot, and
+    # an intact store would look damaged ("attempt to write a readonly database").
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as store:
+        with contextlib.closing(sqlite3.connect(path)) as store:
             store.execute("SELECT count(*) FROM sqlite_master").fetchall()
     except sqlite3.DatabaseError as error:
         raise TrackingUnavailable(
