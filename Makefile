@@ -13,6 +13,10 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 run: setup dataset params  ## run the whole pipeline with DVC
 	dvc repro
 
+# Two workers, one test module each at a time (module fixtures such as a running
+# pipeline or a PostgreSQL cluster stay in one worker); the slowest tests listed.
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
+
 test: setup dataset services  ## run the test suite (with the data and services its tests use)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -81,7 +81,7 @@ class Settings:
             epochs=2,
             repeats=1,
             overrides=["experiment=tiny"],
-            batch_sizes=[32, 128],
+            batch_sizes=[32],
             pipeline_epochs=2,
             matmul_size=512,
             matmul_repeats=3,

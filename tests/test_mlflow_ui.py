@@ -67,19 +67,22 @@ def free_port() -> int:
 
 def chromium(*args: str) -> str:
     """Headless Chromium's stdout. --virtual-time-budget lets the page's scripts run
-    before the snapshot; a Chromium that hangs anyway is killed with its children."""
+    before the snapshot. Now and then a headless Chromium never ends (seen here on
+    pages that load fine the next time): it is killed with its children and tried
+    once more."""
     command = ["chromium", "--headless", "--no-sandbox", "--disable-gpu",
                "--virtual-time-budget=10000", *args]  # fmt: skip
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        return process.communicate(timeout=240)[0]
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        pytest.fail(f"chromium did not finish within 240 s: {' '.join(command)}")
+    for _ in range(2):
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            return process.communicate(timeout=90)[0]
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    pytest.fail(f"chromium did not finish within 90 s, twice: {' '.join(command)}")
 
 
 @pytest.mark.slow
@@ -103,13 +106,18 @@ def test_the_ui_opens_the_experiment_on_its_runs(tmp_path, tracking_uri):
             except OSError:
                 assert time.monotonic() < deadline, "mlflow server did not start"
                 time.sleep(0.5)
-        shots = Path(os.environ.get("REGLAB_SCREENSHOTS", tmp_path))
-        shots.mkdir(parents=True, exist_ok=True)
         # The UI's GenAI/model-training switch is per browser; the README's link sets it.
         view = "?workflowType=machine_learning"
         page = f"{base}/#/experiments/{experiment_id}{view}"
         run_page = f"{base}/#/experiments/{experiment_id}/runs/{child_ids[1]}/model-metrics{view}"
-        for name, url in (("experiment", page), ("metrics", run_page)):
+        # The variant's metric charts as a picture (REGLAB_SCREENSHOTS=<folder> keeps it,
+        # with one of the experiment page); the experiment page is checked by its DOM.
+        shots = Path(os.environ.get("REGLAB_SCREENSHOTS", tmp_path))
+        shots.mkdir(parents=True, exist_ok=True)
+        pages = [("metrics", run_page)]
+        if "REGLAB_SCREENSHOTS" in os.environ:
+            pages.append(("experiment", page))
+        for name, url in pages:
             chromium(f"--screenshot={shots / name}.png", "--window-size=1400,900", url)
             assert (shots / f"{name}.png").stat().st_size > 10_000
         dom = chromium("--dump-dom", page)
