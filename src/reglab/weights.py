@@ -28,6 +28,43 @@ def first_layer_kernel(model: Any) -> tuple[str, np.ndarray]:
     raise ValueError("the model has no layer with a kernel")
 
 
+def largest_dense_kernel(model: Any) -> tuple[str, np.ndarray]:
+    """The Dense kernel with the most weights (2-D kernels are Dense; conv kernels are
+    4-D): the layer that holds most of the model, where L1's zeros show."""
+    dense = {name: v for name, v in weight_arrays(model, ("kernel",)).items() if v.ndim == 2}
+    if not dense:
+        raise ValueError("the model has no Dense layer")
+    name = max(dense, key=lambda key: dense[key].size)  # the first of equals, in layer order
+    return name, dense[name]
+
+
+# Fixed bins for the largest Dense kernel, the same for every variant and run, so the
+# compare stage overlays counts without the weights: an odd number of bins puts one
+# bin, 0.005 wide, around zero (where L1's spike is). Trained kernels of the default
+# models stay well inside +-0.5; whatever falls outside is counted as below or above.
+DENSE_HISTOGRAM_RANGE = (-0.5, 0.5)
+DENSE_HISTOGRAM_BINS = 201
+
+
+def dense_histogram_record(name: str, values: np.ndarray) -> dict[str, Any]:
+    """A kernel as counts on the fixed bins (JSON-ready): ``layer``, ``shape``, ``edges``,
+    ``counts``, ``zeros`` (weights exactly 0.0), ``below`` and ``above`` the range."""
+    shape = list(np.shape(values))
+    values = np.asarray(values, dtype=np.float32).ravel()
+    edges = np.linspace(*DENSE_HISTOGRAM_RANGE, DENSE_HISTOGRAM_BINS + 1)
+    counts, _ = np.histogram(values, bins=edges)
+    low, high = DENSE_HISTOGRAM_RANGE
+    return {
+        "layer": name,
+        "shape": shape,
+        "edges": edges.tolist(),
+        "counts": counts.astype(int).tolist(),
+        "zeros": int(np.count_nonzero(values == 0)),
+        "below": int(np.count_nonzero(values < low)),
+        "above": int(np.count_nonzero(values > high)),
+    }
+
+
 def kernel_record(name: str, values: np.ndarray) -> dict[str, Any]:
     """A kernel as JSON-ready plain values: ``layer``, ``shape`` and ``values`` (flattened in
     row-major order; float32 values written as the float64 numbers they equal, so reading
