@@ -110,39 +110,60 @@ def histograms(model: Any, bins: int = 50) -> dict[str, dict[str, list[float]]]:
     return result
 
 
-def plot_histograms(hists: dict[str, dict[str, list[float]]], title: str) -> Any:
-    """One panel per kernel; returns a matplotlib Figure."""
-    import matplotlib
+class HistogramPanels:
+    """One panel per kernel, laid out once and redrawn for each set of counts.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Making and laying out a figure (subplots, tight_layout) costs as much as drawing
+    it; a run's kernels are the same at every epoch, so the panels are laid out
+    once and only the bars, the axis limits and the title change between images.
+    """
 
-    names = list(hists)
-    columns = min(3, max(1, len(names)))
-    rows = max(1, -(-len(names) // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
-    for axis, name in zip(axes.ravel(), names, strict=False):
-        edges = np.asarray(hists[name]["edges"])
-        counts = np.asarray(hists[name]["counts"])
-        axis.stairs(counts, edges, fill=True, alpha=0.7)
-        axis.set_title(name, fontsize=9)
-        axis.set_xlabel("weight")
-        axis.set_ylabel("count")
-    for axis in axes.ravel()[len(names) :]:
-        axis.set_visible(False)
-    figure.suptitle(title)
-    figure.tight_layout()
-    return figure
+    def __init__(self, names: list[str]) -> None:
+        import matplotlib
 
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
 
-def render(figure: Any) -> np.ndarray:
-    """A matplotlib figure as an RGB array (for mlflow.log_image with a step)."""
-    import matplotlib.pyplot as plt
+        self.names = list(names)
+        columns = min(3, max(1, len(self.names)))
+        rows = max(1, -(-len(self.names) // columns))
+        self.figure, axes = plt.subplots(
+            rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False
+        )
+        self.axes = list(axes.ravel())
+        self.bars = {}
+        for axis, name in zip(self.axes, self.names, strict=False):
+            self.bars[name] = axis.stairs([0.0], [0.0, 1.0], fill=True, alpha=0.7)
+            axis.set_title(name, fontsize=9)
+            axis.set_xlabel("weight")
+            axis.set_ylabel("count")
+        for axis in self.axes[len(self.names) :]:
+            axis.set_visible(False)
+        self.title = self.figure.suptitle("")
+        self.laid_out = False
 
-    figure.canvas.draw()
-    image = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(figure)
-    return image
+    def draw(self, hists: dict[str, dict[str, list[float]]], title: str) -> Any:
+        """The figure with ``hists`` (the same kernels as at construction) and ``title``."""
+        for axis, name in zip(self.axes, self.names, strict=False):
+            self.bars[name].set_data(hists[name]["counts"], hists[name]["edges"])
+            axis.relim()
+            axis.autoscale_view()
+        self.title.set_text(title)
+        if not self.laid_out:
+            # Once: later counts change the tick labels a little, not the layout.
+            self.figure.tight_layout()
+            self.laid_out = True
+        return self.figure
+
+    def image(self, hists: dict[str, dict[str, list[float]]], title: str) -> np.ndarray:
+        """:meth:`draw` as an RGB array (for mlflow.log_image with a step)."""
+        self.draw(hists, title).canvas.draw()
+        return np.asarray(self.figure.canvas.buffer_rgba())[..., :3].copy()
+
+    def close(self) -> None:
+        import matplotlib.pyplot as plt
+
+        plt.close(self.figure)
 
 
 def plot_start_end_overlay(
