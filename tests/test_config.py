@@ -129,6 +129,29 @@ def test_the_check_stage_refuses_a_hand_edited_params_yaml_naming_the_key(tmp_pa
     assert (tmp_path / ".reglab/params-checked").read_text().startswith("params.yaml is valid")
 
 
+def test_a_fresh_params_yaml_is_composed_once_until_conf_changes(tmp_path, monkeypatch):
+    import shutil
+
+    from reglab import compose as composing
+
+    shutil.copytree(PROJECT_ROOT / "conf", tmp_path / "conf")
+    params = tmp_path / "params.yaml"
+    params.write_text(to_yaml(compose()))
+    composed = []
+    original = composing.stale_difference
+    monkeypatch.setattr(
+        composing, "stale_difference", lambda *args: composed.append(1) or original(*args)
+    )
+    assert load_params(params).train.epochs == 20
+    assert load_params(params).train.epochs == 20
+    assert len(composed) == 1  # the second stage finds the first one's fingerprint
+    train = tmp_path / "conf/train/default.yaml"
+    train.write_text(train.read_text() + "epochs: 21\n")
+    with pytest.raises(ConfigError, match="train.epochs is 20 in params.yaml but 21 in conf/"):
+        load_params(params)
+    assert len(composed) == 2
+
+
 def test_the_check_stage_says_how_to_get_back_from_a_rejected_value(tmp_path):
     (tmp_path / "conf").symlink_to(PROJECT_ROOT / "conf")
     (tmp_path / "params.yaml").write_text(to_yaml(compose()).replace("epochs: 20", "epochs: -1"))

@@ -8,6 +8,7 @@ which validates it and refuses one that no longer matches ``conf/``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from reglab.config import Config, register_schema, validate
+from reglab.io import tree_digest, write_atomic
 from reglab.schema import ConfigError
 
 log = logging.getLogger(__name__)
@@ -87,7 +89,7 @@ def load_params(path: str | Path = PARAMS_FILE, check_fresh: bool = True) -> Con
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}; {how_to_recover(path)}") from None
     if check_fresh:
-        difference = stale_difference(raw, path)
+        difference = checked_stale_difference(raw, path)
         if difference and os.environ.get(ALLOW_STALE_ENV) != "1":
             raise ConfigError(
                 f"{path} is not the composition of conf/ ({difference}); run `make params` "
@@ -124,6 +126,48 @@ def stale_difference(raw: DictConfig, path: Path) -> str | None:
             here, there = given.get(key, "missing"), fresh.get(key, "missing")
             return f"{key} is {here!r} in {path.name} but {there!r} in conf/"
     return None
+
+
+# Where a fresh params.yaml's fingerprint is kept (beside it): the verdict of the
+# last composition that matched it.
+FRESH_FINGERPRINT = Path(".reglab", "params-fresh")
+
+
+def freshness_fingerprint(path: Path, conf: Path) -> str:
+    """What a composition depends on: params.yaml, every file of conf/ and this package's
+    code (the schema, the composition)."""
+    digest = hashlib.sha256(path.read_bytes() + b"\0")
+    digest.update(tree_digest(conf, "*.yaml").encode())
+    digest.update(tree_digest(Path(__file__).parent).encode())
+    return digest.hexdigest()
+
+
+def checked_stale_difference(raw: DictConfig, path: Path) -> str | None:
+    """:func:`stale_difference`, composed once per fingerprint.
+
+    Composing conf/ costs about a second, and every stage of a pipeline checks the
+    same params.yaml against the same conf/: once a composition has matched, its
+    fingerprint (:func:`freshness_fingerprint`) is kept, and a stage that finds the
+    same fingerprint does not compose again. Any change to params.yaml, conf/ or the
+    code changes the fingerprint, and the next stage composes.
+    """
+    conf = path.resolve().parent / "conf"
+    if os.environ.get("DVC_EXP_NAME") or not conf.is_dir():
+        return None
+    kept = path.resolve().parent / FRESH_FINGERPRINT
+    fingerprint = freshness_fingerprint(path, conf)
+    try:
+        if kept.read_text() == fingerprint:
+            return None
+    except OSError:
+        pass  # none kept yet
+    difference = stale_difference(raw, path)
+    if difference is None:
+        try:
+            write_atomic(kept, fingerprint)
+        except OSError as error:  # a read-only project still runs; it composes each time
+            log.debug("%s: not kept (%s)", kept, error)
+    return difference
 
 
 def flat_items(node: object, prefix: str = "") -> dict[str, object]:
