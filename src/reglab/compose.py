@@ -8,9 +8,11 @@ which validates it and refuses one that no longer matches ``conf/``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -83,13 +85,10 @@ def load_params(path: str | Path = PARAMS_FILE, check_fresh: bool = True) -> Con
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: not found; run `make params` to compose it from conf/")
-    raw = OmegaConf.load(path)
-    try:
-        config = validate(raw)
-    except ConfigError as error:
-        raise ConfigError(f"{path}: {error}; {how_to_recover(path)}") from None
+    read = functools.cache(lambda: OmegaConf.load(path))  # parsed only when needed
+    config, keep = validated(read, path)
     if check_fresh:
-        difference = checked_stale_difference(raw, path)
+        difference = checked_stale_difference(read, path)
         if difference and os.environ.get(ALLOW_STALE_ENV) != "1":
             raise ConfigError(
                 f"{path} is not the composition of conf/ ({difference}); run `make params` "
@@ -97,7 +96,44 @@ def load_params(path: str | Path = PARAMS_FILE, check_fresh: bool = True) -> Con
             )
         if difference:
             log.warning("%s is not the composition of conf/ (%s); used as it is", path, difference)
+    keep()  # only a params.yaml that is used: a refused one leaves nothing behind
     return config
+
+
+# The last valid params.yaml's Config, after its fingerprint's line (beside params.yaml).
+VALIDATED = Path(".reglab", "params-validated.pickle")
+
+
+def validated(read: Callable[[], DictConfig], path: Path) -> tuple[Config, Callable[[], None]]:
+    """:func:`validate`, once per params.yaml and code, and how to keep its result.
+
+    The schema's merge costs about half a second, in every stage, for the same file.
+    The Config is kept after a line with the fingerprint of params.yaml and this
+    package's code, and read back only under the same fingerprint."""
+    import pickle
+
+    kept = path.resolve().parent / VALIDATED
+    fingerprint = hashlib.sha256(
+        path.read_bytes() + b"\0" + tree_digest(Path(__file__).parent).encode()
+    ).hexdigest()
+    try:
+        with kept.open("rb") as stream:
+            if stream.readline().decode().strip() == fingerprint:
+                return pickle.load(stream), lambda: None
+    except (OSError, EOFError, pickle.UnpicklingError):
+        pass  # none kept yet, or written by another version: validate
+    try:
+        config = validate(read())
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}; {how_to_recover(path)}") from None
+
+    def keep() -> None:
+        try:
+            write_atomic(kept, fingerprint.encode() + b"\n" + pickle.dumps(config))
+        except OSError as error:  # a read-only project still runs; it validates each time
+            log.debug("%s: not kept (%s)", kept, error)
+
+    return config, keep
 
 
 def how_to_recover(path: Path) -> str:
@@ -142,7 +178,7 @@ def freshness_fingerprint(path: Path, conf: Path) -> str:
     return digest.hexdigest()
 
 
-def checked_stale_difference(raw: DictConfig, path: Path) -> str | None:
+def checked_stale_difference(read: Callable[[], DictConfig], path: Path) -> str | None:
     """:func:`stale_difference`, composed once per fingerprint.
 
     Composing conf/ costs about a second, and every stage of a pipeline checks the
@@ -161,7 +197,7 @@ def checked_stale_difference(raw: DictConfig, path: Path) -> str | None:
             return None
     except OSError:
         pass  # none kept yet
-    difference = stale_difference(raw, path)
+    difference = stale_difference(read(), path)
     if difference is None:
         try:
             write_atomic(kept, fingerprint)
