@@ -140,7 +140,7 @@ class HistogramPanels:
         for axis in self.axes[len(self.names) :]:
             axis.set_visible(False)
         self.title = self.figure.suptitle("")
-        self.laid_out = False
+        self.digits = 0  # of the largest count when the panels were last laid out
 
     def draw(self, hists: dict[str, dict[str, list[float]]], title: str) -> Any:
         """The figure with ``hists`` (the same kernels as at construction) and ``title``."""
@@ -149,10 +149,11 @@ class HistogramPanels:
             axis.relim()
             axis.autoscale_view()
         self.title.set_text(title)
-        if not self.laid_out:
-            # Once: later counts change the tick labels a little, not the layout.
+        # Laid out again only when the counts get more digits (wider tick labels).
+        digits = max(len(str(int(max(hists[name]["counts"], default=0)))) for name in self.names)
+        if digits > self.digits:
             self.figure.tight_layout()
-            self.laid_out = True
+            self.digits = digits
         return self.figure
 
     def image(self, hists: dict[str, dict[str, list[float]]], title: str) -> np.ndarray:
