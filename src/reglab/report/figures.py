@@ -161,6 +161,7 @@ def weight_histogram_figure(
         axis.stairs(counts[name], edges, color=colours[name], linewidth=1.8, label=name)
         axis.set_title(f"{name} vs {baseline}", fontsize=9)
         axis.set_xlabel("weight")
+        axis.tick_params(labelbottom=True)  # shared x: a panel above an empty slot keeps its ticks
         axis.set_ylabel("count")
         axis.legend(fontsize=7)
     for axis in axes.ravel()[len(others) :]:
@@ -240,6 +241,7 @@ def dense_histogram_figure(
         axis.set_xlim(edges[first], edges[last])
         axis.set_title(f"{name} vs {baseline}", fontsize=9)
         axis.set_xlabel("weight")
+        axis.tick_params(labelbottom=True)  # shared x: a panel above an empty slot keeps its ticks
         axis.set_ylabel("count (log)")
         axis.legend(fontsize=7)
         scales.add(axis.get_yscale())
