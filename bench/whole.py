@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -41,9 +42,17 @@ def project_environment(copy: Path) -> dict[str, str]:
     return env
 
 
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def timed(command: list[str], cwd: Path, env: dict[str, str], log_path: Path) -> dict[str, Any]:
-    """Wall time of a whole process, with the 1-minute load average before and after."""
+    """Wall time of a whole process, the CPU time of it and all its children (less moved
+    by other work on the machine than the wall time), and the 1-minute load average
+    before and after."""
     load_before = os.getloadavg()[0]
+    cpu_before = children_cpu_s()
     start = time.perf_counter()
     with log_path.open("a") as output:
         output.write(f"$ {' '.join(command)}\n")
@@ -52,7 +61,12 @@ def timed(command: list[str], cwd: Path, env: dict[str, str], log_path: Path) ->
     elapsed = time.perf_counter() - start
     if completed.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited with {completed.returncode}; {log_path}")
-    return {"wall_s": elapsed, "load_before": load_before, "load_after": os.getloadavg()[0]}
+    return {
+        "wall_s": elapsed,
+        "cpu_s": children_cpu_s() - cpu_before,
+        "load_before": load_before,
+        "load_after": os.getloadavg()[0],
+    }
 
 
 def tutorial_specs(copy: Path, env: dict[str, str]) -> dict[str, Path]:
@@ -114,6 +128,7 @@ def measure(mode: str, workspace: Path, repeats: int, variant: str = "baseline")
         ]
         return {
             "wall_s": sum(run["wall_s"] for run in runs),
+            "cpu_s": sum(run["cpu_s"] for run in runs),
             "load_before": runs[0]["load_before"],
             "load_after": runs[-1]["load_after"],
             "scripts": len(runs),
@@ -131,17 +146,19 @@ def measure(mode: str, workspace: Path, repeats: int, variant: str = "baseline")
             sample = bare() if side == "bare" else project()
             samples[side].append(sample)
             log.info(
-                "%s %s %d: %.1f s (load %.1f -> %.1f)",
+                "%s %s %d: %.1f s, CPU %.1f s (load %.1f -> %.1f)",
                 mode,
                 side,
                 repeat + 1,
                 sample["wall_s"],
+                sample["cpu_s"],
                 sample["load_before"],
                 sample["load_after"],
             )
     result = ratios(
         [s["wall_s"] for s in samples["bare"]], [s["wall_s"] for s in samples["project"]]
     )
+    cpu = ratios([s["cpu_s"] for s in samples["bare"]], [s["cpu_s"] for s in samples["project"]])
     scripts = len(specs) if mode == "pipeline" else 1
     return {
         "mode": mode,
@@ -152,6 +169,7 @@ def measure(mode: str, workspace: Path, repeats: int, variant: str = "baseline")
         "target": TARGETS[mode],
         "samples": samples,
         **result,
+        "cpu": cpu,
     }
 
 
@@ -162,6 +180,7 @@ def format_result(result: dict[str, Any]) -> str:
         for s in side
         for k in ("load_before", "load_after")
     ]
+    cpu = result["cpu"]
     return "\n".join(
         [
             f"{result['mode']}: {result['project_command']}  vs  {result['bare_command']}",
@@ -172,5 +191,8 @@ def format_result(result: dict[str, Any]) -> str:
             f"  ratio of medians {result['ratio_of_medians']:.3f} (target {result['target']:.2f}); "
             f"pairs {', '.join(f'{r:.3f}' for r in result['pair_ratios'])}; "
             f"1-min load {min(loads):.1f}-{max(loads):.1f}",
+            f"  CPU time: project {', '.join(f'{s:.1f}' for s in cpu['project_s'])} s, "
+            f"bare {', '.join(f'{s:.1f}' for s in cpu['bare_s'])} s; "
+            f"ratio of medians {cpu['ratio_of_medians']:.3f}",
         ]
     )
