@@ -69,6 +69,8 @@ class Settings:
     matmul_size: int = 2048
     matmul_repeats: int = 10
     with_repro: bool = False
+    # bench/whole.py's comparisons of whole processes: "stage", "pipeline".
+    whole: list[str] = field(default_factory=list)
     profile: bool = False
     workdir: str | None = None
     keep: bool = False
@@ -469,6 +471,28 @@ def finite_positive_numbers(value: Any, path: str = "") -> list[str]:
     return bad
 
 
+def run_whole(modes: list[str], settings: Settings, output: Path) -> int:
+    """The whole-process comparisons of :mod:`bench.whole`, on the default config."""
+    from bench import whole
+
+    workspace = Path(settings.workdir or tempfile.mkdtemp(prefix="reglab-whole-")).resolve()
+    repeats = settings.repeats
+    results = []
+    try:
+        for mode in modes:
+            results.append(whole.measure(mode, workspace / mode, repeats, settings.variant))
+            print(whole.format_result(results[-1]))
+    finally:
+        if not settings.keep:
+            shutil.rmtree(workspace, ignore_errors=True)
+    command = " ".join([Path(sys.executable).name, "-m", "bench.benchmark", *sys.argv[1:]])
+    output = output if output != DEFAULT_OUTPUT else output.with_name("whole.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
+    print(f"JSON: {output}")
+    return 0
+
+
 def parse_args(argv: list[str] | None) -> tuple[Settings, Path]:
     parser = argparse.ArgumentParser(
         prog="python -m bench.benchmark", description=__doc__.split("\n")[0]
@@ -488,6 +512,16 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, Path]:
     parser.add_argument("--batch-sizes", type=lambda text: [int(size) for size in text.split(",")])
     parser.add_argument("--with-repro", action="store_true", help="also time the default dvc repro")
     parser.add_argument(
+        "--stage-vs-bare",
+        action="store_true",
+        help="only: a train stage's whole process against bench/tutorial.py (bench/whole.py)",
+    )
+    parser.add_argument(
+        "--pipeline-vs-bare",
+        action="store_true",
+        help="only: dvc repro -f of the default pipeline against one tutorial script per variant",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="also profile one project run with cProfile"
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="the JSON report")
@@ -500,6 +534,11 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, Path]:
             setattr(settings, key, getattr(args, key))
     settings.overrides += args.override
     settings.with_repro = args.with_repro
+    settings.whole = [
+        mode
+        for mode, chosen in (("stage", args.stage_vs_bare), ("pipeline", args.pipeline_vs_bare))
+        if chosen
+    ]
     settings.profile = args.profile
     settings.workdir = args.workdir
     settings.keep = args.keep or args.workdir is not None
@@ -511,6 +550,8 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, Path]:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     settings, output = parse_args(argv)
+    if settings.whole:
+        return run_whole(settings.whole, settings, output)
     try:
         report = run_benchmark(settings)
     except BenchmarkError as error:

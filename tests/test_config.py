@@ -129,6 +129,41 @@ def test_the_check_stage_refuses_a_hand_edited_params_yaml_naming_the_key(tmp_pa
     assert (tmp_path / ".reglab/params-checked").read_text().startswith("params.yaml is valid")
 
 
+def test_a_params_yaml_is_composed_and_validated_once_until_it_or_conf_changes(
+    tmp_path, monkeypatch
+):
+    import shutil
+
+    from reglab import compose as composing
+
+    shutil.copytree(PROJECT_ROOT / "conf", tmp_path / "conf")
+    params = tmp_path / "params.yaml"
+    params.write_text(to_yaml(compose()))
+    calls = {"stale_difference": 0, "validate": 0}
+    for name in calls:
+        original = getattr(composing, name)
+
+        def counted(*args, name=name, original=original):
+            calls[name] += 1
+            return original(*args)
+
+        monkeypatch.setattr(composing, name, counted)
+    assert load_params(params).train.epochs == 20
+    assert load_params(params) == load_params(params)
+    # The later stages find the first one's fingerprints: no composition, no schema merge.
+    assert calls == {"stale_difference": 1, "validate": 1}
+    params.write_text(params.read_text().replace("epochs: 20", "epochs: 0"))
+    with pytest.raises(ConfigError, match="train.epochs=0"):
+        load_params(params)
+    params.write_text(to_yaml(compose()))
+    train = tmp_path / "conf/train/default.yaml"
+    train.write_text(train.read_text() + "epochs: 21\n")
+    with pytest.raises(ConfigError, match="train.epochs is 20 in params.yaml but 21 in conf/"):
+        load_params(params)
+    # The composition's Config was kept: only the refused value and conf/ were looked at again.
+    assert calls == {"stale_difference": 2, "validate": 2}
+
+
 def test_the_check_stage_says_how_to_get_back_from_a_rejected_value(tmp_path):
     (tmp_path / "conf").symlink_to(PROJECT_ROOT / "conf")
     (tmp_path / "params.yaml").write_text(to_yaml(compose()).replace("epochs: 20", "epochs: -1"))

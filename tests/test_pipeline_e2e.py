@@ -81,8 +81,6 @@ def test_first_repro_runs_every_stage(project):
         "preprocess",
         "train@baseline-42",
         "train@l2-42",
-        "evaluate@baseline-42",
-        "evaluate@l2-42",
         "compare",
     }
     manifest = json.loads((root / "data/processed/manifest.json").read_text())
@@ -214,7 +212,7 @@ def test_experiment_changing_one_variant_reruns_only_it(project):
         env,
     )
     result = run(["dvc", "exp", "run", "-S", "variants.l2.kernel.l2=0.01"], root, env)
-    assert stages_run(result.stdout) == {"check", "train@l2-42", "evaluate@l2-42", "compare"}
+    assert stages_run(result.stdout) == {"check", "train@l2-42", "compare"}
     shown = json.loads(run(["dvc", "exp", "show", "--json"], root, env).stdout)
     text = json.dumps(shown)
     assert "test_accuracy" in text and "reports/metrics/l2@42.json" in text
@@ -229,8 +227,6 @@ def test_another_seed_trains_only_the_new_runs_and_the_leaderboard_shows_mean_an
         "check",
         "train@baseline-7",
         "train@l2-7",
-        "evaluate@baseline-7",
-        "evaluate@l2-7",
         "compare",
     }
     # Only the new seed trains (l2@42 may come back from the run cache: the

@@ -196,6 +196,12 @@ def test_evaluate_then_compare(project, monkeypatch):
     assert np.asarray(weights["values"], np.float32).reshape(kernel.shape).tobytes() == (
         kernel.tobytes()
     )
+    # The largest Dense kernel as counts on the fixed bins, not its values.
+    dense = model.layers[-1].kernel.numpy()
+    largest = weights["largest_dense"]
+    assert (largest["layer"], largest["shape"]) == (f"{model.layers[-1].name}/kernel", [144, 10])
+    assert largest["counts"] == np.histogram(dense, bins=largest["edges"])[0].tolist()
+    assert largest["zeros"] == int(np.sum(dense == 0))
 
     # The test metrics arrived in the variant's own run, with the confusion matrix.
     client = MlflowClient(project["uri"])
@@ -222,7 +228,8 @@ def test_evaluate_then_compare(project, monkeypatch):
         ("baseline", "1"),
         ("baseline", "2"),
     ]
-    for name in ("val_data_loss.png", "first_layer_weights.png", "test_metrics.png"):
+    figures = ("val_data_loss.png", "first_layer_weights.png", "largest_dense_weights.png")
+    for name in (*figures, "test_metrics.png"):
         assert (root / "reports/figures" / name).stat().st_size > 0
     experiment = client.get_experiment_by_name(EXPERIMENT)
     (run,) = client.search_runs(

@@ -8,13 +8,17 @@ which validates it and refuses one that no longer matches ``conf/``.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from reglab.config import Config, register_schema, validate
+from reglab.io import tree_digest, write_atomic
 from reglab.schema import ConfigError
 
 log = logging.getLogger(__name__)
@@ -81,13 +85,10 @@ def load_params(path: str | Path = PARAMS_FILE, check_fresh: bool = True) -> Con
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: not found; run `make params` to compose it from conf/")
-    raw = OmegaConf.load(path)
-    try:
-        config = validate(raw)
-    except ConfigError as error:
-        raise ConfigError(f"{path}: {error}; {how_to_recover(path)}") from None
+    read = functools.cache(lambda: OmegaConf.load(path))  # parsed only when needed
+    config, keep = validated(read, path)
     if check_fresh:
-        difference = stale_difference(raw, path)
+        difference = checked_stale_difference(read, path)
         if difference and os.environ.get(ALLOW_STALE_ENV) != "1":
             raise ConfigError(
                 f"{path} is not the composition of conf/ ({difference}); run `make params` "
@@ -95,7 +96,44 @@ def load_params(path: str | Path = PARAMS_FILE, check_fresh: bool = True) -> Con
             )
         if difference:
             log.warning("%s is not the composition of conf/ (%s); used as it is", path, difference)
+    keep()  # only a params.yaml that is used: a refused one leaves nothing behind
     return config
+
+
+# The last valid params.yaml's Config, after its fingerprint's line (beside params.yaml).
+VALIDATED = Path(".reglab", "params-validated.pickle")
+
+
+def validated(read: Callable[[], DictConfig], path: Path) -> tuple[Config, Callable[[], None]]:
+    """:func:`validate`, once per params.yaml and code, and how to keep its result.
+
+    The schema's merge costs about half a second, in every stage, for the same file.
+    The Config is kept after a line with the fingerprint of params.yaml and this
+    package's code, and read back only under the same fingerprint."""
+    import pickle
+
+    kept = path.resolve().parent / VALIDATED
+    fingerprint = hashlib.sha256(
+        path.read_bytes() + b"\0" + tree_digest(Path(__file__).parent).encode()
+    ).hexdigest()
+    try:
+        with kept.open("rb") as stream:
+            if stream.readline().decode().strip() == fingerprint:
+                return pickle.load(stream), lambda: None
+    except (OSError, EOFError, pickle.UnpicklingError):
+        pass  # none kept yet, or written by another version: validate
+    try:
+        config = validate(read())
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}; {how_to_recover(path)}") from None
+
+    def keep() -> None:
+        try:
+            write_atomic(kept, fingerprint.encode() + b"\n" + pickle.dumps(config))
+        except OSError as error:  # a read-only project still runs; it validates each time
+            log.debug("%s: not kept (%s)", kept, error)
+
+    return config, keep
 
 
 def how_to_recover(path: Path) -> str:
@@ -124,6 +162,48 @@ def stale_difference(raw: DictConfig, path: Path) -> str | None:
             here, there = given.get(key, "missing"), fresh.get(key, "missing")
             return f"{key} is {here!r} in {path.name} but {there!r} in conf/"
     return None
+
+
+# Where a fresh params.yaml's fingerprint is kept (beside it): the verdict of the
+# last composition that matched it.
+FRESH_FINGERPRINT = Path(".reglab", "params-fresh")
+
+
+def freshness_fingerprint(path: Path, conf: Path) -> str:
+    """What a composition depends on: params.yaml, every file of conf/ and this package's
+    code (the schema, the composition)."""
+    digest = hashlib.sha256(path.read_bytes() + b"\0")
+    digest.update(tree_digest(conf, "*.yaml").encode())
+    digest.update(tree_digest(Path(__file__).parent).encode())
+    return digest.hexdigest()
+
+
+def checked_stale_difference(read: Callable[[], DictConfig], path: Path) -> str | None:
+    """:func:`stale_difference`, composed once per fingerprint.
+
+    Composing conf/ costs about a second, and every stage of a pipeline checks the
+    same params.yaml against the same conf/: once a composition has matched, its
+    fingerprint (:func:`freshness_fingerprint`) is kept, and a stage that finds the
+    same fingerprint does not compose again. Any change to params.yaml, conf/ or the
+    code changes the fingerprint, and the next stage composes.
+    """
+    conf = path.resolve().parent / "conf"
+    if os.environ.get("DVC_EXP_NAME") or not conf.is_dir():
+        return None
+    kept = path.resolve().parent / FRESH_FINGERPRINT
+    fingerprint = freshness_fingerprint(path, conf)
+    try:
+        if kept.read_text() == fingerprint:
+            return None
+    except OSError:
+        pass  # none kept yet
+    difference = stale_difference(read(), path)
+    if difference is None:
+        try:
+            write_atomic(kept, fingerprint)
+        except OSError as error:  # a read-only project still runs; it composes each time
+            log.debug("%s: not kept (%s)", kept, error)
+    return difference
 
 
 def flat_items(node: object, prefix: str = "") -> dict[str, object]:

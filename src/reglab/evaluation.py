@@ -158,12 +158,15 @@ def predict_logits(model: Any, images: np.ndarray, batch_size: int) -> np.ndarra
 @dataclass
 class Evaluation:
     """A JSON-ready report, the per-image test predictions behind its confusion matrix, and
-    the first-layer kernel (:func:`reglab.weights.kernel_record`) the compare stage plots."""
+    what the compare stage plots of the weights: the first-layer kernel
+    (:func:`reglab.weights.kernel_record`) and the largest Dense kernel's counts on fixed
+    bins (:func:`reglab.weights.dense_histogram_record`), not its values."""
 
     report: dict[str, Any]
     test_labels: np.ndarray
     test_predicted: np.ndarray
     first_layer: dict[str, Any]
+    largest_dense: dict[str, Any] | None = None
 
 
 def evaluate_model(
@@ -212,7 +215,11 @@ def evaluate_model(
         first_layer = weights.kernel_record(*weights.first_layer_kernel(model))
     except ValueError as error:
         raise EvaluationError(f"{error}: nothing for the weight histograms") from None
-    return Evaluation(report, np.asarray(test_y), on_test["predicted"], first_layer)
+    try:
+        largest_dense = weights.dense_histogram_record(*weights.largest_dense_kernel(model))
+    except ValueError:
+        largest_dense = None  # a model without Dense layers: the first layer only
+    return Evaluation(report, np.asarray(test_y), on_test["predicted"], first_layer, largest_dense)
 
 
 def evaluate_variant(
@@ -306,14 +313,18 @@ def write_outputs(
     metrics_path: Path | None = None,
 ) -> None:
     """The eval JSON (the full report), the headline metrics JSON (DVC metrics), the
-    per-image CSV (DVC confusion plot) and the first-layer weights JSON (the compare
-    stage's histograms), each atomically."""
+    per-image CSV (DVC confusion plot) and the weights JSON (the compare stage's
+    histograms: the first layer's values, the largest Dense kernel's counts), each
+    atomically."""
     write_atomic(report_path, report_json(result.report))
     if metrics_path is not None:
         write_atomic(metrics_path, report_json(headline_metrics(result.report)))
     labels, predicted = result.test_labels, result.test_predicted
     write_atomic(confusion_path, confusion_csv(labels, predicted, result.report["class_names"]))
-    write_atomic(weights_path, json.dumps(result.first_layer, allow_nan=False) + "\n")
+    weights_record = dict(result.first_layer)
+    if result.largest_dense is not None:
+        weights_record["largest_dense"] = result.largest_dense
+    write_atomic(weights_path, json.dumps(weights_record, allow_nan=False) + "\n")
     log.info("wrote %s, %s and %s", report_path, confusion_path, weights_path)
 
 

@@ -132,6 +132,7 @@ def finish_logging(
             example_inputs=example_inputs if config.tracking.log_model else None,
             registered_model_name=config.tracking.registered_model_name,
             class_names=config.data.class_names,
+            keras_file=outputs[0] / "model.keras",  # the model folder, written already
         )
 
 

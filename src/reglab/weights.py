@@ -28,6 +28,43 @@ def first_layer_kernel(model: Any) -> tuple[str, np.ndarray]:
     raise ValueError("the model has no layer with a kernel")
 
 
+def largest_dense_kernel(model: Any) -> tuple[str, np.ndarray]:
+    """The Dense kernel with the most weights (2-D kernels are Dense; conv kernels are
+    4-D): the layer that holds most of the model, where L1's zeros show."""
+    dense = {name: v for name, v in weight_arrays(model, ("kernel",)).items() if v.ndim == 2}
+    if not dense:
+        raise ValueError("the model has no Dense layer")
+    name = max(dense, key=lambda key: dense[key].size)  # the first of equals, in layer order
+    return name, dense[name]
+
+
+# Fixed bins for the largest Dense kernel, the same for every variant and run, so the
+# compare stage overlays counts without the weights: an odd number of bins puts one
+# bin, 0.005 wide, around zero (where L1's spike is). Trained kernels of the default
+# models stay well inside +-0.5; whatever falls outside is counted as below or above.
+DENSE_HISTOGRAM_RANGE = (-0.5, 0.5)
+DENSE_HISTOGRAM_BINS = 201
+
+
+def dense_histogram_record(name: str, values: np.ndarray) -> dict[str, Any]:
+    """A kernel as counts on the fixed bins (JSON-ready): ``layer``, ``shape``, ``edges``,
+    ``counts``, ``zeros`` (weights exactly 0.0), ``below`` and ``above`` the range."""
+    shape = list(np.shape(values))
+    values = np.asarray(values, dtype=np.float32).ravel()
+    edges = np.linspace(*DENSE_HISTOGRAM_RANGE, DENSE_HISTOGRAM_BINS + 1)
+    counts, _ = np.histogram(values, bins=edges)
+    low, high = DENSE_HISTOGRAM_RANGE
+    return {
+        "layer": name,
+        "shape": shape,
+        "edges": edges.tolist(),
+        "counts": counts.astype(int).tolist(),
+        "zeros": int(np.count_nonzero(values == 0)),
+        "below": int(np.count_nonzero(values < low)),
+        "above": int(np.count_nonzero(values > high)),
+    }
+
+
 def kernel_record(name: str, values: np.ndarray) -> dict[str, Any]:
     """A kernel as JSON-ready plain values: ``layer``, ``shape`` and ``values`` (flattened in
     row-major order; float32 values written as the float64 numbers they equal, so reading
@@ -73,39 +110,61 @@ def histograms(model: Any, bins: int = 50) -> dict[str, dict[str, list[float]]]:
     return result
 
 
-def plot_histograms(hists: dict[str, dict[str, list[float]]], title: str) -> Any:
-    """One panel per kernel; returns a matplotlib Figure."""
-    import matplotlib
+class HistogramPanels:
+    """One panel per kernel, laid out once and redrawn for each set of counts.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Making and laying out a figure (subplots, tight_layout) costs as much as drawing
+    it; a run's kernels are the same at every epoch, so the panels are laid out
+    once and only the bars, the axis limits and the title change between images.
+    """
 
-    names = list(hists)
-    columns = min(3, max(1, len(names)))
-    rows = max(1, -(-len(names) // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
-    for axis, name in zip(axes.ravel(), names, strict=False):
-        edges = np.asarray(hists[name]["edges"])
-        counts = np.asarray(hists[name]["counts"])
-        axis.stairs(counts, edges, fill=True, alpha=0.7)
-        axis.set_title(name, fontsize=9)
-        axis.set_xlabel("weight")
-        axis.set_ylabel("count")
-    for axis in axes.ravel()[len(names) :]:
-        axis.set_visible(False)
-    figure.suptitle(title)
-    figure.tight_layout()
-    return figure
+    def __init__(self, names: list[str]) -> None:
+        import matplotlib
 
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
 
-def render(figure: Any) -> np.ndarray:
-    """A matplotlib figure as an RGB array (for mlflow.log_image with a step)."""
-    import matplotlib.pyplot as plt
+        self.names = list(names)
+        columns = min(3, max(1, len(self.names)))
+        rows = max(1, -(-len(self.names) // columns))
+        self.figure, axes = plt.subplots(
+            rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False
+        )
+        self.axes = list(axes.ravel())
+        self.bars = {}
+        for axis, name in zip(self.axes, self.names, strict=False):
+            self.bars[name] = axis.stairs([0.0], [0.0, 1.0], fill=True, alpha=0.7)
+            axis.set_title(name, fontsize=9)
+            axis.set_xlabel("weight")
+            axis.set_ylabel("count")
+        for axis in self.axes[len(self.names) :]:
+            axis.set_visible(False)
+        self.title = self.figure.suptitle("")
+        self.digits = 0  # of the largest count when the panels were last laid out
 
-    figure.canvas.draw()
-    image = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(figure)
-    return image
+    def draw(self, hists: dict[str, dict[str, list[float]]], title: str) -> Any:
+        """The figure with ``hists`` (the same kernels as at construction) and ``title``."""
+        for axis, name in zip(self.axes, self.names, strict=False):
+            self.bars[name].set_data(hists[name]["counts"], hists[name]["edges"])
+            axis.relim()
+            axis.autoscale_view()
+        self.title.set_text(title)
+        # Laid out again only when the counts get more digits (wider tick labels).
+        digits = max(len(str(int(max(hists[name]["counts"], default=0)))) for name in self.names)
+        if digits > self.digits:
+            self.figure.tight_layout()
+            self.digits = digits
+        return self.figure
+
+    def image(self, hists: dict[str, dict[str, list[float]]], title: str) -> np.ndarray:
+        """:meth:`draw` as an RGB array (for mlflow.log_image with a step)."""
+        self.draw(hists, title).canvas.draw()
+        return np.asarray(self.figure.canvas.buffer_rgba())[..., :3].copy()
+
+    def close(self) -> None:
+        import matplotlib.pyplot as plt
+
+        plt.close(self.figure)
 
 
 def plot_start_end_overlay(

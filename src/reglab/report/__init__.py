@@ -27,6 +27,7 @@ import numpy as np
 from reglab.report import figures as fig
 from reglab.report.load import (
     ReportError,
+    load_dense_histograms,
     load_first_layer_kernels,
     load_histories,
     load_history,
@@ -55,6 +56,7 @@ __all__ = [
     "compare",
     "compare_to_baseline",
     "comparison_metrics",
+    "load_dense_histograms",
     "load_first_layer_kernels",
     "load_histories",
     "load_history",
@@ -71,6 +73,7 @@ FIGURE_FILES = {
     "validation_loss": "val_data_loss.png",
     "test_metrics": "test_metrics.png",
     "weight_histograms": "first_layer_weights.png",
+    "dense_weight_histograms": "largest_dense_weights.png",
     "strength_sweep": "strength_sweep.png",
 }
 
@@ -99,11 +102,13 @@ def compare(
     figures_dir: Path,
     summary_path: Path,
     baseline: str = BASELINE,
+    dense_histograms: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Comparison:
     """Leaderboard, figures and summary text from plain inputs.
 
     ``histories`` holds one history per seed for each variant; ``kernels`` the
-    first-layer kernel of one seed per variant. Missing inputs for a figure skip
+    first-layer kernel of one seed per variant, ``dense_histograms`` the largest Dense
+    kernel's counts on fixed bins of the same runs. Missing inputs for a figure skip
     that figure with a warning rather than failing the whole report.
     """
     if not reports:
@@ -124,6 +129,17 @@ def compare(
         draw("weight_histograms", fig.weight_histogram_figure, kernels, baseline=baseline)
     else:
         log.warning("weight histograms skipped: need the baseline's and another variant's kernel")
+    dense_histograms = dense_histograms or {}
+    if baseline in dense_histograms and len(dense_histograms) > 1:
+        draw(
+            "dense_weight_histograms",
+            fig.dense_histogram_figure,
+            dense_histograms,
+            baseline=baseline,
+            variants=list(reports),
+        )
+    elif dense_histograms:
+        log.warning("largest Dense kernel histograms skipped: need the baseline's and another's")
     sweeps = strength_sweeps({name: recipes[name] for name in reports if name in recipes})
     if sweeps:
         draw("strength_sweep", fig.strength_sweep_figure, sweeps, summaries, baseline=baseline)

@@ -161,6 +161,7 @@ def weight_histogram_figure(
         axis.stairs(counts[name], edges, color=colours[name], linewidth=1.8, label=name)
         axis.set_title(f"{name} vs {baseline}", fontsize=9)
         axis.set_xlabel("weight")
+        axis.tick_params(labelbottom=True)  # shared x: a panel above an empty slot keeps its ticks
         axis.set_ylabel("count")
         axis.legend(fontsize=7)
     for axis in axes.ravel()[len(others) :]:
@@ -169,6 +170,102 @@ def weight_histogram_figure(
     figure.tight_layout()
     _save(figure, path)
     return {"bin_edges": edges.tolist(), "counts": counts, "baseline": baseline}
+
+
+def dense_histogram_figure(
+    histograms: Mapping[str, Mapping[str, Any]],
+    path: Path,
+    baseline: str = BASELINE,
+    variants: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The largest Dense kernel: the baseline overlaid on each regularized variant, a log
+    count axis.
+
+    Most of the model's weights are in this layer. On a log axis the bin around zero,
+    where L1 piles weights up and L2 only narrows the bell, stands out against the
+    baseline instead of hiding the tails. ``histograms`` are counts on the same fixed
+    bins (:func:`reglab.weights.dense_histogram_record`); ``variants`` (default: the
+    histograms' own) decides the colours, as in every other figure.
+    """
+    if baseline not in histograms:
+        raise ReportError(f"no largest Dense kernel histogram for {baseline!r}")
+    edges = np.asarray(histograms[baseline]["edges"], dtype=np.float64)
+    for name, record in histograms.items():
+        if not np.array_equal(np.asarray(record["edges"], dtype=np.float64), edges):
+            raise ReportError(
+                f"{name}: its largest Dense kernel histogram has other bins than "
+                f"{baseline}'s; re-run both evaluate stages"
+            )
+    others = [name for name in histograms if name != baseline]
+    counts = {
+        name: np.asarray(record["counts"], dtype=np.int64) for name, record in histograms.items()
+    }
+    zero_bin = int(np.searchsorted(edges, 0.0, side="right") - 1)
+    # Only the occupied range, with a bin of margin on each side.
+    occupied = np.flatnonzero(np.sum(list(counts.values()), axis=0))
+    first = max(int(occupied[0]) - 1, 0) if occupied.size else 0
+    last = min(int(occupied[-1]) + 2, len(edges) - 1) if occupied.size else len(edges) - 1
+
+    plt = _pyplot()
+    colours = variant_colours(list(variants or histograms), baseline)
+    columns = min(3, max(1, len(others)))
+    rows = max(1, -(-len(others) // columns))
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(4.5 * columns, 3.3 * rows), squeeze=False, sharex=True
+    )
+
+    def label(name: str) -> str:
+        return f"{name} ({histograms[name]['zeros']:,} exactly 0)"
+
+    scales = set()
+    for axis, name in zip(axes.ravel(), others, strict=False):
+        axis.stairs(
+            counts[baseline],
+            edges,
+            fill=True,
+            alpha=0.35,
+            baseline=0.5,  # below one count: an empty bin has no height on the log axis
+            color=colours[baseline],
+            label=label(baseline),
+        )
+        axis.stairs(
+            counts[name],
+            edges,
+            baseline=None,
+            color=colours[name],
+            linewidth=1.4,
+            label=label(name),
+        )
+        axis.set_yscale("log")
+        axis.set_ylim(bottom=0.5)
+        axis.set_xlim(edges[first], edges[last])
+        axis.set_title(f"{name} vs {baseline}", fontsize=9)
+        axis.set_xlabel("weight")
+        axis.tick_params(labelbottom=True)  # shared x: a panel above an empty slot keeps its ticks
+        axis.set_ylabel("count (log)")
+        axis.legend(fontsize=7)
+        scales.add(axis.get_yscale())
+    for axis in axes.ravel()[len(others) :]:
+        axis.set_visible(False)
+    record = histograms[baseline]
+    weights_count = int(np.prod(record["shape"]))
+    figure.suptitle(
+        f"Largest Dense kernel ({record['layer']}, {weights_count:,} weights), "
+        f"bin around 0: [{edges[zero_bin]:.4f}, {edges[zero_bin + 1]:.4f})"
+    )
+    figure.tight_layout()
+    _save(figure, path)
+    return {
+        "layer": record["layer"],
+        "bin_edges": edges.tolist(),
+        "counts": {name: values.tolist() for name, values in counts.items()},
+        "zero_bin": zero_bin,
+        "zero_bin_counts": {name: int(values[zero_bin]) for name, values in counts.items()},
+        "exact_zeros": {name: int(record["zeros"]) for name, record in histograms.items()},
+        "y_scales": sorted(scales),
+        "colours": {name: colours[name] for name in histograms},
+        "baseline": baseline,
+    }
 
 
 def strength_sweep_figure(

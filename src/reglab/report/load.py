@@ -113,3 +113,31 @@ def load_first_layer_kernels(
         data = load_weights(weights_dir / f"{runs[0]['run_key']}.json")
         kernels[variant] = np.asarray(data["values"], dtype=np.float32).reshape(data["shape"])
     return kernels
+
+
+DENSE_KEYS = ("layer", "shape", "edges", "counts", "zeros")
+
+
+def load_dense_histograms(
+    weights_dir: Path, reports: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> dict[str, dict[str, Any]]:
+    """The largest Dense kernel's counts on fixed bins (``largest_dense`` in the weights
+    file) of each variant's lowest seed, the run :func:`load_first_layer_kernels` reads.
+
+    A weights file without them (a model with no Dense layer) leaves its variant out.
+    """
+    histograms = {}
+    for variant, runs in reports.items():
+        path = weights_dir / f"{runs[0]['run_key']}.json"
+        record = load_weights(path).get("largest_dense")
+        if record is None:
+            log.warning("%s: no largest Dense kernel histogram; %s is left out", path, variant)
+            continue
+        missing = [key for key in DENSE_KEYS if key not in record]
+        if missing or len(record["counts"]) != len(record["edges"]) - 1:
+            raise ReportError(
+                f"{path}: largest_dense needs {', '.join(DENSE_KEYS)} and one count per bin "
+                f"(missing {missing}); re-run its evaluate stage"
+            )
+        histograms[variant] = record
+    return histograms

@@ -1,6 +1,6 @@
 """DVC stage `compare`: leaderboard, summary and figures across all variants.
 
-Reads only files (eval reports, histories, first-layer weights): no model is
+Reads only files (eval reports, histories, weights files): no model is
 loaded, so this stage never imports TensorFlow or Keras.
 """
 
@@ -28,6 +28,7 @@ def main(argv: list[str]) -> None:
         {name: dataclasses.asdict(recipe) for name, recipe in config.variants.items()},
         figures_dir=Path(paths.figures),
         summary_path=Path(paths.summary),
+        dense_histograms=report.load_dense_histograms(Path(paths.weights), reports),
     )
     write_atomic(Path(paths.summary), comparison.markdown)
     plots = Path(paths.plots)

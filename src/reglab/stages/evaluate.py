@@ -1,13 +1,18 @@
-"""DVC stage `evaluate@<variant>-<seed>`: test metrics of one trained run.
+"""Test metrics of one trained run, named by its run key ``<variant>@<seed>``.
 
-The argument is a run key, ``<variant>@<seed>``; it names the model folder, the
-report, the confusion-plot CSV and the first-layer weights file alike.
+The pipeline's train stage calls :func:`evaluate_run` right after training, in
+its own process (one TensorFlow start-up per run instead of two); the training
+itself never sees the test set. ``python -m reglab.stages.evaluate <key>``
+evaluates a trained model alone, e.g. to look at a model again without
+retraining it. The key names the model folder, the report, the confusion-plot
+CSV and the weights file alike.
 """
 
 from pathlib import Path
 
 from reglab import evaluation
 from reglab.compose import load_params
+from reglab.config import Config
 from reglab.data.prepare import load_splits
 from reglab.errors import ReglabError
 from reglab.paths import eval_file, metrics_file, model_dir, parse_run_key
@@ -15,12 +20,9 @@ from reglab.stages import run_stage
 from reglab.tracking import resolve_uri
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) != 1:
-        raise ReglabError("usage: python -m reglab.stages.evaluate <variant>@<seed>")
-    key = argv[0]
+def evaluate_run(config: Config, key: str) -> None:
+    """Evaluate ``models/<key>`` on the test set, write its reports, log them to its run."""
     variant, seed = parse_run_key(key)
-    config = load_params()
     config.variant(variant)  # an unknown variant or seed fails before any work
     config.check_seed(seed)
     paths = config.paths
@@ -40,6 +42,12 @@ def main(argv: list[str]) -> None:
         metrics_file(paths.metrics, key),
     )
     evaluation.log_report(result.report, resolve_uri(config.tracking.uri))
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 1:
+        raise ReglabError("usage: python -m reglab.stages.evaluate <variant>@<seed>")
+    evaluate_run(load_params(), argv[0])
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""DVC stage `train@<variant>-<seed>`: train one variant under one seed from params.yaml."""
+"""DVC stage `train@<variant>-<seed>`: train one variant under one seed from params.yaml,
+then evaluate it on the test set in the same process (:mod:`reglab.stages.evaluate`)."""
 
 from reglab.compose import load_params
 from reglab.errors import ReglabError
@@ -9,9 +10,12 @@ def main(argv: list[str]) -> None:
     if len(argv) != 1:
         raise ReglabError("usage: python -m reglab.stages.train <variant>@<seed>")
     config = load_params()
-    from reglab.runner import train_variant  # TensorFlow loads only after the config is valid
+    # TensorFlow loads only after the config is valid.
+    from reglab.runner import train_variant
+    from reglab.stages.evaluate import evaluate_run
 
     train_variant(config, argv[0])
+    evaluate_run(config, argv[0])
 
 
 if __name__ == "__main__":

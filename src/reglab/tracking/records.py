@@ -106,16 +106,17 @@ def log_trained_model(
     example_inputs: Any | None,
     registered_model_name: str | None = None,
     class_names: Sequence[str] | None = None,
+    keras_file: Path | None = None,
 ) -> None:
     """After training: the pending epochs, the kernel histograms, the model (with an
-    input example, when given one; it predicts probabilities of ``class_names``) and
-    the epoch count."""
+    input example, when given one; it predicts probabilities of ``class_names``; from
+    ``keras_file`` when the model is saved there already) and the epoch count."""
     mlflow.flush_async_logging()
     # Epochs whose asynchronous logging failed while the server was away.
     log_missing_epochs(mlflow.active_run().info.run_id, history)
     log_weight_histograms({int(epoch): counts for epoch, counts in histograms.items()}, label)
     if example_inputs is not None:
-        log_keras_model(model, example_inputs, registered_model_name, class_names)
+        log_keras_model(model, example_inputs, registered_model_name, class_names, keras_file)
     mlflow.log_metrics({"epochs_trained": len(history)})
 
 
@@ -127,22 +128,27 @@ def log_weight_histograms(
 
     from reglab import weights
 
-    for epoch, hists in sorted(by_epoch.items()):
-        figure = weights.plot_histograms(hists, f"{label}: kernel weights, epoch {epoch}")
-        mlflow.log_image(weights.render(figure), key="weights/kernel_histograms", step=epoch)
+    first, last = min(by_epoch), max(by_epoch)
+    panels = weights.HistogramPanels(list(by_epoch[first]))
+    try:
+        for epoch, hists in sorted(by_epoch.items()):
+            title = f"{label}: kernel weights, epoch {epoch}"
+            image = panels.image(hists, title + (" (after training)" if epoch == last else ""))
+            mlflow.log_image(image, key="weights/kernel_histograms", step=epoch)
+    finally:
+        panels.close()
+    # The last image is the final histogram: written as it is, not drawn again.
+    mlflow.log_image(image, artifact_file="weights/histograms_final.png")
     mlflow.log_text(
         json.dumps({str(epoch): hists for epoch, hists in sorted(by_epoch.items())}),
         "weights/histograms.json",
     )
-    first, last = min(by_epoch), max(by_epoch)
     names = list(by_epoch[first])
     # The first layer and the last hidden one: where the tutorials look.
     layers = [names[0], names[-2]] if len(names) > 2 else names
     title = f"{label}: kernel weights at epoch {first} and {last}"
     overlay = weights.plot_start_end_overlay(by_epoch[first], by_epoch[last], layers, title)
     mlflow.log_figure(overlay, "weights/histograms_start_end.png")
-    final = weights.plot_histograms(by_epoch[last], f"{label}: kernel weights after training")
-    mlflow.log_figure(final, "weights/histograms_final.png")
     plt.close("all")
 
 
@@ -151,6 +157,7 @@ def log_keras_model(
     example_inputs: Any,
     registered_model_name: str | None = None,
     class_names: Sequence[str] | None = None,
+    keras_file: Path | None = None,
 ) -> str:
     """Log the model MLflow serves: class probabilities with the class names.
 
@@ -158,7 +165,8 @@ def log_keras_model(
     ``keras_model`` artifact of :mod:`reglab.served_model`, a pyfunc model from
     code whose ``predict`` returns a DataFrame of softmax probabilities, one
     column per class name; the signature names them too. Pip requirements are
-    given explicitly: inferring them costs seconds per model.
+    given explicitly: inferring them costs seconds per model. ``keras_file``, the
+    model saved already, spares saving it again.
     """
     import tempfile
 
@@ -171,12 +179,15 @@ def log_keras_model(
     from reglab import served_model
     from reglab.metrics import softmax
 
-    logits = model.predict(example_inputs, verbose=0)
+    # A direct call: the signature needs the outputs' names and types, not predict's
+    # batching (which would trace another function).
+    logits = np.asarray(model(np.asarray(example_inputs), training=False))
     names = [str(name) for name in class_names or range(logits.shape[1])]
     probabilities = pd.DataFrame(softmax(logits), columns=names)
     with tempfile.TemporaryDirectory(prefix="reglab-model-") as folder:
-        keras_file = Path(folder, "model.keras")
-        model.save(keras_file)
+        if keras_file is None:
+            keras_file = Path(folder, "model.keras")
+            model.save(keras_file)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(Path(served_model.__file__)),
@@ -198,16 +209,29 @@ def log_keras_model(
 def installed_packages() -> str:
     """`pip freeze` of the running environment: what a re-run must install.
 
-    The project itself is left out: it comes from the git commit, not an index.
+    Read from the installed ``<name>-<version>.dist-info`` folders' names on
+    ``sys.path`` (the first of a name wins, as for imports): parsing every
+    package's metadata, as ``importlib.metadata`` does, cost about a second per
+    run. The project itself is left out: it comes from the git commit, not an
+    index.
     """
-    from importlib import metadata
+    import os
+    import re
+    import sys
 
-    lines = {
-        f"{dist.metadata['Name']}=={dist.version}"
-        for dist in metadata.distributions()
-        if dist.metadata["Name"] and dist.metadata["Name"].lower() != "reglab"
-    }
-    return "\n".join(sorted(lines, key=str.lower)) + "\n"
+    found: dict[str, str] = {}
+    for entry in sys.path:
+        try:
+            names = sorted(os.listdir(entry or "."))
+        except OSError:
+            continue
+        for folder in names:
+            if not folder.endswith(".dist-info") or "-" not in folder:
+                continue
+            name, version = folder.removesuffix(".dist-info").rsplit("-", 1)
+            found.setdefault(re.sub(r"[-_.]+", "-", name).lower(), f"{name}=={version}")
+    found.pop("reglab", None)
+    return "\n".join(sorted(found.values(), key=str.lower)) + "\n"
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,61 @@
+"""The tutorials' script, as a user would write it: the comparison for a whole process.
+
+``python bench/tutorial.py SPEC.json`` loads the preprocess stage's arrays with
+``np.load``, builds the default CNN as a ``keras.Sequential`` (with the
+variant's kernel penalties and dropout, as the Keras examples add them) and
+fits it with ``validation_data``: nothing else, no tracking, no outputs.
+:mod:`bench.whole` times the whole process, from start to exit. It imports
+neither reglab nor bench, on purpose.
+"""
+
+import json
+import sys
+
+import keras
+import numpy as np
+
+
+def main(spec_path: str) -> None:
+    with open(spec_path) as handle:
+        spec = json.load(handle)
+    folder = spec["processed"]
+    x_train, y_train = np.load(f"{folder}/train_x.npy"), np.load(f"{folder}/train_y.npy")
+    x_val, y_val = np.load(f"{folder}/val_x.npy"), np.load(f"{folder}/val_y.npy")
+    keras.utils.set_random_seed(spec["seed"])
+    penalty = None
+    if spec["l1"] or spec["l2"]:
+        penalty = keras.regularizers.L1L2(l1=spec["l1"], l2=spec["l2"])
+    layers = [keras.Input(shape=x_train.shape[1:])]
+    for filters in spec["conv_filters"]:
+        layers += [
+            keras.layers.Conv2D(
+                filters, spec["kernel_size"], activation="relu", kernel_regularizer=penalty
+            ),
+            keras.layers.MaxPooling2D(2),
+        ]
+        if spec["conv_dropout"]:
+            layers.append(keras.layers.Dropout(spec["conv_dropout"]))
+    layers.append(keras.layers.Flatten())
+    for units in spec["dense_units"]:
+        layers.append(keras.layers.Dense(units, activation="relu", kernel_regularizer=penalty))
+        if spec["dense_dropout"]:
+            layers.append(keras.layers.Dropout(spec["dense_dropout"]))
+    layers.append(keras.layers.Dense(spec["num_classes"], kernel_regularizer=penalty))
+    model = keras.Sequential(layers)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=spec["learning_rate"]),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(
+        x_train,
+        y_train,
+        batch_size=spec["batch_size"],
+        epochs=spec["epochs"],
+        validation_data=(x_val, y_val),
+        verbose=0,
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,78 @@
+"""The largest Dense kernel's histogram: counts on fixed bins from real trained weights,
+and the compare stage's figure of them on a log count axis."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from reglab import weights
+from reglab.report import ReportError, load_dense_histograms
+from reglab.report import figures as rf
+from tests.conftest import config_for, digits_splits
+
+
+def test_dense_histogram_record_counts_fixed_bins_exact_zeros_and_the_outside():
+    values = np.array([[0.0, 0.0, 0.001], [-0.3, 0.7, -0.9]], dtype=np.float32)
+    record = weights.dense_histogram_record("dense_1/kernel", values)
+    assert record["shape"] == [2, 3]
+    assert len(record["edges"]) == weights.DENSE_HISTOGRAM_BINS + 1
+    assert record["edges"][0] == weights.DENSE_HISTOGRAM_RANGE[0]
+    assert record["zeros"] == 2
+    assert (record["below"], record["above"]) == (1, 1)
+    assert sum(record["counts"]) == 4  # the two outside the range are counted apart
+    zero_bin = weights.DENSE_HISTOGRAM_BINS // 2
+    assert record["edges"][zero_bin] < 0 < record["edges"][zero_bin + 1]
+    assert record["counts"][zero_bin] == 3  # both zeros and 0.001
+
+
+@pytest.fixture(scope="module")
+def trained() -> dict[str, dict]:
+    """The project's digits CNN trained briefly as baseline and L1 (the real recipes)."""
+    from reglab.runner import prepare_model
+
+    config = config_for()
+    x, y = digits_splits()["train"]
+    one_hot = np.eye(10, dtype=np.float32)[y]
+    records = {}
+    for name in ("baseline", "l1"):
+        model = prepare_model(config, config.variant(name), 42, x.shape[1:])
+        model.fit(x, one_hot, epochs=3, batch_size=64, shuffle=False, verbose=0)
+        records[name] = weights.dense_histogram_record(*weights.largest_dense_kernel(model))
+    return records
+
+
+def test_l1_piles_the_largest_dense_kernel_up_around_zero_on_a_log_axis(trained, tmp_path):
+    # The layer holding most of the weights, not the first layer's few.
+    assert trained["baseline"]["layer"] == "dense_1/kernel"
+    assert np.prod(trained["baseline"]["shape"]) > 10_000
+
+    path = tmp_path / "largest_dense_weights.png"
+    series = rf.dense_histogram_figure(
+        trained, path, variants=["baseline", "dropout", "l1", "l2", "l1_l2"]
+    )
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert series["y_scales"] == ["log"]
+    zero_bin = series["zero_bin"]
+    assert series["bin_edges"][zero_bin] < 0 < series["bin_edges"][zero_bin + 1]
+    around_zero = series["zero_bin_counts"]
+    assert around_zero["l1"] > 4 * around_zero["baseline"], around_zero
+    assert around_zero == {name: trained[name]["counts"][zero_bin] for name in trained}
+    # Each variant's colour is the one every other figure gives it.
+    expected = rf.variant_colours(["baseline", "dropout", "l1", "l2", "l1_l2"])
+    assert series["colours"] == {name: expected[name] for name in trained}
+
+
+def test_dense_histograms_load_from_the_weights_files_and_need_the_same_bins(trained, tmp_path):
+    reports = {name: [{"run_key": f"{name}@1"}] for name in trained}
+    for name, record in trained.items():
+        first_layer = {"variant": name, "seed": 1, "layer": "conv_1/kernel", "shape": [1]}
+        text = json.dumps({**first_layer, "values": [0.5], "largest_dense": record})
+        (tmp_path / f"{name}@1.json").write_text(text)
+    assert load_dense_histograms(tmp_path, reports) == trained
+
+    other_bins = {**trained["l1"], "edges": list(np.linspace(-1, 1, len(trained["l1"]["edges"])))}
+    with pytest.raises(ReportError, match="other bins"):
+        rf.dense_histogram_figure({**trained, "l1": other_bins}, tmp_path / "x.png")
