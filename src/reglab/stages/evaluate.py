@@ -8,6 +8,7 @@ from pathlib import Path
 
 from reglab import evaluation
 from reglab.compose import load_params
+from reglab.config import Config
 from reglab.data.prepare import load_splits
 from reglab.errors import ReglabError
 from reglab.paths import eval_file, metrics_file, model_dir, parse_run_key
@@ -18,9 +19,12 @@ from reglab.tracking import resolve_uri
 def main(argv: list[str]) -> None:
     if len(argv) != 1:
         raise ReglabError("usage: python -m reglab.stages.evaluate <variant>@<seed>")
-    key = argv[0]
+    evaluate_run(load_params(), argv[0])
+
+
+def evaluate_run(config: Config, key: str) -> None:
+    """Evaluate the trained run ``key`` on the held-out test set; write and log its report."""
     variant, seed = parse_run_key(key)
-    config = load_params()
     config.variant(variant)  # an unknown variant or seed fails before any work
     config.check_seed(seed)
     paths = config.paths
