@@ -7,6 +7,7 @@ any work starts: an unknown key or a value out of range is one line naming it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -120,6 +121,16 @@ SEARCH_SAMPLERS = ("tpe", "grid")
 BEST_SUFFIX = "_best"
 
 
+def _same_kind(current: Any, value: Any) -> bool:
+    """Whether ``value`` may replace ``current`` in a recipe: a bool for a bool, a number
+    for a number (or an unset strength), a string for a string."""
+    if isinstance(current, bool) or isinstance(value, bool):
+        return isinstance(current, bool) and isinstance(value, bool)
+    if current is None or isinstance(current, int | float):
+        return isinstance(value, int | float)
+    return isinstance(value, type(current))
+
+
 @dataclass
 class SearchParamConfig:
     """One searched recipe key (``kernel.l2``): a float range ``low``..``high``
@@ -152,21 +163,18 @@ class SearchConfig:
 
     def recipe(self, values: dict[str, Any]) -> RegularizerConfig:
         """The base recipe with ``values`` (recipe key -> value) set, checked like any recipe."""
-        recipe = dataclasses.asdict(self.base)
+        recipe = copy.deepcopy(self.base)
         for key, value in values.items():
             *parents, last = key.split(".")
             node = recipe
             for part in parents:
-                node = node[part]
-            node[last] = value
-        try:
-            built = OmegaConf.to_object(
-                OmegaConf.merge(OmegaConf.structured(RegularizerConfig), recipe)
-            )
-        except OmegaConfBaseException as error:
-            raise ConfigError(_one_line(error)) from None
-        check(built)
-        return built
+                node = getattr(node, part)
+            current = getattr(node, last)
+            if not _same_kind(current, value):
+                raise ConfigError(f"{key}={value!r}: expected a value like {current!r}")
+            setattr(node, last, value)
+        check(recipe)
+        return recipe
 
     def check_params(self, name: str) -> None:
         """Every parameter is a leaf of the base recipe with a non-empty range it accepts."""

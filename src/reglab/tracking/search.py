@@ -51,6 +51,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _end_with_parent() -> None:
+    """In the child before exec: SIGTERM when the process that started it dies."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @contextlib.contextmanager
 def served_store(uri: str, enabled: bool = True) -> Iterator[str]:
     """A sqlite store served by a local ``mlflow server`` while the search runs
@@ -74,7 +83,8 @@ def served_store(uri: str, enabled: bool = True) -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        start_new_session=True,
+        # It ends with the search, even one killed with SIGKILL (Linux's parent-death signal).
+        preexec_fn=_end_with_parent,
     )
     served = f"http://127.0.0.1:{port}"
     try:

@@ -29,6 +29,8 @@ def split_search(overrides: list[str]) -> tuple[str, list[str]]:
 
 def tune_command(overrides: list[str]) -> dict[str, Any]:
     """Validate everything, run the search, train and test ``<search>_best``."""
+    import reglab.stages  # noqa: F401  (TensorFlow's and MLflow's chatter out, as in a stage)
+
     name, rest = split_search(overrides)
     config = validate(compose(rest, config_name="tune_cli"))
     from reglab.tune.search import check_inputs

@@ -371,7 +371,7 @@ def _run_ray(
             tune.with_parameters(run_trial, config=config, name=name, parent_run_id=parent),
             {"cpu": config.tune.cpus_per_trial, "gpu": config.tune.gpus_per_trial},
         )
-        experiment = state_dir / "ray"
+        experiment = state_dir.resolve() / "ray"
         if tune.Tuner.can_restore(str(experiment)):
             log.info("%s: resuming the stored search in %s", name, experiment)
             tuner = tune.Tuner.restore(
