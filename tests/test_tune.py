@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import DIGITS, make_project
+from tests.conftest import DIGITS
 
 pytestmark = pytest.mark.slow
 
@@ -131,6 +131,16 @@ def cluster(request):
     return head
 
 
+def make_project(root: Path, overrides: list[str], data: Path) -> Path:
+    """A project folder: params.yaml for digits with ``overrides``, the prepared data copied."""
+    from reglab.compose import compose, to_yaml
+
+    root.mkdir(parents=True)
+    (root / "params.yaml").write_text(to_yaml(compose(DIGITS + overrides)))
+    shutil.copytree(data, root / "data", symlinks=True)
+    return root
+
+
 def run(command: list[str], root: Path, env: dict, timeout: float = 900):
     result = subprocess.run(
         command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout
@@ -150,9 +160,11 @@ def client(root: Path):
     return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
 
 
-def test_reglab_tune_by_address_four_concurrent_trials_tracked_and_best_tested(cluster, tmp_path):
+def test_reglab_tune_by_address_four_concurrent_trials_tracked_and_best_tested(
+    cluster, data_dir, tmp_path
+):
     assert alive_nodes(cluster.address) == 2  # the search runs on a two-node cluster
-    root = make_project(tmp_path / "project", [])
+    root = make_project(tmp_path / "project", [], data_dir)
     result = run(
         [
             str(BIN / "reglab"),
@@ -222,7 +234,18 @@ def test_reglab_tune_by_address_four_concurrent_trials_tracked_and_best_tested(c
                 m.step for m in mlflow_client.get_metric_history(trial_run.info.run_id, key)
             )
             assert steps == sorted(m.step for m in history), key
-    assert not (root / "outputs/tune/models").joinpath("l2_strength-").exists()
+        # Trials see train and validation only: their data folder holds no test array.
+        contexts = {
+            tag.value
+            for dataset in trial_run.inputs.dataset_inputs
+            for tag in dataset.tags
+            if tag.key == "mlflow.data.context"
+        }
+        assert contexts == {"training", "validation"}
+    trial_data = root / ".reglab/tune/l2_strength/trials/data"
+    assert sorted(path.name for path in trial_data.iterdir()) == [
+        "manifest.json", "train_x.npy", "train_y.npy", "val_x.npy", "val_y.npy",
+    ]  # fmt: skip
 
     # <search>_best: the base recipe with the best parameters, trained, then tested once.
     report = json.loads((root / "outputs/tune/eval/l2_strength_best@42.json").read_text())
@@ -254,7 +277,9 @@ def finish(process: subprocess.Popen, timeout: float = 900) -> str:
     return output
 
 
-def test_a_grid_sweep_on_the_cluster_records_a_diverging_trial_as_failed(cluster, tmp_path):
+def test_a_grid_sweep_on_the_cluster_records_a_diverging_trial_as_failed(
+    cluster, data_dir, tmp_path
+):
     """`tune.sampler=grid`: a multirun sweep on Ray. kernel.l2 = 1e38 overflows the
     penalty (the loss is not finite in the first epoch): that trial fails, the other runs."""
     root = make_project(
@@ -264,6 +289,7 @@ def test_a_grid_sweep_on_the_cluster_records_a_diverging_trial_as_failed(cluster
             "search_spaces.l2_strength.params=[{key: kernel.l2, choices: [0.0001, 1.0e38]}]",
             "search_spaces.l2_strength.epochs=1",
         ],
+        data_dir,
     )
     finish(tune_stage(root, cluster.address))
     trials = read_trials(root / "reports/tune/l2_strength/trials.csv")
@@ -291,7 +317,9 @@ def _trial_finished(state: Path, epochs: int) -> bool:
     return False
 
 
-def test_a_search_killed_with_sigkill_resumes_to_the_uninterrupted_best(cluster, tmp_path):
+def test_a_search_killed_with_sigkill_resumes_to_the_uninterrupted_best(
+    cluster, data_dir, tmp_path
+):
     """Serial (max_concurrent=1): the same seed gives the same trials. The uninterrupted
     search and the one to be killed run side by side, one node each."""
     serial = [
@@ -299,10 +327,8 @@ def test_a_search_killed_with_sigkill_resumes_to_the_uninterrupted_best(cluster,
         "tune.n_trials=3",
         "search_spaces.l2_strength.epochs=2",
     ]
-    reference = make_project(tmp_path / "reference", serial)
-    root = tmp_path / "killed"
-    shutil.copytree(reference / "data", root / "data")
-    shutil.copy2(reference / "params.yaml", root / "params.yaml")
+    reference = make_project(tmp_path / "reference", serial, data_dir)
+    root = make_project(tmp_path / "killed", serial, data_dir)
     uninterrupted = tune_stage(reference, cluster.address)
     killed = tune_stage(root, cluster.address)
     state = root / ".reglab/tune/l2_strength"

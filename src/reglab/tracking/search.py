@@ -164,7 +164,6 @@ def search_parent(
                 tags=[mlflow.entities.InputTag("mlflow.data.context", context)],
             )
             for dataset, context in data_inputs(processed_dir)
-            if context != "testing"  # a search never reads the test set
         ],
     )
     remembered.write_text(run_id)

@@ -243,11 +243,29 @@ def _absolute(config: Config, state_dir: Path) -> Config:
     }
     trials = state_dir.resolve() / "trials"
     paths.update(
+        processed=str(trial_data(Path(paths["processed"]), trials / "data")),
         models=str(trials / "models"),
         history=str(trials / "history"),
         checkpoints=str(trials / "checkpoints"),
     )
     return dataclasses.replace(config, paths=dataclasses.replace(config.paths, **paths))
+
+
+TRIAL_SPLITS = ("train", "val")
+
+
+def trial_data(processed: Path, folder: Path) -> Path:
+    """A data folder for the trials that holds the training and validation arrays
+    (links to the prepared ones) and the manifest, and no test array: a search
+    cannot read the held-out test set, not even by mistake."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").symlink_to(processed / "manifest.json")
+    for split in TRIAL_SPLITS:
+        for part in ("x", "y"):
+            (folder / f"{split}_{part}.npy").symlink_to(processed / f"{split}_{part}.npy")
+    return folder
 
 
 def run_search(config: Config, name: str) -> SearchOutcome:
