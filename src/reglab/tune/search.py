@@ -189,7 +189,7 @@ def run_trial(params: dict[str, Any], *, config: Config, name: str, parent_run_i
     search = config.search_spaces[name]
     trial_id = tune.get_context().get_trial_id()
     key = run_key(f"{name}-{trial_id}", config.seeds[0])
-    keras.backend.clear_session()  # actors are reused from trial to trial
+    keras.backend.clear_session()
     reporter = Reporter(search.objective, search.mode)
     # A trial restarted after a kill resumes at its checkpoint's epoch: report the
     # epochs it trained before again, so ASHA decides as it would have.
@@ -329,9 +329,6 @@ def _runtime_env(config: Config, trial_uri: str) -> dict[str, Any]:
             "MLFLOW_TRACKING_URI": trial_uri,
             "MLFLOW_ENABLE_ASYNC_LOGGING": "true",
             "RAY_CHDIR_TO_TRIAL_DIR": "0",
-            # A pruned trial ends its MLflow run before its actor takes the next
-            # trial; Ray's 2 s wait would cost a new actor (a TensorFlow import).
-            "TUNE_FUNCTION_THREAD_TIMEOUT_S": "20",
             "PYTHONHASHSEED": "0",
         }
     }
@@ -423,7 +420,11 @@ def _run_ray(
                     # A grid is a sweep: every point runs all its epochs.
                     scheduler=FIFOScheduler() if grid else scheduler,
                     num_samples=n_trials(search, config.tune),
-                    reuse_actors=True,
+                    # A new actor per trial: a reused one must wait for the stopped
+                    # trial's thread to end its epoch, and past Ray's timeout Ray
+                    # fails the next trial ("Trainable runner reuse requires
+                    # reset_config()"), as it did under load in the benchmark.
+                    reuse_actors=False,
                 ),
                 run_config=tune.RunConfig(
                     name="ray",
