@@ -80,7 +80,9 @@ def search(project: Path, label: str, *overrides: str) -> dict:
         "trials": len(trials),
         "trials_per_hour": round(len(trials) / wall * 3600, 1),
         "epochs": sum(int(t["epochs"]) for t in trials),
-        "states": {s: sum(t["state"] == s for t in trials) for s in ("completed", "pruned")},
+        "states": {
+            s: sum(t["state"] == s for t in trials) for s in ("completed", "pruned", "failed")
+        },
         "best_val_data_loss": round(min(scored), 4),
         "best_kernel_l2": float(
             min(trials, key=lambda t: float(t["objective"] or "inf"))["kernel.l2"]
