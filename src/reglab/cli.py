@@ -5,6 +5,7 @@ reglab compose --output params.yaml            # what `make params` runs
 reglab check                                   # validate params.yaml against conf/
 reglab train variant=l2 train.epochs=2         # one variant, each seed in `seeds`
 reglab train -m variant=l1,l2 'variants.l2.kernel.l2=1e-4,1e-3'
+reglab tune search=l2_strength tune.n_trials=40 tune.address=HEAD:6379
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from reglab.errors import ReglabError
 from reglab.io import write_atomic
 
 log = logging.getLogger("reglab")
-USAGE = "usage: reglab {train,compose,check} [options or hydra overrides...]"
+USAGE = "usage: reglab {train,compose,check,tune} [options or hydra overrides...]"
 
 
 def train_job(cfg: DictConfig) -> float | None:
@@ -97,7 +98,7 @@ def check_command(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("train", "compose", "check"):
+    if not argv or argv[0] not in ("train", "compose", "check", "tune"):
         print(USAGE, file=sys.stderr)
         sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -108,6 +109,11 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(compose_command(rest))
         if command == "check":
             sys.exit(check_command(rest))
+        if command == "tune":
+            from reglab.tune.cli import tune_command
+
+            tune_command(rest)
+            return
         if not {"-m", "--multirun"} & set(rest):
             precheck(rest)  # before Hydra makes a run folder for a run that cannot start
         import hydra

@@ -7,6 +7,7 @@ any work starts: an unknown key or a value out of range is one line naming it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -44,6 +45,10 @@ class PathsConfig:
     weights: str = "reports/weights"
     # Per-epoch training state for resuming a killed run (not a DVC output).
     checkpoints: str = ".reglab/checkpoints"
+    # A search's best.yaml, trials.csv and figures: <tune>/<search>/.
+    tune: str = "reports/tune"
+    # Ray Tune's state of a search, to resume it after a kill (not a DVC output).
+    tune_state: str = ".reglab/tune"
     # Written by the check stage, which every other stage depends on.
     check: str = ".reglab/params-checked"
 
@@ -107,6 +112,140 @@ class EvaluationConfig:
     sparsity_threshold: float = bounded(1e-3, gt=0)
 
 
+# ------------------------------------------------------------ hyperparameter search
+# What a search varies (conf/search/) and how it runs (conf/tune/); reglab.tune runs it.
+
+# What a search can optimise: a column of the training history at the trial's best epoch.
+SEARCH_OBJECTIVES = {"val_data_loss": "min", "val_accuracy": "max"}
+SEARCH_SAMPLERS = ("tpe", "grid")
+BEST_SUFFIX = "_best"
+
+
+def _same_kind(current: Any, value: Any) -> bool:
+    """Whether ``value`` may replace ``current`` in a recipe: a bool for a bool, a number
+    for a number (or an unset strength), a string for a string."""
+    if isinstance(current, bool) or isinstance(value, bool):
+        return isinstance(current, bool) and isinstance(value, bool)
+    if current is None or isinstance(current, int | float):
+        return isinstance(value, int | float)
+    return isinstance(value, type(current))
+
+
+@dataclass
+class SearchParamConfig:
+    """One searched recipe key (``kernel.l2``): a float range ``low``..``high``
+    (``log``: log-uniform), or a list of ``choices``."""
+
+    key: str = ""
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+
+@dataclass
+class SearchConfig:
+    """One search space (``conf/search/<name>.yaml``)."""
+
+    # The recipe every trial starts from, composed like a variant's recipe list.
+    base: RegularizerConfig = field(default_factory=RegularizerConfig)
+    params: list[SearchParamConfig] = field(default_factory=list)
+    objective: str = bounded("val_data_loss", choices=list(SEARCH_OBJECTIVES))
+    n_trials: int = bounded(12, ge=1)
+    # Epochs per trial (ASHA stops the bad ones earlier).
+    epochs: int = bounded(10, ge=1)
+    # Optuna's sampler seed.
+    seed: int = bounded(0, ge=0)
+
+    @property
+    def mode(self) -> str:
+        return SEARCH_OBJECTIVES[self.objective]
+
+    def recipe(self, values: dict[str, Any]) -> RegularizerConfig:
+        """The base recipe with ``values`` (recipe key -> value) set, checked like any recipe."""
+        recipe = copy.deepcopy(self.base)
+        for key, value in values.items():
+            *parents, last = key.split(".")
+            node = recipe
+            for part in parents:
+                node = getattr(node, part)
+            current = getattr(node, last)
+            if not _same_kind(current, value):
+                raise ConfigError(f"{key}={value!r}: expected a value like {current!r}")
+            setattr(node, last, value)
+        check(recipe)
+        return recipe
+
+    def check_params(self, name: str) -> None:
+        """Every parameter is a leaf of the base recipe with a non-empty range it accepts."""
+        prefix = f"search_spaces.{name}.params"
+        if not self.params:
+            raise ConfigError(f"{prefix}=[]: name at least one recipe key to search")
+        recipe = dataclasses.asdict(self.base)
+        for index, spec in enumerate(self.params):
+            at = f"{prefix}[{index}]"
+            node: Any = recipe
+            for part in spec.key.split("."):
+                if not isinstance(node, dict) or part not in node:
+                    raise ConfigError(
+                        f"{at}.key={spec.key!r}: not a key of the recipe; "
+                        "name a recipe key such as kernel.l2 or dropout.dense_rate"
+                    )
+                node = node[part]
+            if isinstance(node, dict):
+                raise ConfigError(f"{at}.key={spec.key!r}: a section, not a value")
+            if [other.key for other in self.params].count(spec.key) > 1:
+                raise ConfigError(f"{at}.key={spec.key!r}: searched twice")
+            if spec.choices is not None:
+                if not spec.choices:
+                    raise ConfigError(f"{at}.choices=[] for {spec.key}: empty")
+                candidates = list(spec.choices)
+            else:
+                if spec.low is None or spec.high is None:
+                    raise ConfigError(f"{at} ({spec.key}): give low and high, or choices")
+                if not spec.low < spec.high:
+                    raise ConfigError(
+                        f"{at}.low={spec.low} >= high={spec.high} for {spec.key}: "
+                        "the range is empty or inverted"
+                    )
+                if spec.log and spec.low <= 0:
+                    raise ConfigError(
+                        f"{at}.low={spec.low} for {spec.key}: a log range needs low > 0"
+                    )
+                if isinstance(node, bool) or not isinstance(node, int | float | None):
+                    raise ConfigError(f"{at}.key={spec.key!r} holds {node!r}: use choices")
+                candidates = [spec.low, spec.high]
+            for value in candidates:
+                try:
+                    self.recipe({spec.key: value})
+                except ConfigError as error:
+                    raise ConfigError(f"{at} ({spec.key}={value!r}): {error}") from None
+
+
+@dataclass
+class TuneConfig:
+    """How a search runs (what it searches is in ``search_spaces``)."""
+
+    # host:port of a Ray head; null: RAY_ADDRESS if set, else a local Ray instance.
+    address: str | None = None
+    # Trials at once. 1 makes a seeded search repeat exactly (README: reproducibility).
+    max_concurrent: int = bounded(2, ge=1)
+    cpus_per_trial: float = bounded(1.0, gt=0)
+    gpus_per_trial: float = bounded(0.0, ge=0)
+    # TensorFlow threads per trial: two one-thread trials beat one two-thread trial on 2 cores.
+    threads_per_trial: int = bounded(1, ge=1)
+    # Overrides the search's own n_trials when set.
+    n_trials: int | None = bounded(None, ge=1)
+    # tpe: Optuna's seeded TPE. grid: every combination of the params' choices once,
+    # each run in full (a multirun sweep on Ray).
+    sampler: str = bounded("tpe", choices=SEARCH_SAMPLERS)
+    # ASHA: every trial runs grace_period epochs; each rung keeps 1/reduction_factor.
+    grace_period: int = bounded(1, ge=1)
+    reduction_factor: int = bounded(2, ge=2)
+    # With a sqlite store, trials log through a local `mlflow server` the search starts.
+    tracking_server: bool = True
+
+
 @dataclass
 class Config:
     # Training seeds: every variant is trained under each (models/<variant>@<seed>);
@@ -121,6 +260,10 @@ class Config:
     variants: dict[str, RegularizerConfig] = field(default_factory=dict)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    # The searches the pipeline runs (tune@<search>), each adding variant <search>_best.
+    searches: list[str] = field(default_factory=list)
+    search_spaces: dict[str, SearchConfig] = field(default_factory=dict)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     def validate(self) -> None:
         if not self.seeds:
@@ -134,6 +277,23 @@ class Config:
                 raise ConfigError(
                     f"variants.{name}: a variant name may hold only letters, digits, '_' and '-'"
                 )
+        for name, search in self.search_spaces.items():
+            search.check_params(name)
+        for name in self.searches:
+            self.search(name)
+            if name + BEST_SUFFIX in self.variants:
+                raise ConfigError(
+                    f"searches: {name!r} adds variant {name + BEST_SUFFIX!r}, "
+                    "which variants already has; rename one of them"
+                )
+
+    def search(self, name: str) -> SearchConfig:
+        if name not in self.search_spaces:
+            raise ConfigError(
+                f"search={name!r}: unknown; choose one of {sorted(self.search_spaces)} "
+                "or add conf/search/<name>.yaml"
+            )
+        return self.search_spaces[name]
 
     def variant(self, name: str) -> RegularizerConfig:
         if name not in self.variants:

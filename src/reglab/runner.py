@@ -44,6 +44,9 @@ from reglab.training import (
 
 log = logging.getLogger(__name__)
 
+# Config keys that say which searches run and how, not how a run trains.
+SEARCH_KEYS = ("searches", "search_spaces", "tune")
+
 
 def train_variant(
     config: Config,
@@ -284,8 +287,8 @@ def history_csv(rows: list[dict[str, float]]) -> str:
 def run_params(config: Config, variant: str, seed: int) -> dict[str, Any]:
     """What one run depends on: the config less the other variants and seeds."""
     params = asdict(config)
-    params.pop("variants")
-    params.pop("seeds")
+    for other in ("variants", "seeds", *SEARCH_KEYS):
+        params.pop(other)
     params["variant"] = variant
     params["seed"] = seed
     params["regularizer"] = asdict(config.variants[variant])
@@ -332,7 +335,7 @@ def run_tags_of(config: Config, variant: str, seed: int) -> dict[str, str]:
 def pipeline_key(config: Config, git_commit: str) -> str:
     """What every run of one pipeline shares: the config less variants and seeds, and the code."""
     shared = asdict(config)
-    for own in ("variants", "tracking", "seeds"):
+    for own in ("variants", "tracking", "seeds", *SEARCH_KEYS):
         shared.pop(own)
     text = json.dumps(shared, sort_keys=True, default=str) + git_commit
     return hashlib.sha256(text.encode()).hexdigest()[:16]

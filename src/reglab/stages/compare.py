@@ -13,12 +13,13 @@ from reglab.errors import ReglabError
 from reglab.io import write_atomic
 from reglab.stages import run_stage
 from reglab.tracking import resolve_uri
+from reglab.tune.best import with_best_variants
 
 
 def main(argv: list[str]) -> None:
     if argv:
         raise ReglabError("usage: python -m reglab.stages.compare")
-    config = load_params()
+    config = with_best_variants(load_params())  # each search's <search>_best too
     paths = config.paths
     reports = report.load_reports(Path(paths.eval), list(config.variants), config.seeds)
     comparison = report.compare(

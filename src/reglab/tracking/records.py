@@ -40,6 +40,8 @@ def data_inputs(directory: str | Path) -> list[tuple[Any, str]]:
     """One MLflow dataset per split with the manifest's digest, and its context.
 
     The arrays are memory-mapped: MLflow records only their schema and shapes.
+    A split whose arrays the folder does not hold (a search's trials have no
+    test arrays) is not listed.
     """
     import warnings
 
@@ -52,6 +54,8 @@ def data_inputs(directory: str | Path) -> list[tuple[Any, str]]:
     manifest = load_manifest(directory)
     inputs = []
     for split, context in DATA_CONTEXTS.items():
+        if not (directory / f"{split}_x.npy").exists():
+            continue
         features = np.load(directory / f"{split}_x.npy", mmap_mode="r", allow_pickle=False)
         targets = np.load(directory / f"{split}_y.npy", mmap_mode="r", allow_pickle=False)
         with warnings.catch_warnings():

@@ -87,11 +87,14 @@ def variant_run(
 def ending_run(active: mlflow.ActiveRun) -> Iterator[mlflow.ActiveRun]:
     """End the run FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM."""
     import signal
+    import threading
 
     def terminate(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    # Only the main thread may set a handler (a Ray Tune trial runs in another one).
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminate) if main else None
     try:
         yield active
     except KeyboardInterrupt:
@@ -109,7 +112,8 @@ def ending_run(active: mlflow.ActiveRun) -> Iterator[mlflow.ActiveRun]:
         mlflow.end_run("FINISHED")
         span_parent(active.info.run_id)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def span_parent(run_id: str) -> None:

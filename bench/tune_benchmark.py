@@ -1,0 +1,152 @@
+"""Search benchmark: serial against two one-thread trials, and ASHA against the full grid.
+
+python -m bench.tune_benchmark [--trials 12] [--epochs 20]
+
+In a temporary project on the default data (Fashion-MNIST, the default config),
+each search run as the pipeline's `tune@l2_strength` stage on a local Ray
+instance (its start and the search's tracking server included, as a user
+waits for them):
+
+1. a 12-trial `l2_strength` search one trial at a time (two TensorFlow threads
+   per trial, two CPUs) and the same with two concurrent trials of one thread
+   and one CPU each: wall time and trials per hour;
+2. the epochs the ASHA search spent against the strength_sweep grid's L2 points
+   (conf/variants/strength_sweep.yaml) each run in full (`tune.sampler=grid`, no
+   stopping), and the best validation data loss each found. Both use ``--epochs``
+   per trial (the pipeline's train.epochs, 20, by default).
+
+Results go to bench/results/tune.json and a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GRID = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]  # conf/variants/strength_sweep.yaml's L2 points
+
+
+def environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "RAY_"))}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", RAY_USAGE_STATS_ENABLED="0")
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def compose(project: Path, *overrides: str) -> None:
+    command = [sys.executable, "-m", "reglab", "compose", "--output", "params.yaml", *overrides]
+    subprocess.run(command, cwd=project, env=environment(), check=True, capture_output=True)
+
+
+def prepare(project: Path) -> None:
+    project.mkdir(parents=True, exist_ok=True)
+    compose(project)
+    for stage in ("download", "preprocess"):
+        subprocess.run(
+            [sys.executable, "-m", f"reglab.stages.{stage}"],
+            cwd=project,
+            env=environment(),
+            check=True,
+            capture_output=True,
+        )
+
+
+def search(project: Path, label: str, *overrides: str) -> dict:
+    """One search in its own state folder: wall time and the trials it ran."""
+    compose(project, f"paths.tune=outputs/{label}", f"paths.tune_state=.reglab/{label}", *overrides)
+    started = time.monotonic()
+    subprocess.run(
+        [sys.executable, "-m", "reglab.stages.tune", "l2_strength"],
+        cwd=project,
+        env=environment(),
+        check=True,
+        capture_output=True,
+    )
+    wall = time.monotonic() - started
+    with (project / f"outputs/{label}/l2_strength/trials.csv").open() as handle:
+        trials = list(csv.DictReader(handle))
+    scored = [float(t["objective"]) for t in trials if t["objective"]]
+    return {
+        "label": label,
+        "wall_s": round(wall, 1),
+        "trials": len(trials),
+        "trials_per_hour": round(len(trials) / wall * 3600, 1),
+        "epochs": sum(int(t["epochs"]) for t in trials),
+        "states": {
+            s: sum(t["state"] == s for t in trials) for s in ("completed", "pruned", "failed")
+        },
+        "best_val_data_loss": round(min(scored), 4),
+        "best_kernel_l2": float(
+            min(trials, key=lambda t: float(t["objective"] or "inf"))["kernel.l2"]
+        ),
+        "load_average_after": [round(value, 2) for value in os.getloadavg()],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.tune_benchmark")
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=20, help="epochs per trial")
+    parser.add_argument("--keep", help="run in this folder and keep it")
+    args = parser.parse_args(argv)
+    budget = [f"tune.n_trials={args.trials}", f"search_spaces.l2_strength.epochs={args.epochs}"]
+    with tempfile.TemporaryDirectory(prefix="reglab-tune-bench-") as tmp:
+        project = Path(args.keep or tmp)
+        prepare(project)
+        load_before = [round(value, 2) for value in os.getloadavg()]
+        serial = search(
+            project, "serial", *budget, "tune.max_concurrent=1",
+            "tune.cpus_per_trial=2", "tune.threads_per_trial=2",
+        )  # fmt: skip
+        parallel = search(
+            project, "parallel", *budget, "tune.max_concurrent=2",
+            "tune.cpus_per_trial=1", "tune.threads_per_trial=1",
+        )  # fmt: skip
+        grid = search(
+            project, "grid", f"search_spaces.l2_strength.epochs={args.epochs}",
+            "tune.sampler=grid", "tune.max_concurrent=2",
+            "tune.cpus_per_trial=1", "tune.threads_per_trial=1",
+            f"search_spaces.l2_strength.params=[{{key: kernel.l2, choices: {GRID}}}]",
+        )  # fmt: skip
+    results = {
+        "command": "python -m bench.tune_benchmark " + " ".join(argv or sys.argv[1:]),
+        "cpus": os.cpu_count(),
+        "load_average_before": load_before,
+        "serial": serial,
+        "parallel": parallel,
+        "grid": grid,
+        "speedup_trials_per_hour": round(
+            parallel["trials_per_hour"] / serial["trials_per_hour"], 2
+        ),
+        "asha_epochs_over_grid": round(parallel["epochs"] / grid["epochs"], 2),
+        "asha_best_over_grid_best": round(
+            parallel["best_val_data_loss"] / grid["best_val_data_loss"], 4
+        ),
+        "serial_asha_epochs_over_grid": round(serial["epochs"] / grid["epochs"], 2),
+        "serial_asha_best_over_grid_best": round(
+            serial["best_val_data_loss"] / grid["best_val_data_loss"], 4
+        ),
+    }
+    out = ROOT / "bench/results/tune.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    for row in (serial, parallel, grid):
+        print(
+            f"{row['label']:9s} wall {row['wall_s']:7.1f} s  {row['trials']:3d} trials  "
+            f"{row['trials_per_hour']:7.1f}/h  epochs {row['epochs']:4d}  "
+            f"best val_data_loss {row['best_val_data_loss']:.4f}  {row['states']}"
+        )
+    print(json.dumps({k: v for k, v in results.items() if k not in ("serial", "parallel", "grid")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

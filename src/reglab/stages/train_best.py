@@ -1,0 +1,29 @@
+"""DVC stage `train_best@<search>-<seed>`: train ``<search>_best@<seed>``, the search's
+base recipe with the parameters of its best.yaml, then test it once, in the same
+process, as the train stage does for every variant."""
+
+from reglab.compose import load_params
+from reglab.errors import ReglabError
+from reglab.paths import parse_run_key
+from reglab.stages import run_stage
+from reglab.tune.best import search_of, with_best_variant
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 1:
+        raise ReglabError("usage: python -m reglab.stages.train_best <search>_best@<seed>")
+    variant, _ = parse_run_key(argv[0])
+    name = search_of(variant)
+    if name is None:
+        raise ReglabError(f"{argv[0]!r}: expected <search>_best@<seed>")
+    config = with_best_variant(load_params(), name)
+    # TensorFlow loads only after the config is valid.
+    from reglab.runner import train_variant
+    from reglab.stages.evaluate import evaluate_run
+
+    train_variant(config, argv[0])
+    evaluate_run(config, argv[0])
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,25 @@
+"""DVC stage `tune@<search>`: run one search; write best.yaml, trials.csv and figures."""
+
+from pathlib import Path
+
+from reglab.compose import load_params
+from reglab.errors import ReglabError
+from reglab.stages import run_stage
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 1:
+        raise ReglabError("usage: python -m reglab.stages.tune <search>")
+    config = load_params()
+    from reglab.tune.search import check_inputs
+
+    check_inputs(config, argv[0])  # before Ray, TensorFlow or any output
+    from reglab.tune.results import write_outputs
+    from reglab.tune.search import run_search
+
+    outcome = run_search(config, argv[0])
+    write_outputs(outcome, Path(config.paths.tune, argv[0]))
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,211 @@
+"""What a hyperparameter search records: its parent run, its trials' states, the best.
+
+A search is one MLflow run (``search:<name>``: the space, the sampler and its
+seed, the budget, then the best trial's parameters and objective). Each trial
+is a variant run nested under it (:func:`reglab.runner.train_variant` with
+``parent_run_id``), tagged with its Ray trial id, then with its state
+(completed, pruned, failed) and whether it is the best.
+
+Trials run in parallel processes. With a sqlite store they log through a local
+``mlflow server`` that :func:`served_store` starts for the search and stops
+after it: one process writes the file, so no trial sees ``database is locked``.
+
+Not imported by :mod:`reglab.tracking` itself: only a search needs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from reglab.errors import ReglabError
+from reglab.tracking.records import data_inputs
+
+log = logging.getLogger(__name__)
+
+SEARCH_TAG = "reglab.search"
+KIND_TAG = "reglab.kind"
+TRIAL_TAG = "reglab.trial_id"
+STATE_TAG = "reglab.trial_state"
+BEST_TAG = "reglab.best_trial"
+PARENT_FILE = "mlflow_parent_run_id"
+
+
+class ServerFailed(ReglabError):
+    """The local tracking server for a search did not start."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _end_with_parent() -> None:
+    """In the child before exec: SIGTERM when the process that started it dies."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@contextlib.contextmanager
+def served_store(uri: str, enabled: bool = True) -> Iterator[str]:
+    """A sqlite store served by a local ``mlflow server`` while the search runs
+    (yields its http URI); any other store as it is. The server is stopped on
+    the way out, whatever happened."""
+    prefix = "sqlite:///"
+    if not (enabled and uri.startswith(prefix)):
+        yield uri
+        return
+    database = Path(uri[len(prefix) :])
+    port = free_port()
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", uri,
+        # Where a local store's artifacts go anyway (./mlruns beside mlflow.db).
+        "--default-artifact-root", (database.parent / "mlruns").as_uri(),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    server = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        # It ends with the search, even one killed with SIGKILL (Linux's parent-death signal).
+        preexec_fn=_end_with_parent,
+    )
+    served = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(served, server)
+        log.info("trials log through a tracking server at %s (store %s)", served, uri)
+        yield served
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise ServerFailed(f"the search's MLflow server exited with code {server.returncode}")
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(f"{url}/health", timeout=2).ok:
+                return
+        time.sleep(0.3)
+    raise ServerFailed(f"the search's MLflow server at {url} did not answer in {timeout_s:.0f} s")
+
+
+@contextlib.contextmanager
+def restored_tracking_uri(uri: str) -> Iterator[None]:
+    """``mlflow.set_tracking_uri`` also sets MLFLOW_TRACKING_URI; put both back after."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(uri)
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+def search_parent(
+    client: mlflow.MlflowClient,
+    experiment_id: str,
+    state_dir: Path,
+    name: str,
+    params: Mapping[str, str],
+    processed_dir: str,
+) -> str:
+    """The search's parent run; the same one when a killed search is started again.
+
+    The data sets are logged here first: MLflow stores a data set once per
+    experiment, and trials logging the same one at the same moment would race
+    to insert it; made here, each trial links the existing one.
+    """
+    remembered = state_dir / PARENT_FILE
+    if remembered.exists():
+        run_id = remembered.read_text().strip()
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
+            client.get_run(run_id)
+            client.update_run(run_id, status="RUNNING")
+            return run_id
+    run = client.create_run(
+        experiment_id, run_name=f"search:{name}", tags={SEARCH_TAG: name, KIND_TAG: "search"}
+    )
+    run_id = run.info.run_id
+    client.log_batch(
+        run_id, params=[mlflow.entities.Param(key, value) for key, value in params.items()]
+    )
+    client.log_inputs(
+        run_id,
+        [
+            mlflow.entities.DatasetInput(
+                dataset._to_mlflow_entity(),
+                tags=[mlflow.entities.InputTag("mlflow.data.context", context)],
+            )
+            for dataset, context in data_inputs(processed_dir)
+        ],
+    )
+    remembered.write_text(run_id)
+    return run_id
+
+
+def trial_runs(client: mlflow.MlflowClient, experiment_id: str, parent: str) -> dict[str, Any]:
+    """The search's trial runs by Ray trial id."""
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'"
+    )
+    return {run.data.tags[TRIAL_TAG]: run for run in runs if TRIAL_TAG in run.data.tags}
+
+
+def record_outcome(
+    client: mlflow.MlflowClient,
+    parent: str,
+    objective: str,
+    trials: Sequence[Any],
+    best: Any,
+) -> None:
+    """Each trial's state and whether it is the best, as tags; the best on the parent."""
+    for trial in trials:
+        if trial.mlflow_run_id is None:
+            continue
+        client.set_tag(trial.mlflow_run_id, STATE_TAG, trial.state)
+        client.set_tag(trial.mlflow_run_id, BEST_TAG, str(trial is best).lower())
+        status = client.get_run(trial.mlflow_run_id).info.status
+        if trial.state == "pruned" and status != "KILLED":
+            client.set_terminated(trial.mlflow_run_id, "KILLED")
+        elif trial.state == "failed" and status != "FAILED":
+            client.set_terminated(trial.mlflow_run_id, "FAILED")
+        elif trial.state == "completed" and status != "FINISHED":
+            client.set_terminated(trial.mlflow_run_id, "FINISHED")
+    logged = client.get_run(parent).data.params
+    for key, value in best.params.items():
+        if f"best.{key}" not in logged:
+            client.log_param(parent, f"best.{key}", value)
+    states = [trial.state for trial in trials]
+    client.log_metric(parent, f"best_{objective}", best.objective)
+    for state in ("completed", "pruned", "failed"):
+        client.log_metric(parent, f"trials_{state}", states.count(state))
+    client.log_metric(parent, "epochs_total", sum(trial.epochs for trial in trials))
+    client.set_tag(parent, "best_trial_run_id", best.mlflow_run_id or "")
+    client.set_terminated(parent, "FINISHED")

@@ -1,0 +1,126 @@
+"""A search's outputs: best.yaml, trials.csv and the figures, each written atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reglab.config import SearchConfig
+from reglab.io import write_atomic
+from reglab.tune.best import BEST_FILE
+
+TRIALS_FILE = "trials.csv"
+FIGURES_DIR = "figures"
+STATE_COLORS = {"completed": "tab:blue", "pruned": "tab:gray", "failed": "tab:red"}
+
+
+def write_outputs(outcome: Any, directory: Path) -> None:
+    """best.yaml (the best parameters), trials.csv (one row per trial) and the figures."""
+    best = outcome.best
+    write_atomic(
+        directory / BEST_FILE,
+        yaml.safe_dump(
+            {
+                "search": outcome.name,
+                "objective": outcome.search.objective,
+                "value": best.objective,
+                "trial": best.number,
+                "trial_id": best.trial_id,
+                "epochs": best.epochs,
+                "mlflow_run_id": best.mlflow_run_id,
+                "params": best.params,
+            },
+            sort_keys=False,
+        ),
+    )
+    write_atomic(directory / TRIALS_FILE, trials_csv(outcome.trials, outcome.search))
+    figures(outcome.trials, outcome.search, directory / FIGURES_DIR)
+
+
+def trials_csv(trials: Sequence[Any], search: SearchConfig) -> str:
+    """One row per trial: its parameters, objective (at its best epoch), epochs run, state."""
+    keys = [spec.key for spec in search.params]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["trial", *keys, "objective", "epochs", "state", "trial_id", "run_id"])
+    for trial in trials:
+        writer.writerow(
+            [
+                trial.number,
+                *(trial.params[key] for key in keys),
+                repr(trial.objective) if math.isfinite(trial.objective) else "",
+                trial.epochs,
+                trial.state,
+                trial.trial_id,
+                trial.mlflow_run_id or "",
+            ]
+        )
+    return buffer.getvalue()
+
+
+def figures(trials: Sequence[Any], search: SearchConfig, directory: Path) -> list[Path]:
+    """The objective against each parameter (log axis for log ranges), and the history."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    scored = [t for t in trials if math.isfinite(t.objective)]
+    written = []
+    for spec in search.params:
+        figure, axis = plt.subplots(figsize=(5, 3.5))
+        for state, color in STATE_COLORS.items():
+            points = [t for t in scored if t.state == state]
+            axis.scatter(
+                [float(t.params[spec.key]) for t in points],
+                [t.objective for t in points],
+                c=color,
+                label=state,
+                s=25,
+            )
+        if spec.choices is None and spec.log:
+            axis.set_xscale("log")
+        axis.set_xlabel(spec.key)
+        axis.set_ylabel(f"{search.objective} (best epoch)")
+        axis.legend(fontsize=8)
+        figure.tight_layout()
+        written.append(_save(figure, directory / f"objective_vs_{spec.key}.png"))
+    figure, axis = plt.subplots(figsize=(5, 3.5))
+    for state, color in STATE_COLORS.items():
+        points = [t for t in scored if t.state == state]
+        axis.scatter(
+            [t.number for t in points], [t.objective for t in points], c=color, label=state
+        )
+    pick = min if search.mode == "min" else max
+    running, best = [], None
+    for trial in sorted(scored, key=lambda t: t.number):
+        if trial.state == "completed":
+            best = trial.objective if best is None else pick(best, trial.objective)
+        if best is not None:
+            running.append((trial.number, best))
+    if running:
+        axis.step(*zip(*running, strict=True), where="post", color="black", label="best so far")
+    axis.set_xlabel("trial")
+    axis.set_ylabel(search.objective)
+    axis.set_title("optimization history")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    written.append(_save(figure, directory / "optimization_history.png"))
+    return written
+
+
+def _save(figure: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(tmp, dpi=100, metadata={"Software": None})
+    tmp.replace(path)
+    plt.close(figure)
+    return path

@@ -1,0 +1,257 @@
+"""Search spaces: the shipped ones compose and validate; bad input is one line, nothing written.
+
+No Ray cluster and no training here: every check runs before either starts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from reglab import cli
+from reglab.schema import ConfigError
+from tests.conftest import DIGITS, PROJECT_ROOT, config_for
+
+SEARCHES = ("l2_strength", "l1_strength", "dropout_rate", "weight_decay", "combined")
+
+
+def test_every_shipped_search_validates_against_its_base_recipe():
+    config = config_for()
+    assert set(SEARCHES) <= set(config.search_spaces)
+    assert config.searches == []  # the default pipeline runs no search
+    l2 = config.search("l2_strength")
+    assert [(p.key, p.low, p.high, p.log) for p in l2.params] == [("kernel.l2", 1e-6, 1e-1, True)]
+    assert (l2.objective, l2.mode, l2.n_trials, l2.epochs, l2.seed) == (
+        "val_data_loss",
+        "min",
+        12,
+        10,
+        0,
+    )
+    assert l2.base.kernel.l2 == 1e-3 and l2.base.dropout.dense_rate == 0.0
+    combined = config.search("combined")
+    assert [p.key for p in combined.params] == [
+        "kernel.l2",
+        "dropout.dense_rate",
+        "early_stopping.enabled",
+    ]
+    assert combined.params[2].choices == [True, False]
+    assert combined.base.early_stopping.enabled and combined.base.dropout.dense_rate == 0.5
+    dropout = config.search("dropout_rate")
+    assert {p.key for p in dropout.params} == {"dropout.conv_rate", "dropout.dense_rate"}
+    assert config.search("weight_decay").params[0].key == "weight_decay"
+    assert config.search("l1_strength").params[0].key == "kernel.l1"
+    accuracy = config_for("search_spaces.l2_strength.objective=val_accuracy")
+    assert accuracy.search("l2_strength").mode == "max"
+
+
+def test_the_default_pipeline_is_unchanged_by_the_searches():
+    """params.yaml holds the search spaces, but no stage of a plain `dvc repro` runs one."""
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    assert params["searches"] == []
+    assert params["tune"]["max_concurrent"] == 2 and params["tune"]["address"] is None
+
+
+def test_a_recipe_from_the_space_sets_only_the_searched_keys():
+    search = config_for().search("combined")
+    recipe = search.recipe({"kernel.l2": 1e-3, "early_stopping.enabled": False})
+    assert recipe.kernel.l2 == 1e-3 and not recipe.early_stopping.enabled
+    assert recipe.dropout.dense_rate == search.base.dropout.dense_rate
+    with pytest.raises(ConfigError, match=r"dropout.dense_rate=1.5: must be < 1"):
+        search.recipe({"dropout.dense_rate": 1.5})
+
+
+def test_the_best_variant_is_the_base_recipe_with_best_yaml(tmp_path):
+    from reglab.tune.best import MissingSearch, with_best_variant, with_best_variants
+
+    config = config_for(f"paths.tune={tmp_path}", "searches=[l2_strength]")
+    with pytest.raises(MissingSearch, match="best.yaml not found"):
+        with_best_variant(config, "l2_strength")
+    (tmp_path / "l2_strength").mkdir()
+    (tmp_path / "l2_strength/best.yaml").write_text("params: {kernel.l2: 0.00123}\n")
+    best = with_best_variants(config)
+    assert set(best.variants) == {*config.variants, "l2_strength_best"}
+    assert best.variants["l2_strength_best"].kernel.l2 == 0.00123
+    assert best.variants["l2_strength_best"].dropout == config.search("l2_strength").base.dropout
+
+
+def test_a_best_variant_may_not_shadow_a_hand_picked_one():
+    import dataclasses
+
+    config = config_for("searches=[l2_strength]")
+    config.variants["l2_strength_best"] = dataclasses.replace(config.variants["l2"])
+    with pytest.raises(ConfigError, match="adds variant 'l2_strength_best', which variants"):
+        config.validate()
+
+
+def test_trials_csv_and_the_figures(tmp_path):
+    from reglab.tune.results import write_outputs
+    from reglab.tune.search import Trial, best_trial
+
+    search = config_for().search("l2_strength")
+    trials = [
+        Trial(0, "a", {"kernel.l2": 1e-4}, 0.5, 3, "completed", "r0"),
+        Trial(1, "b", {"kernel.l2": 1e-2}, 0.9, 1, "pruned", "r1"),
+        Trial(2, "c", {"kernel.l2": 1e-1}, math.nan, 1, "failed", "r2", "TrainingDiverged"),
+        Trial(3, "d", {"kernel.l2": 1e-3}, 0.4, 3, "completed", "r3"),
+    ]
+    best = best_trial(trials, "min")
+    assert best.trial_id == "d"
+    outcome = SimpleNamespace(name="l2_strength", search=search, trials=trials, best=best)
+    write_outputs(outcome, tmp_path)
+    written = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    assert written["params"] == {"kernel.l2": 1e-3} and written["value"] == 0.4
+    rows = (tmp_path / "trials.csv").read_text().splitlines()
+    assert rows[0] == "trial,kernel.l2,objective,epochs,state,trial_id,run_id"
+    assert rows[3] == "2,0.1,,1,failed,c,r2"
+    figures = sorted(path.name for path in (tmp_path / "figures").iterdir())
+    assert figures == ["objective_vs_kernel.l2.png", "optimization_history.png"]
+    assert all((tmp_path / "figures" / name).stat().st_size > 5000 for name in figures)
+
+
+def test_the_reporter_sends_each_epoch_and_the_best_objective_so_far(monkeypatch):
+    from reglab.tune.search import Reporter
+
+    reported = []
+    monkeypatch.setattr("ray.tune.report", lambda metrics: reported.append(metrics))
+    loss = Reporter("val_data_loss", "min")
+    for epoch, value in enumerate([0.7, 0.5, float("nan"), 0.6], start=1):
+        loss(epoch, {"val_data_loss": value, "val_accuracy": 0.5})
+    assert [r["objective"] for r in reported] == [0.7, 0.5, 0.5, 0.5]
+    assert [r["epoch"] for r in reported] == [1, 2, 3, 4]
+    accuracy = Reporter("val_accuracy", "max")
+    accuracy(1, {"val_data_loss": 0.7, "val_accuracy": 0.7})
+    accuracy(2, {"val_data_loss": 0.6, "val_accuracy": 0.6})
+    assert [r["objective"] for r in reported[4:]] == [0.7, 0.7]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+BAD_INPUT = [
+    (["search=nope"], "error: search='nope': unknown; choose one of ['combined', "),
+    (
+        ["search=l2_strength", "search_spaces.l2_strength.params.0.key=kernel.l3"],
+        "error: search_spaces.l2_strength.params[0].key='kernel.l3': not a key of the recipe",
+    ),
+    (
+        ["search=l2_strength", "search_spaces.l2_strength.params.0.low=0.5"],
+        "error: search_spaces.l2_strength.params[0].low=0.5 >= high=0.1 for kernel.l2: "
+        "the range is empty or inverted",
+    ),
+    (
+        ["search=l2_strength", "search_spaces.l2_strength.params.0.high=1.0e-6"],
+        "error: search_spaces.l2_strength.params[0].low=1e-06 >= high=1e-06 for kernel.l2: "
+        "the range is empty or inverted",
+    ),
+    (
+        ["search=l2_strength", "search_spaces.l2_strength.params=[]"],
+        "error: search_spaces.l2_strength.params=[]: name at least one recipe key to search",
+    ),
+    (["search=l2_strength", "tune.n_trials=0"], "error: tune.n_trials=0: must be >= 1"),
+    (
+        ["search=l2_strength", "search_spaces.l2_strength.n_trials=0"],
+        "error: search_spaces.l2_strength.n_trials=0: must be >= 1",
+    ),
+    (
+        ["search=dropout_rate", "search_spaces.dropout_rate.params.1.high=1.5"],
+        "error: search_spaces.dropout_rate.params[1] (dropout.dense_rate=1.5): "
+        "dropout.dense_rate=1.5: must be < 1",
+    ),
+    (
+        ["search=l2_strength", "tune.sampler=grid"],
+        "error: tune.sampler='grid' with search_spaces.l2_strength.params[0] (kernel.l2) a range",
+    ),
+    (
+        ["search=l2_strength", "tune.address=127.0.0.1:{port}"],
+        "error: tune.address='127.0.0.1:{port}': no Ray head answers there",
+    ),
+    (
+        ["search=l2_strength", "tune.address=headnode"],
+        "error: tune.address='headnode': expected host:port of a Ray head",
+    ),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD_INPUT)
+def test_bad_input_is_one_line_before_any_work(overrides, message, tmp_path, monkeypatch, capsys):
+    port = free_port()  # nothing listens there
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["tune", *DIGITS, *(item.format(port=port) for item in overrides)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message.format(port=port)), err
+    assert err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []  # nothing written: no outputs, no state, no store
+
+
+def test_an_unreachable_ray_address_from_the_environment_is_named(tmp_path, monkeypatch, capsys):
+    port = free_port()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    with pytest.raises(SystemExit):
+        cli.main(["tune", *DIGITS, "search=l2_strength"])
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: RAY_ADDRESS='127.0.0.1:{port}': no Ray head answers there")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_input_fails_before_ray_or_tensorflow_is_imported(tmp_path):
+    code = (
+        "import sys\nfrom reglab import cli\n"
+        "try:\n    cli.main(['tune', 'search=l2_strength', 'tune.n_trials=0'])\n"
+        "except SystemExit as e:\n"
+        "    print(e.code, sorted(m for m in ('ray', 'tensorflow', 'keras') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.stdout.strip() == "2 []", result.stdout + result.stderr
+    assert result.stderr.strip() == "error: tune.n_trials=0: must be >= 1"
+
+
+def test_an_unknown_search_in_the_pipeline_config_is_refused():
+    with pytest.raises(ConfigError, match=r"search='nope': unknown"):
+        config_for("searches=[nope]")
+
+
+def test_the_stage_refuses_a_search_not_in_the_config(tmp_path):
+    from reglab.compose import compose, to_yaml
+
+    (tmp_path / "params.yaml").write_text(to_yaml(compose(DIGITS)))
+    result = subprocess.run(
+        [sys.executable, "-m", "reglab.stages.tune", "nope"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: search='nope': unknown"), result.stderr
+    written = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
+    # Only the check's record of a valid params.yaml (reglab.compose), no search output.
+    assert written - {".reglab/params-validated.pickle", ".reglab/params-fresh"} == {"params.yaml"}
+
+
+def test_every_search_key_is_logged_nowhere_in_a_variant_run():
+    """A variant run's params are its own training's: the searches do not change them."""
+    from reglab.runner import pipeline_key, run_params
+
+    plain = config_for()
+    searching = config_for("searches=[l2_strength]", "tune.max_concurrent=4")
+    assert run_params(plain, "l2", 42) == run_params(searching, "l2", 42)
+    assert pipeline_key(plain, "c") == pipeline_key(searching, "c")
+    assert not {"searches", "search_spaces", "tune"} & set(run_params(plain, "l2", 42))
+    json.dumps(run_params(plain, "l2", 42), default=str)
