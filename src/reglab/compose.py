@@ -100,6 +100,12 @@ def load_params(path: str | Path = PARAMS_FILE, check_fresh: bool = True) -> Con
     return config
 
 
+@functools.cache
+def package_digest() -> str:
+    """This package's code, hashed once per process (both kept verdicts below use it)."""
+    return tree_digest(Path(__file__).parent)
+
+
 # The last valid params.yaml's Config, after its fingerprint's line (beside params.yaml).
 VALIDATED = Path(".reglab", "params-validated.pickle")
 
@@ -113,9 +119,7 @@ def validated(read: Callable[[], DictConfig], path: Path) -> tuple[Config, Calla
     import pickle
 
     kept = path.resolve().parent / VALIDATED
-    fingerprint = hashlib.sha256(
-        path.read_bytes() + b"\0" + tree_digest(Path(__file__).parent).encode()
-    ).hexdigest()
+    fingerprint = hashlib.sha256(path.read_bytes() + b"\0" + package_digest().encode()).hexdigest()
     try:
         with kept.open("rb") as stream:
             if stream.readline().decode().strip() == fingerprint:
@@ -174,7 +178,7 @@ def freshness_fingerprint(path: Path, conf: Path) -> str:
     code (the schema, the composition)."""
     digest = hashlib.sha256(path.read_bytes() + b"\0")
     digest.update(tree_digest(conf, "*.yaml").encode())
-    digest.update(tree_digest(Path(__file__).parent).encode())
+    digest.update(package_digest().encode())
     return digest.hexdigest()
 
 
