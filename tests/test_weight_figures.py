@@ -76,3 +76,35 @@ def test_dense_histograms_load_from_the_weights_files_and_need_the_same_bins(tra
     other_bins = {**trained["l1"], "edges": list(np.linspace(-1, 1, len(trained["l1"]["edges"])))}
     with pytest.raises(ReportError, match="other bins"):
         rf.dense_histogram_figure({**trained, "l1": other_bins}, tmp_path / "x.png")
+
+
+def test_histogram_images_drawn_during_training_equal_those_drawn_after():
+    """The images a run's epoch hook draws on its worker thread are the very images
+    drawn after training, and only the newest waits for the end of training."""
+    rng = np.random.default_rng(0)
+
+    def counts(scale: float) -> dict[str, dict[str, list[float]]]:
+        found = {}
+        for name in ("conv_1/kernel", "dense/kernel", "dense_1/kernel"):
+            values, edges = np.histogram(rng.normal(0.0, scale, 400), bins=25)
+            found[name] = {"counts": values.tolist(), "edges": edges.tolist()}
+        return found
+
+    recorded: dict[str, dict] = {}
+    live = weights.HistogramImages("l2@42", recorded)
+    recorded["0"] = counts(1.0)
+    for epoch in range(1, 8):
+        if epoch % 3 == 0:
+            recorded[str(epoch)] = counts(1.0 / epoch)
+        live(epoch, {})
+    assert sorted(live.drawn) == [0, 3]  # epoch 6, the newest, may be the last
+    images, overlay = live.finish()
+    after, overlay_after = weights.HistogramImages("l2@42", dict(recorded)).finish()
+    assert list(images) == [0, 3, 6] == list(after)
+    for epoch in images:
+        assert images[epoch].shape[-1] == 3 and images[epoch].std() > 0
+        np.testing.assert_array_equal(images[epoch], after[epoch])
+    assert not np.array_equal(images[0], images[6])
+    assert overlay.axes[0].get_title() == "conv_1/kernel"
+    assert overlay.axes[1].get_title() == "dense/kernel"  # the last hidden kernel
+    assert overlay.get_suptitle() == "l2@42: kernel weights at epoch 0 and 6"

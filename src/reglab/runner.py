@@ -82,6 +82,7 @@ def train_variant(
         begin_logging(run.info.run_id, state, params, model, config.paths.processed)
         log_epoch = epoch_logger(model, config.evaluation.sparsity_threshold, uri)
         progress = EpochProgress(key, config.train.epochs, state.epoch)
+        histogram_images = weights.HistogramImages(key, state.histograms)
         state = fit(
             model, train, validation, state,
             num_classes=config.data.num_classes,
@@ -94,7 +95,7 @@ def train_variant(
             predict_batch_size=config.evaluation.batch_size,
             early_stopping=make_early_stopping(recipe.early_stopping, state),
             checkpoint=checkpoint,
-            hooks=[log_epoch, progress, *hooks],
+            hooks=[log_epoch, progress, histogram_images, *hooks],
             histogram=lambda: weights.histograms(model, config.tracking.histogram_bins),
             histogram_every=config.tracking.histogram_every,
         )  # fmt: skip
@@ -102,7 +103,8 @@ def train_variant(
         summary = run_summary(key, model, state, uri, config_hash(config), resumed_from)
         history_path = history_file(config.paths.history, key)
         write_outputs(model, summary, state.history, model_dir, history_path)
-        finish_logging(model, state, key, validation[0][:8], config, (model_dir, history_path))
+        outputs = (model_dir, history_path)
+        finish_logging(model, state, histogram_images, key, validation[0][:8], config, outputs)
     checkpoint.clear()
     log.info("%s: trained %d epochs, run %s", key, state.epoch, state.run_id)
     return summary
@@ -111,6 +113,7 @@ def train_variant(
 def finish_logging(
     model: keras.Model,
     state: TrainingState,
+    histogram_images: weights.HistogramImages,
     key: str,
     example_inputs: np.ndarray,
     config: Config,
@@ -129,7 +132,7 @@ def finish_logging(
     with tracking.lost_server_is(lost):
         tracking.log_trained_model(
             model,
-            state.histograms,
+            histogram_images,
             state.history,
             key,
             example_inputs=example_inputs if config.tracking.log_model else None,

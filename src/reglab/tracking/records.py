@@ -10,7 +10,7 @@ from typing import Any
 
 import mlflow
 
-from reglab import secrets
+from reglab import secrets, weights
 from reglab.metrics import EPOCH_METRICS
 from reglab.tracking.store import flatten
 
@@ -103,7 +103,7 @@ def log_missing_epochs(run_id: str, history: list[Mapping[str, float]]) -> None:
 
 def log_trained_model(
     model: Any,
-    histograms: Mapping[str, Any],
+    histograms: Mapping[str, Any] | weights.HistogramImages,
     history: list[Mapping[str, float]],
     label: str,
     *,
@@ -112,48 +112,39 @@ def log_trained_model(
     class_names: Sequence[str] | None = None,
     keras_file: Path | None = None,
 ) -> None:
-    """After training: the pending epochs, the kernel histograms, the model (with an
-    input example, when given one; it predicts probabilities of ``class_names``; from
-    ``keras_file`` when the model is saved there already) and the epoch count."""
+    """After training: the pending epochs, the kernel histograms (their counts, or the
+    images drawn during training), the model (with an input example, when given one;
+    it predicts probabilities of ``class_names``; from ``keras_file`` when the model
+    is saved there already) and the epoch count."""
     mlflow.flush_async_logging()
     # Epochs whose asynchronous logging failed while the server was away.
     log_missing_epochs(mlflow.active_run().info.run_id, history)
-    log_weight_histograms({int(epoch): counts for epoch, counts in histograms.items()}, label)
+    log_weight_histograms(histograms, label)
     if example_inputs is not None:
         log_keras_model(model, example_inputs, registered_model_name, class_names, keras_file)
     mlflow.log_metrics({"epochs_trained": len(history)})
 
 
 def log_weight_histograms(
-    by_epoch: Mapping[int, Mapping[str, Mapping[str, list[float]]]], label: str
+    histograms: Mapping[str, Any] | weights.HistogramImages, label: str
 ) -> None:
-    """Images with a step (the UI scrubs through training), raw counts, a start/end overlay."""
-    import matplotlib.pyplot as plt
+    """Images with a step (the UI scrubs through training), raw counts, a start/end overlay.
 
-    from reglab import weights
-
-    first, last = min(by_epoch), max(by_epoch)
-    panels = weights.HistogramPanels(list(by_epoch[first]))
-    try:
-        for epoch, hists in sorted(by_epoch.items()):
-            title = f"{label}: kernel weights, epoch {epoch}"
-            image = panels.image(hists, title + (" (after training)" if epoch == last else ""))
-            mlflow.log_image(image, key="weights/kernel_histograms", step=epoch)
-    finally:
-        panels.close()
+    ``histograms`` are the counts by epoch, drawn here, or a
+    :class:`~reglab.weights.HistogramImages` that drew them during training.
+    """
+    if not isinstance(histograms, weights.HistogramImages):
+        histograms = weights.HistogramImages(label, dict(histograms))
+    images, overlay = histograms.finish()
+    for epoch, image in images.items():
+        mlflow.log_image(image, key="weights/kernel_histograms", step=epoch)
     # The last image is the final histogram: written as it is, not drawn again.
-    mlflow.log_image(image, artifact_file="weights/histograms_final.png")
+    mlflow.log_image(images[max(images)], artifact_file="weights/histograms_final.png")
     mlflow.log_text(
-        json.dumps({str(epoch): hists for epoch, hists in sorted(by_epoch.items())}),
+        json.dumps({str(epoch): histograms.histograms[str(epoch)] for epoch in images}),
         "weights/histograms.json",
     )
-    names = list(by_epoch[first])
-    # The first layer and the last hidden one: where the tutorials look.
-    layers = [names[0], names[-2]] if len(names) > 2 else names
-    title = f"{label}: kernel weights at epoch {first} and {last}"
-    overlay = weights.plot_start_end_overlay(by_epoch[first], by_epoch[last], layers, title)
     mlflow.log_figure(overlay, "weights/histograms_start_end.png")
-    plt.close("all")
 
 
 def log_keras_model(
