@@ -24,6 +24,7 @@ rungs get back the results of the trials restored as finished (scheduler.py).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -33,7 +34,7 @@ import os
 import re
 import shutil
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,10 +191,8 @@ def run_trial(params: dict[str, Any], *, config: Config, name: str, parent_run_i
     last trials started makes them again, with new ids but the same numbers and
     (in serial mode) the same values, and they pick up what the killed ones left.
     """
-    import keras
     from ray import tune
 
-    from reglab.runner import train_variant
     from reglab.tracking.search import SEARCH_TAG, TRIAL_TAG
 
     search = config.search_spaces[name]
@@ -215,6 +214,11 @@ def run_trial(params: dict[str, Any], *, config: Config, name: str, parent_run_i
 
             mlflow.MlflowClient().set_tag(run_id, TRIAL_TAG, trial_id)
         return
+    # TensorFlow only for a trial that trains (its import is most of a trial's start-up).
+    import keras
+
+    from reglab.runner import train_variant
+
     keras.backend.clear_session()
     # A trial restarted after a kill resumes at its checkpoint's epoch: report the
     # epochs it trained before again, so ASHA decides as it would have.
@@ -341,19 +345,20 @@ def run_search(config: Config, name: str) -> SearchOutcome:
     uri = tracking.configure(config.tracking.uri, config.tracking.experiment)
     with (
         records.restored_tracking_uri(uri),
-        records.served_store(uri, config.tune.tracking_server) as trial_uri,
+        records.served_store(uri, config.tune.tracking_server) as store,
     ):
-        client = mlflow.MlflowClient(trial_uri)
-        experiment = client.get_experiment_by_name(config.tracking.experiment)
-        parent = records.search_parent(
-            client,
-            experiment.experiment_id,
-            state_dir,
-            name,
-            search_params(name, search, config),
-            config.paths.processed,
-        )
-        results = _run_ray(config, name, search, address, state_dir, parent, trial_uri)
+        with _ray_connected(config, address, store.uri):  # while the server starts
+            client = mlflow.MlflowClient(store.wait())
+            experiment = client.get_experiment_by_name(config.tracking.experiment)
+            parent = records.search_parent(
+                client,
+                experiment.experiment_id,
+                state_dir,
+                name,
+                search_params(name, search, config),
+                config.paths.processed,
+            )
+            results = _run_ray(config, name, search, state_dir, parent)
         runs = records.trial_runs(client, experiment.experiment_id, parent)
         trials = _collect(runs, search, results)
         best = best_trial(trials, search.mode)
@@ -425,22 +430,10 @@ def experiment_name(state_dir: Path) -> str:
     return remembered.read_text().strip()
 
 
-def _run_ray(
-    config: Config,
-    name: str,
-    search: SearchConfig,
-    address: str | None,
-    state_dir: Path,
-    parent: str,
-    trial_uri: str,
-) -> list[Any]:
+@contextlib.contextmanager
+def _ray_connected(config: Config, address: str | None, trial_uri: str) -> Iterator[None]:
+    """Connected to the Ray head at ``address`` (None: a local instance) until the end."""
     import ray
-    from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
-
-    from reglab.tune.scheduler import ResumableASHA
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
@@ -455,61 +448,74 @@ def _run_ray(
         init.update(include_dashboard=False, num_cpus=os.cpu_count())
     ray.init(**init)
     try:
-        trainable = tune.with_resources(
-            tune.with_parameters(run_trial, config=config, name=name, parent_run_id=parent),
-            {"cpu": config.tune.cpus_per_trial, "gpu": config.tune.gpus_per_trial},
-        )
-        experiment = state_dir.resolve() / experiment_name(state_dir)
-        if tune.Tuner.can_restore(str(experiment)):
-            log.info("%s: resuming the stored search in %s", name, experiment)
-            tuner = tune.Tuner.restore(
-                str(experiment), trainable, resume_unfinished=True, resume_errored=False
-            )
-        else:
-            grid = config.tune.sampler == "grid"
-            searcher = ConcurrencyLimiter(
-                OptunaSearch(
-                    _distributions(search),
-                    metric="objective",
-                    mode=search.mode,
-                    sampler=_sampler(search, config.tune.sampler),
-                ),
-                max_concurrent=config.tune.max_concurrent,
-            )
-            scheduler = ResumableASHA(
-                time_attr="epoch",
-                # One more than the trial's epochs: ASHA stops a trial that reaches
-                # max_t, and a trial that ran all its epochs should end by itself.
-                max_t=search.epochs + 1,
-                grace_period=min(config.tune.grace_period, search.epochs),
-                reduction_factor=config.tune.reduction_factor,
-            )
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    metric="objective",
-                    mode=search.mode,
-                    search_alg=searcher,
-                    # A grid is a sweep: every point runs all its epochs.
-                    scheduler=FIFOScheduler() if grid else scheduler,
-                    num_samples=n_trials(search, config.tune),
-                    # A new actor per trial: a reused one must wait for the stopped
-                    # trial's thread to end its epoch, and past Ray's timeout Ray
-                    # fails the next trial ("Trainable runner reuse requires
-                    # reset_config()"), as it did under load in the benchmark.
-                    reuse_actors=False,
-                ),
-                run_config=tune.RunConfig(
-                    name=experiment.name,
-                    storage_path=str(state_dir.resolve()),
-                    failure_config=tune.FailureConfig(max_failures=0),
-                    verbose=0,
-                ),
-            )
-        results = tuner.fit()
-        return [results[index] for index in range(len(results))]
+        yield
     finally:
         ray.shutdown()
+
+
+def _run_ray(
+    config: Config, name: str, search: SearchConfig, state_dir: Path, parent: str
+) -> list[Any]:
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from reglab.tune.scheduler import ResumableASHA
+
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, config=config, name=name, parent_run_id=parent),
+        {"cpu": config.tune.cpus_per_trial, "gpu": config.tune.gpus_per_trial},
+    )
+    experiment = state_dir.resolve() / experiment_name(state_dir)
+    if tune.Tuner.can_restore(str(experiment)):
+        log.info("%s: resuming the stored search in %s", name, experiment)
+        tuner = tune.Tuner.restore(
+            str(experiment), trainable, resume_unfinished=True, resume_errored=False
+        )
+    else:
+        grid = config.tune.sampler == "grid"
+        searcher = ConcurrencyLimiter(
+            OptunaSearch(
+                _distributions(search),
+                metric="objective",
+                mode=search.mode,
+                sampler=_sampler(search, config.tune.sampler),
+            ),
+            max_concurrent=config.tune.max_concurrent,
+        )
+        scheduler = ResumableASHA(
+            time_attr="epoch",
+            # One more than the trial's epochs: ASHA stops a trial that reaches
+            # max_t, and a trial that ran all its epochs should end by itself.
+            max_t=search.epochs + 1,
+            grace_period=min(config.tune.grace_period, search.epochs),
+            reduction_factor=config.tune.reduction_factor,
+        )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                metric="objective",
+                mode=search.mode,
+                search_alg=searcher,
+                # A grid is a sweep: every point runs all its epochs.
+                scheduler=FIFOScheduler() if grid else scheduler,
+                num_samples=n_trials(search, config.tune),
+                # A new actor per trial: a reused one must wait for the stopped
+                # trial's thread to end its epoch, and past Ray's timeout Ray
+                # fails the next trial ("Trainable runner reuse requires
+                # reset_config()"), as it did under load in the benchmark.
+                reuse_actors=False,
+            ),
+            run_config=tune.RunConfig(
+                name=experiment.name,
+                storage_path=str(state_dir.resolve()),
+                failure_config=tune.FailureConfig(max_failures=0),
+                verbose=0,
+            ),
+        )
+    results = tuner.fit()
+    return [results[index] for index in range(len(results))]
 
 
 TRIAL_DIR = re.compile(r"^[A-Za-z_]+?_(?P<id>[0-9a-f]{5,}(?:_\d{5})?)_(?P<index>\d+)")
