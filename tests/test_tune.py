@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -70,14 +71,23 @@ class RayNode:
             text=True,
             start_new_session=True,
         )
+        self.output: list[str] = []
+        self.started = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
         deadline = time.monotonic() + 120
         while join is None and not self._answers():
             if self.process.poll() is not None:
-                raise RuntimeError(f"ray start failed:\n{self.process.stdout.read()}")
+                raise RuntimeError("ray start failed:\n" + "".join(self.output))
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError("the Ray head did not answer within 120 s")
             time.sleep(0.5)
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.output.append(line)
+            if "Ray runtime started" in line:
+                self.started.set()
 
     def _answers(self) -> bool:
         try:
@@ -124,9 +134,11 @@ def cluster(request):
     request.addfinalizer(head.stop)
     worker = RayNode(num_cpus=1, join=head.address)
     request.addfinalizer(worker.stop)
-    deadline = time.monotonic() + 120
+    # `ray start` says so once the node is registered with the head.
+    assert worker.started.wait(120), "".join(worker.output)
+    deadline = time.monotonic() + 60
     while alive_nodes(head.address) < 2:
-        assert time.monotonic() < deadline, "the second node did not join within 120 s"
+        assert time.monotonic() < deadline, "the second node did not join within 60 s"
         time.sleep(1)
     return head
 
@@ -163,7 +175,6 @@ def client(root: Path):
 def test_reglab_tune_by_address_four_concurrent_trials_tracked_and_best_tested(
     cluster, data_dir, tmp_path
 ):
-    assert alive_nodes(cluster.address) == 2  # the search runs on a two-node cluster
     root = make_project(tmp_path / "project", [], data_dir)
     result = run(
         [
@@ -313,18 +324,22 @@ def test_a_grid_sweep_on_the_cluster_records_a_diverging_trial_as_failed(
     assert parent.data.metrics["trials_completed"] == 1
 
 
-def _trial_finished(state: Path, epochs: int) -> bool:
-    for result in state.glob("ray/run_trial_*/result.json"):
-        if len(result.read_text().splitlines()) >= epochs:
-            return True
-    return False
+def _a_trial_finished(state: Path) -> bool:
+    """A trial trained and logged to the end: its run.json written, its checkpoint cleared.
+    Ray saves its experiment state every 10 s or so: at this moment it most likely
+    still holds that trial as running, and the trials after it as not yet made."""
+    trials = state / "trials"
+    return any(
+        not (trials / "checkpoints" / summary.parent.name).exists()
+        for summary in trials.glob("models/*/run.json")
+    )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug: in a full `make test` run (two workers) the resumed search wrote "
-    "1 trial of 3 to trials.csv; it passed when run alone. Not yet found.",
-)
+def _ray_trial_ids(state: Path) -> set[str]:
+    """The trial ids in a search's Ray experiment folder (run_trial_<id>_<number>_...)."""
+    return {path.name.split("_")[2] for path in state.glob("ray-*/run_trial_*")}
+
+
 def test_a_search_killed_with_sigkill_resumes_to_the_uninterrupted_best(
     cluster, data_dir, tmp_path
 ):
@@ -332,7 +347,8 @@ def test_a_search_killed_with_sigkill_resumes_to_the_uninterrupted_best(
     search and the one to be killed run side by side, one node each."""
     serial = [
         "tune.max_concurrent=1",
-        "tune.n_trials=3",
+        # Two trials: the first finishes before the kill, the second runs after it.
+        "tune.n_trials=2",
         "search_spaces.l2_strength.epochs=2",
     ]
     reference = make_project(tmp_path / "reference", serial, data_dir)
@@ -341,9 +357,9 @@ def test_a_search_killed_with_sigkill_resumes_to_the_uninterrupted_best(
     killed = tune_stage(root, cluster.address)
     state = root / ".reglab/tune/l2_strength"
     deadline = time.monotonic() + 600
-    while not _trial_finished(state, 2) and killed.poll() is None:
+    while not _a_trial_finished(state) and killed.poll() is None:
         assert time.monotonic() < deadline, "no trial finished in 600 s"
-        time.sleep(0.2)
+        time.sleep(0.1)
     assert killed.poll() is None, "the search ended before it could be killed"
     os.killpg(killed.pid, signal.SIGKILL)  # the driver, and its tracking server with it
     killed.wait()
@@ -354,7 +370,7 @@ def test_a_search_killed_with_sigkill_resumes_to_the_uninterrupted_best(
     assert "resuming the stored search" in resumed
     trials = read_trials(root / "reports/tune/l2_strength/trials.csv")
     expected = read_trials(reference / "reports/tune/l2_strength/trials.csv")
-    assert len(trials) == 3
+    assert len(trials) == 2
     assert [t["kernel.l2"] for t in trials] == [t["kernel.l2"] for t in expected]
     assert [t["state"] for t in trials] == [t["state"] for t in expected]
     best = yaml.safe_load((root / "reports/tune/l2_strength/best.yaml").read_text())
@@ -367,11 +383,16 @@ def test_a_search_killed_with_sigkill_resumes_to_the_uninterrupted_best(
     trial_runs = mlflow_client.search_runs(
         [experiment.experiment_id], filter_string="tags.`reglab.trial_id` != ''"
     )
-    assert len(trial_runs) == 3
+    assert len(trial_runs) == 2
     assert {r.data.tags["mlflow.parentRunId"] for r in trial_runs} == {
         trials_parent := trial_runs[0].data.tags["mlflow.parentRunId"]
     }
     assert mlflow_client.get_run(trials_parent).info.status == "FINISHED"
+    # Each search's Ray folder holds its own trials only (both ran on one cluster).
+    reference_ids = _ray_trial_ids(reference / ".reglab/tune/l2_strength")
+    assert reference_ids == {t["trial_id"] for t in expected}
+    assert {t["trial_id"] for t in trials} <= _ray_trial_ids(state)
+    assert not reference_ids & _ray_trial_ids(state)
 
 
 def test_dvc_exp_run_with_a_search_trains_and_tests_its_best(cluster, tmp_path):
@@ -430,12 +451,13 @@ def test_dvc_exp_run_with_a_search_trains_and_tests_its_best(cluster, tmp_path):
     # What DVC would re-run after a change to the search (dvc status: no run needed):
     # its tune stage; a change to its base recipe adds its _best variant. Nothing else.
     def changed(*overrides: str) -> set[str]:
-        params = run(
-            [sys.executable, "-m", "reglab", "compose", "searches=[l2_strength]", *overrides],
-            root,
-            env,
-        ).stdout
-        (root / "params.yaml").write_text(params)
+        from reglab.compose import compose, to_yaml
+        from reglab.config import validate
+
+        # `reglab compose` of the copy's conf/, in this process (a new one costs seconds).
+        cfg = compose(["searches=[l2_strength]", *overrides], config_dir=root / "conf")
+        validate(cfg)
+        (root / "params.yaml").write_text(to_yaml(cfg))
         status = json.loads(run(["dvc", "status", "--json"], root, env).stdout)
         return set(status) - {"check"}  # its output is the same text for every valid config
 

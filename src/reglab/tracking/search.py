@@ -60,14 +60,31 @@ def _end_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+class ServedStore:
+    """The URI trials log to; :meth:`wait` returns it once its server answers."""
+
+    def __init__(self, uri: str, server: subprocess.Popen | None = None, store: str = ""):
+        self.uri = uri
+        self.server = server
+        self.store = store
+
+    def wait(self) -> str:
+        if self.server is not None:
+            wait_healthy(self.uri, self.server)
+            log.info("trials log through a tracking server at %s (store %s)", self.uri, self.store)
+            self.server = None
+        return self.uri
+
+
 @contextlib.contextmanager
-def served_store(uri: str, enabled: bool = True) -> Iterator[str]:
+def served_store(uri: str, enabled: bool = True) -> Iterator[ServedStore]:
     """A sqlite store served by a local ``mlflow server`` while the search runs
-    (yields its http URI); any other store as it is. The server is stopped on
-    the way out, whatever happened."""
+    (its http URI); any other store as it is. The server is started, not waited
+    for: the caller does other slow work (connecting to Ray) until it needs it.
+    The server is stopped on the way out, whatever happened."""
     prefix = "sqlite:///"
     if not (enabled and uri.startswith(prefix)):
-        yield uri
+        yield ServedStore(uri)
         return
     database = Path(uri[len(prefix) :])
     port = free_port()
@@ -86,11 +103,8 @@ def served_store(uri: str, enabled: bool = True) -> Iterator[str]:
         # It ends with the search, even one killed with SIGKILL (Linux's parent-death signal).
         preexec_fn=_end_with_parent,
     )
-    served = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(served, server)
-        log.info("trials log through a tracking server at %s (store %s)", served, uri)
-        yield served
+        yield ServedStore(f"http://127.0.0.1:{port}", server, uri)
     finally:
         server.terminate()
         try:

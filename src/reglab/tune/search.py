@@ -15,10 +15,16 @@ scheduler, which stops a trial wherever it runs. Hydra's Optuna sweeper
 Ray Tune keeps the experiment's state under ``paths.tune_state/<search>``: a
 search started again after a kill restores it; finished trials are not re-run
 and an interrupted trial resumes from its last epoch (train_variant's checkpoint).
+Ray saves that state every 10 s or so and not the scheduler's: what happened
+since is made good here. A trial is known by its number (Ray makes a lost one
+again under a new id, with the same values in serial mode), a trial already
+trained to the end reports its epochs again instead of training, and ASHA's
+rungs get back the results of the trials restored as finished (scheduler.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -28,7 +34,7 @@ import os
 import re
 import shutil
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,32 +184,81 @@ class Reporter:
 
 
 def run_trial(params: dict[str, Any], *, config: Config, name: str, parent_run_id: str) -> None:
-    """One trial in a Ray worker: train_variant with the reporting hook."""
-    import keras
+    """One trial in a Ray worker: train_variant with the reporting hook.
+
+    The trial's files and MLflow run are named by its number in the search, not
+    by Ray's trial id: a search resumed from experiment state saved before its
+    last trials started makes them again, with new ids but the same numbers and
+    (in serial mode) the same values, and they pick up what the killed ones left.
+    """
     from ray import tune
 
-    from reglab.checkpoint import STATE_FILE
-    from reglab.runner import train_variant
     from reglab.tracking.search import SEARCH_TAG, TRIAL_TAG
 
     search = config.search_spaces[name]
-    trial_id = tune.get_context().get_trial_id()
-    key = run_key(f"{name}-{trial_id}", config.seeds[0])
-    keras.backend.clear_session()
+    context = tune.get_context()
+    trial_id = context.get_trial_id()
+    variant = f"{name}-{_trial_dir(context.get_trial_dir())[1]}"
+    key = run_key(variant, config.seeds[0])
+    trial = trial_config(config, search, variant, params)
     reporter = Reporter(search.objective, search.mode)
+    resumed = checkpoint_history(trial, key)
+    finished = None if resumed else finished_attempt(trial, key)
+    if finished is not None:
+        # Trained and logged to the end before the kill: report its epochs again.
+        rows, run_id = finished
+        for row in rows:
+            reporter(int(row["epoch"]), row)
+        if run_id:
+            import mlflow
+
+            mlflow.MlflowClient().set_tag(run_id, TRIAL_TAG, trial_id)
+        return
+    # TensorFlow only for a trial that trains (its import is most of a trial's start-up).
+    import keras
+
+    from reglab.runner import train_variant
+
+    keras.backend.clear_session()
     # A trial restarted after a kill resumes at its checkpoint's epoch: report the
     # epochs it trained before again, so ASHA decides as it would have.
-    state = Path(config.paths.checkpoints, key, STATE_FILE)
-    if state.exists():
-        for row in json.loads(state.read_text()).get("history", []):
-            reporter(int(row["epoch"]), row)
+    for row in resumed:
+        reporter(int(row["epoch"]), row)
     train_variant(
-        trial_config(config, search, f"{name}-{trial_id}", params),
+        trial,
         key,
         hooks=[reporter],
         parent_run_id=parent_run_id,
         run_tags={SEARCH_TAG: name, TRIAL_TAG: trial_id},
     )
+
+
+def checkpoint_history(trial: Config, key: str) -> list[dict[str, Any]]:
+    """The epochs an interrupted attempt of this trial saved in its checkpoint."""
+    from reglab.checkpoint import STATE_FILE
+
+    state = Path(trial.paths.checkpoints, key, STATE_FILE)
+    return json.loads(state.read_text()).get("history", []) if state.exists() else []
+
+
+def finished_attempt(trial: Config, key: str) -> tuple[list[dict[str, str]], str | None] | None:
+    """The epochs and MLflow run of an earlier attempt of this trial that trained this
+    very config to the end: its run.json and history written, its checkpoint cleared
+    (train_variant's last step, after the logging), if there is one."""
+    import csv
+
+    from reglab.config import config_hash
+    from reglab.paths import history_file
+
+    summary_file = Path(trial.paths.models, key, "run.json")
+    history = history_file(trial.paths.history, key)
+    if not (summary_file.exists() and history.exists()):
+        return None
+    summary = json.loads(summary_file.read_text())
+    if summary.get("config_hash") != config_hash(trial):
+        return None
+    with history.open() as handle:
+        return list(csv.DictReader(handle)), summary.get("mlflow_run_id")
 
 
 # ----------------------------------------------------------------------- search
@@ -290,19 +345,20 @@ def run_search(config: Config, name: str) -> SearchOutcome:
     uri = tracking.configure(config.tracking.uri, config.tracking.experiment)
     with (
         records.restored_tracking_uri(uri),
-        records.served_store(uri, config.tune.tracking_server) as trial_uri,
+        records.served_store(uri, config.tune.tracking_server) as store,
     ):
-        client = mlflow.MlflowClient(trial_uri)
-        experiment = client.get_experiment_by_name(config.tracking.experiment)
-        parent = records.search_parent(
-            client,
-            experiment.experiment_id,
-            state_dir,
-            name,
-            search_params(name, search, config),
-            config.paths.processed,
-        )
-        results = _run_ray(config, name, search, address, state_dir, parent, trial_uri)
+        with _ray_connected(config, address, store.uri):  # while the server starts
+            client = mlflow.MlflowClient(store.wait())
+            experiment = client.get_experiment_by_name(config.tracking.experiment)
+            parent = records.search_parent(
+                client,
+                experiment.experiment_id,
+                state_dir,
+                name,
+                search_params(name, search, config),
+                config.paths.processed,
+            )
+            results = _run_ray(config, name, search, state_dir, parent)
         runs = records.trial_runs(client, experiment.experiment_id, parent)
         trials = _collect(runs, search, results)
         best = best_trial(trials, search.mode)
@@ -354,20 +410,30 @@ def _distributions(search: SearchConfig) -> dict[str, Any]:
     }
 
 
-def _run_ray(
-    config: Config,
-    name: str,
-    search: SearchConfig,
-    address: str | None,
-    state_dir: Path,
-    parent: str,
-    trial_uri: str,
-) -> list[Any]:
+EXPERIMENT_FILE = "ray_experiment"
+
+
+def experiment_name(state_dir: Path) -> str:
+    """The search's Ray experiment name, made once per state folder and unique to it.
+
+    Ray stages a driver's experiment files in <Ray session>/artifacts/<start time,
+    to the second>/<experiment name>/ on the driver's machine before copying them to
+    the state folder: two searches of one name started in the same second on one
+    cluster would share that folder, and each could copy (and later resume) the
+    other's trials and searcher state (ray-project/ray#35006).
+    """
+    import uuid
+
+    remembered = state_dir / EXPERIMENT_FILE
+    if not remembered.exists():
+        remembered.write_text(f"ray-{uuid.uuid4().hex[:12]}")
+    return remembered.read_text().strip()
+
+
+@contextlib.contextmanager
+def _ray_connected(config: Config, address: str | None, trial_uri: str) -> Iterator[None]:
+    """Connected to the Ray head at ``address`` (None: a local instance) until the end."""
     import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
@@ -382,61 +448,74 @@ def _run_ray(
         init.update(include_dashboard=False, num_cpus=os.cpu_count())
     ray.init(**init)
     try:
-        trainable = tune.with_resources(
-            tune.with_parameters(run_trial, config=config, name=name, parent_run_id=parent),
-            {"cpu": config.tune.cpus_per_trial, "gpu": config.tune.gpus_per_trial},
-        )
-        experiment = state_dir.resolve() / "ray"
-        if tune.Tuner.can_restore(str(experiment)):
-            log.info("%s: resuming the stored search in %s", name, experiment)
-            tuner = tune.Tuner.restore(
-                str(experiment), trainable, resume_unfinished=True, resume_errored=False
-            )
-        else:
-            grid = config.tune.sampler == "grid"
-            searcher = ConcurrencyLimiter(
-                OptunaSearch(
-                    _distributions(search),
-                    metric="objective",
-                    mode=search.mode,
-                    sampler=_sampler(search, config.tune.sampler),
-                ),
-                max_concurrent=config.tune.max_concurrent,
-            )
-            scheduler = ASHAScheduler(
-                time_attr="epoch",
-                # One more than the trial's epochs: ASHA stops a trial that reaches
-                # max_t, and a trial that ran all its epochs should end by itself.
-                max_t=search.epochs + 1,
-                grace_period=min(config.tune.grace_period, search.epochs),
-                reduction_factor=config.tune.reduction_factor,
-            )
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    metric="objective",
-                    mode=search.mode,
-                    search_alg=searcher,
-                    # A grid is a sweep: every point runs all its epochs.
-                    scheduler=FIFOScheduler() if grid else scheduler,
-                    num_samples=n_trials(search, config.tune),
-                    # A new actor per trial: a reused one must wait for the stopped
-                    # trial's thread to end its epoch, and past Ray's timeout Ray
-                    # fails the next trial ("Trainable runner reuse requires
-                    # reset_config()"), as it did under load in the benchmark.
-                    reuse_actors=False,
-                ),
-                run_config=tune.RunConfig(
-                    name="ray",
-                    storage_path=str(state_dir.resolve()),
-                    failure_config=tune.FailureConfig(max_failures=0),
-                    verbose=0,
-                ),
-            )
-        results = tuner.fit()
-        return [results[index] for index in range(len(results))]
+        yield
     finally:
         ray.shutdown()
+
+
+def _run_ray(
+    config: Config, name: str, search: SearchConfig, state_dir: Path, parent: str
+) -> list[Any]:
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from reglab.tune.scheduler import ResumableASHA
+
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, config=config, name=name, parent_run_id=parent),
+        {"cpu": config.tune.cpus_per_trial, "gpu": config.tune.gpus_per_trial},
+    )
+    experiment = state_dir.resolve() / experiment_name(state_dir)
+    if tune.Tuner.can_restore(str(experiment)):
+        log.info("%s: resuming the stored search in %s", name, experiment)
+        tuner = tune.Tuner.restore(
+            str(experiment), trainable, resume_unfinished=True, resume_errored=False
+        )
+    else:
+        grid = config.tune.sampler == "grid"
+        searcher = ConcurrencyLimiter(
+            OptunaSearch(
+                _distributions(search),
+                metric="objective",
+                mode=search.mode,
+                sampler=_sampler(search, config.tune.sampler),
+            ),
+            max_concurrent=config.tune.max_concurrent,
+        )
+        scheduler = ResumableASHA(
+            time_attr="epoch",
+            # One more than the trial's epochs: ASHA stops a trial that reaches
+            # max_t, and a trial that ran all its epochs should end by itself.
+            max_t=search.epochs + 1,
+            grace_period=min(config.tune.grace_period, search.epochs),
+            reduction_factor=config.tune.reduction_factor,
+        )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                metric="objective",
+                mode=search.mode,
+                search_alg=searcher,
+                # A grid is a sweep: every point runs all its epochs.
+                scheduler=FIFOScheduler() if grid else scheduler,
+                num_samples=n_trials(search, config.tune),
+                # A new actor per trial: a reused one must wait for the stopped
+                # trial's thread to end its epoch, and past Ray's timeout Ray
+                # fails the next trial ("Trainable runner reuse requires
+                # reset_config()"), as it did under load in the benchmark.
+                reuse_actors=False,
+            ),
+            run_config=tune.RunConfig(
+                name=experiment.name,
+                storage_path=str(state_dir.resolve()),
+                failure_config=tune.FailureConfig(max_failures=0),
+                verbose=0,
+            ),
+        )
+    results = tuner.fit()
+    return [results[index] for index in range(len(results))]
 
 
 TRIAL_DIR = re.compile(r"^[A-Za-z_]+?_(?P<id>[0-9a-f]{5,}(?:_\d{5})?)_(?P<index>\d+)")
