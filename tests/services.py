@@ -269,7 +269,7 @@ def wait_healthy(uri: str, process: subprocess.Popen, log_path: Path, timeout: f
         except (OSError, urllib.error.URLError):
             if process.poll() is not None:
                 raise RuntimeError("mlflow server exited:\n" + log_path.read_text()) from None
-            time.sleep(0.5)
+            time.sleep(0.2)
     raise RuntimeError("mlflow server did not answer /health:\n" + log_path.read_text())
 
 
