@@ -69,10 +69,14 @@ database_uri = postgresql+psycopg2://mlflow:$PG_PASSWORD@127.0.0.1:$PG_PORT/mlfl
 admin_username = admin
 admin_password = $ADMIN_PASSWORD
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+auth_cache_ttl_seconds = 60
 INI
 chmod 600 "$STACK_DIR/basic_auth.ini"
 export MLFLOW_AUTH_CONFIG_PATH=$STACK_DIR/basic_auth.ini
 export MLFLOW_FLASK_SERVER_SECRET_KEY=${MLFLOW_FLASK_SERVER_SECRET_KEY:-$(head -c 24 /dev/urandom | base64)}
+# MLflow's job runner serves GenAI features (online scoring, judges); training runs do
+# not use it, and it starts eight more processes.
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}
 "$BIN/mlflow" server --app-name basic-auth \
   --backend-store-uri "postgresql+psycopg2://mlflow:$PG_PASSWORD@127.0.0.1:$PG_PORT/mlflow" \
   --artifacts-destination s3://mlflow-artifacts \

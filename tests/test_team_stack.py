@@ -7,7 +7,15 @@ app. The tiny pipeline runs on it with `dvc repro`; everything is checked from
 the outside: rows in PostgreSQL, objects in the buckets, the model loaded
 through the server. Then the DVC remote (push, a fresh clone pulls, nothing
 re-runs; an experiment shared through a bare git repository), who may write,
-and a search of everything logged for planted secrets.
+and a search of everything logged for planted secrets. Four trainings log at once
+to a fresh sqlite store, then to the server, where PostgreSQL restarts while
+they log.
+
+Two CPU cores go a long way when nothing waits for what it does not need:
+PostgreSQL and moto start at the same time, the two projects are prepared while
+the MLflow server starts (its imports and migrations take the longest), and the
+four trainings run beside `dvc repro` (one stage at a time), so the restart hits
+the pipeline's stages too. The tests begin once the restart is over.
 """
 
 from __future__ import annotations
@@ -18,11 +26,17 @@ import dataclasses
 import hashlib
 import json
 import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.conftest import DIGITS, make_project
 from tests.project_copy import (
     clean_env,
     compose_params,
@@ -65,6 +79,10 @@ class Stack:
     uri: str
     auth: bool
     root: Path
+    # Prepared while the server started: the team's project (configured, under git,
+    # not run yet) and the writers' (params and processed digits).
+    team_project: Path
+    writers_project: Path
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +90,15 @@ def stack(tmp_path_factory) -> Stack:
     import requests
 
     root = tmp_path_factory.mktemp("stack")
-    with contextlib.ExitStack() as services:
-        pg = services.enter_context(postgres_cluster(password=PG_PASSWORD))
-        backend = pg.create_database("mlflow")
+    # Every server is entered into `services` as soon as it runs, so it is stopped
+    # whatever fails after it, in any thread.
+    with contextlib.ExitStack() as services, ThreadPoolExecutor(1) as background:
+        pg_started = background.submit(
+            services.enter_context, postgres_cluster(password=PG_PASSWORD)
+        )
         s3 = services.enter_context(s3_server([ARTIFACTS_BUCKET, DVC_BUCKET]))
+        pg = pg_started.result()
+        backend = pg.create_database("mlflow")
         env = {**S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3.endpoint_url}
         auth = basic_auth_available()
         if auth:
@@ -84,15 +107,19 @@ def stack(tmp_path_factory) -> Stack:
             )
             env["MLFLOW_AUTH_CONFIG_PATH"] = str(ini)
             env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = "csrf-key-for-the-tests"
-        server = services.enter_context(
+        server_started = background.submit(
+            services.enter_context,
             mlflow_server(
                 root / "server",
                 backend,
                 f"s3://{ARTIFACTS_BUCKET}",
                 app_name="basic-auth" if auth else None,
                 env=env,
-            )
+            ),
         )
+        team_project = prepare_team_project(tmp_path_factory.mktemp("team"), pg, s3)
+        writers_project = make_project(tmp_path_factory.mktemp("writers"), [])
+        server = server_started.result()
         if auth:
             for username, password in (ALICE, BOB):
                 response = requests.post(
@@ -102,7 +129,7 @@ def stack(tmp_path_factory) -> Stack:
                     timeout=60,
                 )
                 assert response.status_code == 200, response.text
-        yield Stack(pg, s3, server.uri, auth, root)
+        yield Stack(pg, s3, server.uri, auth, root, team_project, writers_project)
 
 
 def client_env(stack: Stack, user: tuple[str, str] = ALICE) -> dict[str, str]:
@@ -128,9 +155,8 @@ class Pipeline:
     run_ids: dict[str, str]
 
 
-@pytest.fixture(scope="module")
-def pipeline(stack, tmp_path_factory) -> Pipeline:
-    base = tmp_path_factory.mktemp("team")
+def prepare_team_project(base: Path, pg: Postgres, s3: S3) -> Path:
+    """The project as a team member sets it up: the experiment, the DVC remote, git."""
     root = copy_project(base / "project")
     # The config names the database directly (with its password); the workstation's
     # MLFLOW_TRACKING_URI wins over it, and the password must not be logged.
@@ -141,15 +167,25 @@ def pipeline(stack, tmp_path_factory) -> Pipeline:
         overrides=["/data: digits"],
         settings=(
             f"model:\n  padding: same\ntrain:\n  epochs: {EPOCHS}\n"
-            f"tracking:\n  log_model: true\n  uri: {stack.pg.uri('mlflow')}\n"
+            f"tracking:\n  log_model: true\n  uri: {pg.uri('mlflow')}\n"
         ),
     )
-    env = client_env(stack)
+    env = clean_env()
     compose_params(root, env)
     run(["dvc", "remote", "add", "-d", "storage", f"s3://{DVC_BUCKET}/reglab"], root, env)
-    run(["dvc", "remote", "modify", "storage", "endpointurl", stack.s3.endpoint_url], root, env)
+    run(["dvc", "remote", "modify", "storage", "endpointurl", s3.endpoint_url], root, env)
     git_init(root, env)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pipeline(stack, writers_run) -> Pipeline:
+    """`dvc repro` on the stack while the four writers log; done once PostgreSQL's
+    restart is over (no test sees it), not waiting for the writers to end."""
+    root, base = stack.team_project, stack.team_project.parent
+    env = client_env(stack)
     first = run(["dvc", "repro"], root, env)
+    assert writers_run.restarted.wait(timeout=900), "PostgreSQL's restart never came"
     git_commit_all(root, env, "first run")
     origin = base / "origin.git"
     run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], base, env)
@@ -375,6 +411,12 @@ def test_dvc_exp_push_and_pull_share_an_experiment(pipeline, tmp_path):
 
 
 # --- many writers at once -------------------------------------------------------------------
+#
+# Four processes, one variant each, start at the same moment (with the pipeline's
+# `dvc repro`). Each is one `reglab train` multirun of two jobs: the first logs to a
+# fresh sqlite store (the four race to create its tables), the second to the
+# server, where PostgreSQL is restarted once the first epoch has arrived. One
+# TensorFlow start-up per process serves both stores.
 
 WRITERS = ["baseline", "l1", "l2", "dropout"]
 RUN_NAMES = [f"{writer}@42" for writer in WRITERS]
@@ -388,29 +430,25 @@ IN_EXPERIMENT = (
 )
 
 
-@pytest.fixture(scope="module")
-def writers_project(tmp_path_factory) -> Path:
-    from tests.conftest import make_project
-
-    return make_project(
-        tmp_path_factory.mktemp("writers"),
-        [
-            f"train.epochs={WRITER_EPOCHS}",
-            "tracking.log_model=false",
-            "tracking.histogram_every=100",
-            "tracking.experiment=writers",
-        ],
-    )
-
-
-def start_trainings(project: Path, env: dict[str, str]) -> list[subprocess.Popen]:
-    """The train stage for each writer, all started at the same moment."""
-    import sys
-
+def start_trainings(project: Path, stores: list[str], env: dict[str, str]) -> list:
+    """`reglab train -m` of each writer over ``stores``, all started at the same moment."""
     env = {**env, "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
+    overrides = [
+        *DIGITS,
+        f"train.epochs={WRITER_EPOCHS}",
+        "tracking.log_model=false",
+        "tracking.histogram_every=100",
+        "tracking.experiment=writers",
+        "tracking.uri=" + ",".join(stores),
+        # The pipeline's folders, not one Hydra folder per process: the four are one
+        # pipeline and share its parent run, as the pipeline's train stages do.
+        "paths.models=models",
+        "paths.history=reports/history",
+    ]
     return [
         subprocess.Popen(
-            [sys.executable, "-m", "reglab.stages.train", f"{variant}@42"],
+            [sys.executable, "-m", "reglab", "train", "-m", f"variant={variant}", *overrides,
+             f"hydra.sweep.dir=multirun/{variant}"],
             cwd=project,
             env=env,
             stdout=subprocess.PIPE,
@@ -418,7 +456,7 @@ def start_trainings(project: Path, env: dict[str, str]) -> list[subprocess.Popen
             text=True,
         )
         for variant in WRITERS
-    ]
+    ]  # fmt: skip
 
 
 def finish(processes: list[subprocess.Popen], timeout: float = 900) -> list[str]:
@@ -435,12 +473,91 @@ def finish(processes: list[subprocess.Popen], timeout: float = 900) -> list[str]
     return outputs
 
 
+@dataclasses.dataclass
+class Writers:
+    sqlite: Path
+    epochs_before_restart: int
+    restart_began_ms: int
+    restart_ended_ms: int
+
+
+def logged_epochs(pg: Postgres) -> int:
+    (count,) = pg.query(
+        f"SELECT count(*) FROM metrics x {IN_EXPERIMENT} AND x.key = 'val/data_loss'"
+    )
+    return count[0]
+
+
+def train_four_writers(stack: Stack, restarted: threading.Event) -> Writers:
+    """Start the four, restart PostgreSQL once an epoch is in it, wait for the four."""
+    import requests
+
+    database = stack.writers_project / "mlflow.db"  # fresh: the four race to create its tables
+    env = client_env(stack)
+    del env["MLFLOW_TRACKING_URI"]  # each job's tracking.uri says where it logs
+    try:
+        # The experiment exists on the server before its writers start, as a team's
+        # does. (Four processes creating it at once under basic auth: one was refused
+        # its first run, 403; the creator's permission seems to be granted only after
+        # the new experiment is already visible to the others.)
+        response = requests.post(
+            f"{stack.uri}/api/2.0/mlflow/experiments/create",
+            json={"name": "writers"},
+            auth=ALICE if stack.auth else None,
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        stores = [f"sqlite:///{database}", stack.uri]
+        processes = start_trainings(stack.writers_project, stores, env)
+        try:
+            deadline = time.monotonic() + 600
+            while not logged_epochs(stack.pg) and time.monotonic() < deadline:
+                if all(process.poll() is not None for process in processes):
+                    break
+                time.sleep(0.1)
+            before = logged_epochs(stack.pg)
+            began = int(time.time() * 1000)
+            stack.pg.restart()
+            ended = int(time.time() * 1000)
+        finally:
+            restarted.set()
+            finish(processes)
+    finally:
+        restarted.set()
+    return Writers(database, before, began, ended)
+
+
+@dataclasses.dataclass
+class WritersRun:
+    finished: Future  # of Writers
+    restarted: threading.Event  # PostgreSQL's restart is over (or will not come)
+
+
+@pytest.fixture(scope="module")
+def writers_run(stack) -> Iterator[WritersRun]:
+    """The four writers in the background; the module waits for them before the
+    stack stops (they end, or are killed, in any case)."""
+    restarted = threading.Event()
+    with ThreadPoolExecutor(1) as background:
+        yield WritersRun(background.submit(train_four_writers, stack, restarted), restarted)
+
+
+@pytest.fixture(scope="module")
+def writers(writers_run) -> Writers:
+    return writers_run.finished.result()
+
+
 def check_every_write_arrived(query) -> dict[str, int]:
-    """One run per writer (and one parent), every param, every metric step exactly once."""
-    runs = query(f"SELECT r.run_uuid, r.name, r.status FROM runs x {IN_EXPERIMENT}")
-    assert sorted(name for _, name, _ in runs) == sorted([*RUN_NAMES, "pipeline"])
-    writers = {uuid: name.partition("@")[0] for uuid, name, status in runs if name != "pipeline"}
-    assert all(status == "FINISHED" for _, _, status in runs)
+    """One run per writer (and one parent), every param, every metric step exactly once;
+    the four runs were all going at one moment."""
+    runs = query(
+        f"SELECT r.run_uuid, r.name, r.status, r.start_time, r.end_time FROM runs x {IN_EXPERIMENT}"
+    )
+    assert sorted(name for _, name, *_ in runs) == sorted([*RUN_NAMES, "pipeline"])
+    writers = {uuid: name.partition("@")[0] for uuid, name, *_ in runs if name != "pipeline"}
+    assert all(status == "FINISHED" for _, _, status, *_ in runs)
+    spans = [(start, end) for uuid, _, _, start, end in runs if uuid in writers]
+    assert max(start for start, _ in spans) < min(end for _, end in spans), "no moment had all four"
 
     params = query(f"SELECT x.run_uuid, x.key, x.value FROM params x {IN_EXPERIMENT}")
     per_run = {uuid: {k: v for u, k, v in params if u == uuid} for uuid in writers}
@@ -457,64 +574,42 @@ def check_every_write_arrived(query) -> dict[str, int]:
         for key in EPOCH_KEYS:
             logged = sorted(step for u, k, step, _ in steps if (u, k) == (uuid, key))
             assert logged == list(range(1, WRITER_EPOCHS + 1)), (name, key, logged)
-    return {"runs": len(runs), "params": len(params), "metric_values": len(steps)}
+    first_start, last_end = min(start for start, _ in spans), max(end for _, end in spans)
+    return {
+        "runs": len(runs),
+        "params": len(params),
+        "metric_values": len(steps),
+        "seconds": round((last_end - first_start) / 1000, 1),  # first run's start to last's end
+    }
 
 
-def test_four_trainings_at_once_on_a_fresh_sqlite_store(writers_project, tmp_path):
+def test_four_trainings_at_once_on_a_fresh_sqlite_store(writers):
     import sqlite3
-    import time
-
-    database = tmp_path / "mlflow.db"  # fresh: the four also race to create its tables
-    env = clean_env(MLFLOW_TRACKING_URI=f"sqlite:///{database}")
-    started = time.monotonic()
-    finish(start_trainings(writers_project, env))
-    elapsed = time.monotonic() - started
 
     def query(sql: str) -> list:
-        with contextlib.closing(sqlite3.connect(database)) as connection:
+        with contextlib.closing(sqlite3.connect(writers.sqlite)) as connection:
             return connection.execute(sql).fetchall()
 
     figures = check_every_write_arrived(query)
-    print(f"sqlite, {len(WRITERS)} writers at once: {figures}, {elapsed:.1f} s")
+    print(f"sqlite, {len(WRITERS)} writers at once: {figures}")
 
 
-def test_four_trainings_at_once_on_the_server_survive_a_postgresql_restart(
-    stack, writers_project, monkeypatch
-):
-    import time
-
-    from mlflow import MlflowClient
-
-    env = client_env(stack)
-    # The experiment exists before its writers start, as a team's does. (Four
-    # processes creating it at once under basic auth: one was refused its first
-    # run, 403; the creator's permission seems to be granted only after the new
-    # experiment is already visible to the others.)
-    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-        if name in env:
-            monkeypatch.setenv(name, env[name])
-    MlflowClient(tracking_uri=stack.uri).create_experiment("writers")
-    processes = start_trainings(writers_project, env)
-    try:
-        # Restart the database once the first epoch of some run is in it.
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            (logged,) = stack.pg.query(
-                f"SELECT count(*) FROM metrics x {IN_EXPERIMENT} AND x.key = 'val/data_loss'"
-            )
-            if logged[0] or all(p.poll() is not None for p in processes):
-                break
-            time.sleep(0.2)
-        assert any(p.poll() is None for p in processes), "all trainings ended before the restart"
-        before = logged[0]
-        restarted_ms = int(time.time() * 1000)
-        stack.pg.restart()
-    finally:
-        finish(processes)
-    assert before < len(WRITERS) * WRITER_EPOCHS, "the restart came after every epoch"
+def test_four_trainings_at_once_on_the_server_survive_a_postgresql_restart(stack, writers):
+    before = writers.epochs_before_restart
+    assert 0 < before < len(WRITERS) * WRITER_EPOCHS, "the restart was not during the epochs"
     figures = check_every_write_arrived(stack.pg.query)
+    # Epochs that began after PostgreSQL was back were logged, and the runs ended then.
+    (after,) = stack.pg.query(
+        f"SELECT count(*) FROM metrics x {IN_EXPERIMENT} "
+        "AND x.key = 'val/data_loss' AND x.timestamp > %s",
+        (writers.restart_ended_ms,),
+    )
+    assert after[0] > 0, "no epoch was logged after the restart"
     ended = stack.pg.query(
         f"SELECT r.end_time FROM runs x {IN_EXPERIMENT} AND r.name <> 'pipeline'"
     )
-    assert max(end for (end,) in ended) > restarted_ms, "no run was still going at the restart"
-    print(f"server, {len(WRITERS)} writers, PostgreSQL restarted after {before} epochs: {figures}")
+    assert max(end for (end,) in ended) > writers.restart_ended_ms
+    print(
+        f"server, {len(WRITERS)} writers, PostgreSQL restarted after {before} epochs "
+        f"({after[0]} logged after it): {figures}"
+    )

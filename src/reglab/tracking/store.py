@@ -17,6 +17,20 @@ from reglab.errors import ReglabError
 log = logging.getLogger(__name__)
 
 
+# ``mlflow.set_tracking_uri`` also writes its URI to MLFLOW_TRACKING_URI (for
+# subprocesses). What configure() left there, and what the variable held before:
+# a later job in the same process (a multirun over tracking.uri) must read the
+# user's setting, not the store an earlier job logged to.
+_exported: tuple[str | None, str | None] = (None, None)
+
+
+def user_tracking_uri() -> str | None:
+    """MLFLOW_TRACKING_URI as the user set it (None if unset), not as MLflow rewrote it."""
+    current = os.environ.get("MLFLOW_TRACKING_URI")
+    exported, before = _exported
+    return before if exported is not None and current == exported else current
+
+
 def resolve_uri(configured: str) -> str:
     """MLFLOW_TRACKING_URI in the environment wins over the config.
 
@@ -24,7 +38,7 @@ def resolve_uri(configured: str) -> str:
     really is, and MLflow (which caches stores by URI) never mixes up two
     projects' ``sqlite:///mlflow.db`` in one process.
     """
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
+    uri = user_tracking_uri() or configured
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
         uri = prefix + str(Path(uri[len(prefix) :]).resolve())
@@ -148,7 +162,10 @@ def configure(uri: str, experiment: str | None = None, server_wait_s: float = 30
     check_reachable(uri)
     check_sqlite_store(uri)
     initialize_sqlite_store(uri)
+    global _exported
+    before = user_tracking_uri()
     mlflow.set_tracking_uri(uri)
+    _exported = (os.environ.get("MLFLOW_TRACKING_URI"), before)
     launcher = os.environ.get("MLFLOW_RUN_ID")
     if launcher:
         # Under `mlflow run`: nest in the launcher's experiment, where its run is.
