@@ -117,7 +117,7 @@ def test_trials_csv_and_the_figures(tmp_path):
 
 
 def test_the_reporter_sends_each_epoch_and_the_best_objective_so_far(monkeypatch):
-    from reglab.tune.search import Reporter
+    from reglab.tune.trial import Reporter
 
     reported = []
     monkeypatch.setattr("ray.tune.report", lambda metrics: reported.append(metrics))

@@ -142,6 +142,17 @@ def restored_tracking_uri(uri: str) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = before
 
 
+def search_client(uri: str, experiment: str) -> tuple[mlflow.MlflowClient, str]:
+    """A client of the store the trials log to, and the id of the search's experiment."""
+    client = mlflow.MlflowClient(uri)
+    return client, client.get_experiment_by_name(experiment).experiment_id
+
+
+def tag_trial(run_id: str, trial_id: str) -> None:
+    """Tag a trial's run with the Ray trial id that (again) reported it."""
+    mlflow.MlflowClient().set_tag(run_id, TRIAL_TAG, trial_id)
+
+
 def search_parent(
     client: mlflow.MlflowClient,
     experiment_id: str,

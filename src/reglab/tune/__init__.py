@@ -1,7 +1,9 @@
 """Hyperparameter search: Optuna's TPE sampler on Ray Tune, with ASHA stopping bad trials.
 
-- :mod:`reglab.tune.search`: the Ray Tune run; each trial is ``runner.train_variant``
-  with a reporting hook (the schema of a search is in :mod:`reglab.config`)
+- :mod:`reglab.tune.search`: a search's checks, state folder and MLflow parent run
+  (the schema of a search is in :mod:`reglab.config`)
+- :mod:`reglab.tune.engine`: the Ray Tune run (Optuna's sampler, ASHA, resume)
+- :mod:`reglab.tune.trial`: one trial, ``runner.train_variant`` with a reporting hook
 - :mod:`reglab.tune.results`: best.yaml, trials.csv and the figures
 - :mod:`reglab.tune.best`: the variant ``<search>_best`` a best.yaml defines
 - :mod:`reglab.tune.cli`: ``reglab tune search=<name> ...``

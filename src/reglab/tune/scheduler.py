@@ -8,7 +8,7 @@ the earlier ones, and stop (or keep) different trials than the same search
 uninterrupted. Here each trial restored as finished replays its stored results
 into the rungs when it is added, so the rungs are what they were at the kill.
 
-Imported only by :func:`reglab.tune.search.run_search` (it imports Ray).
+Imported only by :func:`reglab.tune.engine.run_ray` (it imports Ray).
 """
 
 from __future__ import annotations

@@ -1,0 +1,216 @@
+"""The Ray Tune run of a search: Ray connected, the Tuner made or restored, its results.
+
+Why Ray Tune's own ``OptunaSearch``: it is Ray's maintained wiring of an
+Optuna study (ask/tell, the seeded TPE sampler, saved and restored with Ray's
+experiment state, so a killed search resumes with its study), it works with
+the lock's ray 2.60 and optuna 5.0, and it leaves stopping to Ray's ASHA
+scheduler, which stops a trial wherever it runs. Hydra's Optuna sweeper
+(optuna < 3) cannot be used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from reglab.config import Config, SearchConfig
+from reglab.tune.search import Trial, n_trials
+from reglab.tune.trial import run_trial, trial_dir
+
+log = logging.getLogger(__name__)
+
+
+def _runtime_env(config: Config, trial_uri: str) -> dict[str, Any]:
+    threads = str(config.tune.threads_per_trial)
+    return {
+        "env_vars": {
+            # Read when TensorFlow is first imported in the worker.
+            "TF_NUM_INTRAOP_THREADS": threads,
+            "TF_NUM_INTEROP_THREADS": threads,
+            "OMP_NUM_THREADS": threads,
+            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+            "MLFLOW_TRACKING_URI": trial_uri,
+            "MLFLOW_ENABLE_ASYNC_LOGGING": "true",
+            "RAY_CHDIR_TO_TRIAL_DIR": "0",
+            "PYTHONHASHSEED": "0",
+        }
+    }
+
+
+def _sampler(search: SearchConfig, kind: str) -> Any:
+    import optuna
+
+    if kind == "grid":
+        grid = {spec.key: list(spec.choices or ()) for spec in search.params}
+        return optuna.samplers.GridSampler(grid, seed=search.seed)
+    return optuna.samplers.TPESampler(seed=search.seed)
+
+
+def _distributions(search: SearchConfig) -> dict[str, Any]:
+    import optuna
+
+    return {
+        spec.key: optuna.distributions.CategoricalDistribution(list(spec.choices))
+        if spec.choices is not None
+        else optuna.distributions.FloatDistribution(spec.low, spec.high, log=spec.log)
+        for spec in search.params
+    }
+
+
+EXPERIMENT_FILE = "ray_experiment"
+
+
+def experiment_name(state_dir: Path) -> str:
+    """The search's Ray experiment name, made once per state folder and unique to it.
+
+    Ray stages a driver's experiment files in <Ray session>/artifacts/<start time,
+    to the second>/<experiment name>/ on the driver's machine before copying them to
+    the state folder: two searches of one name started in the same second on one
+    cluster would share that folder, and each could copy (and later resume) the
+    other's trials and searcher state (ray-project/ray#35006).
+    """
+    import uuid
+
+    remembered = state_dir / EXPERIMENT_FILE
+    if not remembered.exists():
+        remembered.write_text(f"ray-{uuid.uuid4().hex[:12]}")
+    return remembered.read_text().strip()
+
+
+@contextlib.contextmanager
+def ray_connected(config: Config, address: str | None, trial_uri: str) -> Iterator[None]:
+    """Connected to the Ray head at ``address`` (None: a local instance) until the end."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    init: dict[str, Any] = {
+        "runtime_env": _runtime_env(config, trial_uri),
+        "logging_level": logging.WARNING,
+        "log_to_driver": False,
+    }
+    if address:
+        init["address"] = address
+    else:
+        init.update(include_dashboard=False, num_cpus=os.cpu_count())
+    ray.init(**init)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def run_ray(
+    config: Config, name: str, search: SearchConfig, state_dir: Path, parent: str
+) -> list[Any]:
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from reglab.tune.scheduler import ResumableASHA
+
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, config=config, name=name, parent_run_id=parent),
+        {"cpu": config.tune.cpus_per_trial, "gpu": config.tune.gpus_per_trial},
+    )
+    experiment = state_dir.resolve() / experiment_name(state_dir)
+    if tune.Tuner.can_restore(str(experiment)):
+        log.info("%s: resuming the stored search in %s", name, experiment)
+        tuner = tune.Tuner.restore(
+            str(experiment), trainable, resume_unfinished=True, resume_errored=False
+        )
+    else:
+        grid = config.tune.sampler == "grid"
+        searcher = ConcurrencyLimiter(
+            OptunaSearch(
+                _distributions(search),
+                metric="objective",
+                mode=search.mode,
+                sampler=_sampler(search, config.tune.sampler),
+            ),
+            max_concurrent=config.tune.max_concurrent,
+        )
+        scheduler = ResumableASHA(
+            time_attr="epoch",
+            # One more than the trial's epochs: ASHA stops a trial that reaches
+            # max_t, and a trial that ran all its epochs should end by itself.
+            max_t=search.epochs + 1,
+            grace_period=min(config.tune.grace_period, search.epochs),
+            reduction_factor=config.tune.reduction_factor,
+        )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                metric="objective",
+                mode=search.mode,
+                search_alg=searcher,
+                # A grid is a sweep: every point runs all its epochs.
+                scheduler=FIFOScheduler() if grid else scheduler,
+                num_samples=n_trials(search, config.tune),
+                # A new actor per trial: a reused one must wait for the stopped
+                # trial's thread to end its epoch, and past Ray's timeout Ray
+                # fails the next trial ("Trainable runner reuse requires
+                # reset_config()"), as it did under load in the benchmark.
+                reuse_actors=False,
+            ),
+            run_config=tune.RunConfig(
+                name=experiment.name,
+                storage_path=str(state_dir.resolve()),
+                failure_config=tune.FailureConfig(max_failures=0),
+                verbose=0,
+            ),
+        )
+    results = tuner.fit()
+    return [results[index] for index in range(len(results))]
+
+
+def collect(runs: Mapping[str, Any], search: SearchConfig, results: list[Any]) -> list[Trial]:
+    """One Trial per Ray result, in the order Ray made them; the state from Ray and MLflow."""
+    made = []
+    for result in results:
+        metrics = result.metrics or {}
+        trial_id, index = trial_dir(result.path)
+        trial_id = metrics.get("trial_id") or trial_id
+        run = runs.get(trial_id)
+        epochs = int(metrics.get("epoch", 0) or 0)
+        if result.error is not None:
+            state = "failed"
+        elif epochs >= search.epochs or (run is not None and run.info.status == "FINISHED"):
+            state = "completed"  # all its epochs, or stopped early by its own recipe
+        else:
+            state = "pruned"
+        objective = float(metrics.get("objective", math.nan))
+        trial = Trial(
+            number=0,
+            trial_id=trial_id,
+            params={spec.key: _plain(result.config[spec.key]) for spec in search.params},
+            objective=objective if state != "failed" else math.nan,
+            epochs=epochs,
+            state=state,
+            mlflow_run_id=run.info.run_id if run else None,
+            error=_last_line(result.error),
+        )
+        made.append((index, trial))
+    trials = [trial for _, trial in sorted(made, key=lambda pair: pair[0])]
+    for number, trial in enumerate(trials):
+        trial.number = number
+    return trials
+
+
+def _last_line(error: BaseException | None) -> str | None:
+    """Ray wraps a trial's exception in its traceback; the last line is the cause."""
+    if error is None:
+        return None
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars from Optuna become plain Python values (for YAML and MLflow)."""
+    return value.item() if hasattr(value, "item") else value

@@ -1,0 +1,159 @@
+"""One trial of a search, in a Ray worker: train_variant with a hook reporting to Ray Tune.
+
+A trial is known by its number in the search (its Ray trial folder's index), not
+by Ray's trial id: a search resumed from experiment state saved before its last
+trials started makes them again under new ids, and they pick up the checkpoint
+and MLflow run the killed attempt left. A trial already trained to the end
+reports its saved epochs again instead of training (and does not import TensorFlow).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from reglab.config import Config, SearchConfig
+from reglab.paths import run_key
+
+
+def trial_config(config: Config, search: SearchConfig, variant: str, values: dict) -> Config:
+    """The config of one trial: one variant (base recipe + values), the search's epochs."""
+    return dataclasses.replace(
+        config,
+        variants={variant: search.recipe(values)},
+        seeds=config.seeds[:1],
+        train=dataclasses.replace(config.train, epochs=search.epochs),
+        tracking=dataclasses.replace(config.tracking, log_model=False),
+    )
+
+
+class Reporter:
+    """The per-epoch hook: reports the epoch and the best objective so far to Ray Tune."""
+
+    def __init__(self, objective: str, mode: str):
+        self.objective = objective
+        self.sign = 1.0 if mode == "min" else -1.0
+        self.best = math.inf
+
+    def __call__(self, epoch: int, row: Mapping[str, float]) -> None:
+        from ray import tune
+
+        value = self.sign * float(row[self.objective])
+        if math.isfinite(value):
+            self.best = min(self.best, value)
+        tune.report(
+            {
+                "epoch": epoch,
+                "objective": self.sign * self.best,
+                "val_data_loss": float(row["val_data_loss"]),
+                "val_accuracy": float(row["val_accuracy"]),
+            }
+        )
+
+
+def run_trial(params: dict[str, Any], *, config: Config, name: str, parent_run_id: str) -> None:
+    """One trial in a Ray worker: train_variant with the reporting hook.
+
+    The trial's files and MLflow run are named by its number in the search, not
+    by Ray's trial id: a search resumed from experiment state saved before its
+    last trials started makes them again, with new ids but the same numbers and
+    (in serial mode) the same values, and they pick up what the killed ones left.
+    """
+    from ray import tune
+
+    from reglab.tracking.search import SEARCH_TAG, TRIAL_TAG, tag_trial
+
+    search = config.search_spaces[name]
+    context = tune.get_context()
+    trial_id = context.get_trial_id()
+    variant = f"{name}-{trial_dir(context.gettrial_dir())[1]}"
+    key = run_key(variant, config.seeds[0])
+    trial = trial_config(config, search, variant, params)
+    reporter = Reporter(search.objective, search.mode)
+    resumed = checkpoint_history(trial, key)
+    finished = None if resumed else finished_attempt(trial, key)
+    if finished is not None:
+        # Trained and logged to the end before the kill: report its epochs again.
+        rows, run_id = finished
+        for row in rows:
+            reporter(int(row["epoch"]), row)
+        if run_id:
+            tag_trial(run_id, trial_id)
+        return
+    # TensorFlow only for a trial that trains (its import is most of a trial's start-up).
+    import keras
+
+    from reglab.runner import train_variant
+
+    keras.backend.clear_session()
+    # A trial restarted after a kill resumes at its checkpoint's epoch: report the
+    # epochs it trained before again, so ASHA decides as it would have.
+    for row in resumed:
+        reporter(int(row["epoch"]), row)
+    train_variant(
+        trial,
+        key,
+        hooks=[reporter],
+        parent_run_id=parent_run_id,
+        run_tags={SEARCH_TAG: name, TRIAL_TAG: trial_id},
+    )
+
+
+def checkpoint_history(trial: Config, key: str) -> list[dict[str, Any]]:
+    """The epochs an interrupted attempt of this trial saved in its checkpoint."""
+    from reglab.checkpoint import STATE_FILE
+
+    state = Path(trial.paths.checkpoints, key, STATE_FILE)
+    return json.loads(state.read_text()).get("history", []) if state.exists() else []
+
+
+def finished_attempt(trial: Config, key: str) -> tuple[list[dict[str, str]], str | None] | None:
+    """The epochs and MLflow run of an earlier attempt of this trial that trained this
+    very config to the end: its run.json and history written, its checkpoint cleared
+    (train_variant's last step, after the logging), if there is one."""
+    import csv
+
+    from reglab.config import config_hash
+    from reglab.paths import history_file
+
+    summary_file = Path(trial.paths.models, key, "run.json")
+    history = history_file(trial.paths.history, key)
+    if not (summary_file.exists() and history.exists()):
+        return None
+    summary = json.loads(summary_file.read_text())
+    if summary.get("config_hash") != config_hash(trial):
+        return None
+    with history.open() as handle:
+        return list(csv.DictReader(handle)), summary.get("mlflow_run_id")
+
+
+TRIAL_SPLITS = ("train", "val")
+
+
+def trial_data(processed: Path, folder: Path) -> Path:
+    """A data folder for the trials that holds the training and validation arrays
+    (links to the prepared ones) and the manifest, and no test array: a search
+    cannot read the held-out test set, not even by mistake."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").symlink_to(processed / "manifest.json")
+    for split in TRIAL_SPLITS:
+        for part in ("x", "y"):
+            (folder / f"{split}_{part}.npy").symlink_to(processed / f"{split}_{part}.npy")
+    return folder
+
+
+TRIAL_DIR = re.compile(r"^[A-Za-z_]+?_(?P<id>[0-9a-f]{5,}(?:_\d{5})?)_(?P<index>\d+)")
+
+
+def trial_dir(path: str) -> tuple[str, int]:
+    """Ray's trial folder <trainable>_<trial id>_<index>_<params>: the id and creation index."""
+    found = TRIAL_DIR.match(Path(path).name)
+    return (found["id"], int(found["index"])) if found else (Path(path).name, 0)
