@@ -72,17 +72,16 @@ def train_variant(
         config.tracking.uri, config.tracking.experiment, config.tracking.server_wait_s
     )
     params = run_params(config, variant, seed)
-    checkpoint = Checkpoint(
-        Path(config.paths.checkpoints, key), fingerprint(params, config.paths.processed)
-    )
-    state = load_state(checkpoint)
+    checkpoint, state = load_state(config, key, params)
     resumed_from = state.epoch
     model = prepare_model(config, recipe, seed, train[0].shape[1:])
-    with open_run(config, key, state.run_id, parent_run_id, run_tags) as run:
+    with (
+        open_run(config, key, state.run_id, parent_run_id, run_tags) as run,
+        weights.HistogramImages(key, state.histograms) as histogram_images,
+    ):
         begin_logging(run.info.run_id, state, params, model, config.paths.processed)
         log_epoch = epoch_logger(model, config.evaluation.sparsity_threshold, uri)
         progress = EpochProgress(key, config.train.epochs, state.epoch)
-        histogram_images = weights.HistogramImages(key, state.histograms)
         state = fit(
             model, train, validation, state,
             num_classes=config.data.num_classes,
@@ -134,7 +133,6 @@ def finish_logging(
             model,
             histogram_images,
             state.history,
-            key,
             example_inputs=example_inputs if config.tracking.log_model else None,
             registered_model_name=config.tracking.registered_model_name,
             class_names=config.data.class_names,
@@ -313,12 +311,18 @@ def fingerprint(params: Mapping[str, Any], processed_dir: str) -> dict[str, str]
     }
 
 
-def load_state(checkpoint: Checkpoint) -> TrainingState:
-    """The checkpoint's state, or a fresh one; a discarded checkpoint's run ends KILLED."""
+def load_state(
+    config: Config, key: str, params: Mapping[str, Any]
+) -> tuple[Checkpoint, TrainingState]:
+    """The run's checkpoint (tied to its params, code and data) and its state, or a
+    fresh one; a discarded checkpoint's run ends KILLED."""
+    checkpoint = Checkpoint(
+        Path(config.paths.checkpoints, key), fingerprint(params, config.paths.processed)
+    )
     state = checkpoint.load()
     if checkpoint.discarded_run_id:
         tracking.end_orphaned_run(checkpoint.discarded_run_id)
-    return state or TrainingState()
+    return checkpoint, state or TrainingState()
 
 
 def run_tags_of(config: Config, variant: str, seed: int) -> dict[str, str]:

@@ -193,6 +193,13 @@ class HistogramImages:
         self.drawn: dict[int, Any] = {}  # epoch -> Future of its image
         self.panels: HistogramPanels | None = None
 
+    def __enter__(self) -> HistogramImages:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """The drawing thread ends with the run, also when training raised."""
+        self.executor.shutdown(cancel_futures=True)
+
     def _recorded(self) -> list[int]:
         return sorted(int(epoch) for epoch in list(self.histograms))
 

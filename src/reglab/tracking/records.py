@@ -103,38 +103,30 @@ def log_missing_epochs(run_id: str, history: list[Mapping[str, float]]) -> None:
 
 def log_trained_model(
     model: Any,
-    histograms: Mapping[str, Any] | weights.HistogramImages,
+    histograms: weights.HistogramImages,
     history: list[Mapping[str, float]],
-    label: str,
     *,
     example_inputs: Any | None,
     registered_model_name: str | None = None,
     class_names: Sequence[str] | None = None,
     keras_file: Path | None = None,
 ) -> None:
-    """After training: the pending epochs, the kernel histograms (their counts, or the
-    images drawn during training), the model (with an input example, when given one;
+    """After training: the pending epochs, the kernel histograms (the images drawn
+    during training), the model (with an input example, when given one;
     it predicts probabilities of ``class_names``; from ``keras_file`` when the model
     is saved there already) and the epoch count."""
     mlflow.flush_async_logging()
     # Epochs whose asynchronous logging failed while the server was away.
     log_missing_epochs(mlflow.active_run().info.run_id, history)
-    log_weight_histograms(histograms, label)
+    log_weight_histograms(histograms)
     if example_inputs is not None:
         log_keras_model(model, example_inputs, registered_model_name, class_names, keras_file)
     mlflow.log_metrics({"epochs_trained": len(history)})
 
 
-def log_weight_histograms(
-    histograms: Mapping[str, Any] | weights.HistogramImages, label: str
-) -> None:
-    """Images with a step (the UI scrubs through training), raw counts, a start/end overlay.
-
-    ``histograms`` are the counts by epoch, drawn here, or a
-    :class:`~reglab.weights.HistogramImages` that drew them during training.
-    """
-    if not isinstance(histograms, weights.HistogramImages):
-        histograms = weights.HistogramImages(label, dict(histograms))
+def log_weight_histograms(histograms: weights.HistogramImages) -> None:
+    """Images with a step (the UI scrubs through training), raw counts, a start/end overlay,
+    as the :class:`~reglab.weights.HistogramImages` of the run drew them."""
     images, overlay = histograms.finish()
     for epoch, image in images.items():
         mlflow.log_image(image, key="weights/kernel_histograms", step=epoch)
