@@ -194,3 +194,51 @@ def test_a_server_that_dies_during_training_loses_nothing(data_dir, tmp_path, mo
         assert not (tmp_path / ".reglab/checkpoints/l2@42").exists()
     finally:
         stop_server(process)
+
+
+def test_a_server_that_comes_back_within_the_wait_loses_and_repeats_nothing(
+    data_dir, tmp_path, monkeypatch
+):
+    """Killed after epoch 1 of 3 and started again a moment later, within
+    `tracking.server_wait_s`: the run goes on and finishes normally, every epoch
+    logged once, no second run."""
+    import threading
+
+    from mlflow import MlflowClient
+
+    from reglab.runner import train_variant
+
+    root, port = tmp_path / "server", free_port()
+    uri = f"http://127.0.0.1:{port}"
+    servers = [start_server(root, port)]
+    restarted = threading.Thread(target=lambda: servers.append(start_server(root, port)))
+    try:
+        (tmp_path / "data").symlink_to(data_dir)
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        config = config_for("train.epochs=3", "tracking.server_wait_s=90")
+
+        def restart_server_after_epoch_1(epoch, row):
+            if epoch == 1:
+                stop_server(servers[0])
+                restarted.start()  # the next epoch's metrics wait for it
+
+        summary = train_variant(config, "l2@42", hooks=[restart_server_after_epoch_1])
+        restarted.join()
+        assert servers[0].poll() is not None and servers[1].poll() is None  # it did go away
+        client = MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name("reglab")
+        (run,) = client.search_runs([experiment.experiment_id], "tags.variant = 'l2'")
+        assert run.info.run_id == summary["mlflow_run_id"]
+        assert run.info.status == "FINISHED"
+        assert summary["resumed_from_epoch"] == 0 and summary["epochs_trained"] == 3
+        for key in ("val/data_loss", "train/penalty", "val/accuracy"):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert sorted(steps) == [1, 2, 3], key  # each epoch once
+        assert run.data.metrics["epochs_trained"] == 3
+        assert not (tmp_path / ".reglab/checkpoints/l2@42").exists()
+    finally:
+        if restarted.is_alive():
+            restarted.join()
+        for process in servers:
+            stop_server(process)
