@@ -314,8 +314,18 @@ def test_command_line_multirun_tracks_each_job(tmp_path, data_dir):
 
 
 def test_command_line_rejects_a_bad_override_in_one_line(tmp_path):
+    # `python -m reglab train ...`, noting at exit whether TensorFlow was ever imported.
+    loaded = tmp_path.parent / f"{tmp_path.name}-heavy-modules.txt"
+    main = (
+        "import atexit, runpy, sys\n"
+        "out = sys.argv.pop()\n"
+        "atexit.register(lambda: open(out, 'w').write("
+        "' '.join(m for m in ('tensorflow', 'keras') if m in sys.modules)))\n"
+        "sys.argv = ['reglab'] + sys.argv[1:]\n"
+        "runpy.run_module('reglab', run_name='__main__')\n"
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "reglab", "train", "variant=l2", "variants.l2.kernel.l2=-1"],
+        [sys.executable, "-c", main, "train", "variant=l2", "variants.l2.kernel.l2=-1", loaded],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -326,6 +336,7 @@ def test_command_line_rejects_a_bad_override_in_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == ["error: variants.l2.kernel.l2=-1.0: must be >= 0"]
     assert not (tmp_path / "mlflow.db").exists()
     assert not (tmp_path / "outputs").exists()  # no empty Hydra folder for a run that never began
+    assert loaded.read_text() == ""  # refused before TensorFlow or Keras was imported
 
 
 def test_a_damaged_tracking_store_is_one_line_naming_the_file(project):
