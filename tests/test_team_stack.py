@@ -217,7 +217,9 @@ def pipeline(stack, writers_run, tmp_path_factory) -> Iterator[Pipeline]:
     """`dvc repro` on the stack while the four writers log; done once PostgreSQL's
     restart is over (no test sees it), not waiting for the writers to end. The DVC
     remote's push and pull and the experiment's sharing then go on in the background
-    (one `dvc` at a time in the repository) while the other tests run."""
+    while the other tests run: first `dvc push`, then `dvc exp save` and `dvc exp
+    push` (one `dvc` at a time in the repository), each clone's commands as soon as
+    what it pulls is pushed."""
     root, base = stack.team_project, stack.team_project.parent
     env = client_env(stack)
     first = run(["dvc", "repro"], root, env)
@@ -234,12 +236,13 @@ def pipeline(stack, writers_run, tmp_path_factory) -> Iterator[Pipeline]:
     output = stack.data_output + first.stdout + first.stderr
     done = Pipeline(root, origin, env, output, run_ids)
     # Waited for (or failed) before the stack stops.
-    with ThreadPoolExecutor(1) as background:
+    pushed = threading.Event()  # `dvc push` is over: the repository is free
+    with ThreadPoolExecutor(2) as background:
         done.pushed = background.submit(
-            push_and_pull_in_a_fresh_clone, stack, done, tmp_path_factory.mktemp("clone")
+            push_and_pull_in_a_fresh_clone, stack, done, pushed, tmp_path_factory.mktemp("clone")
         )
         done.shared_experiment = background.submit(
-            share_an_experiment, done, tmp_path_factory.mktemp("teammate")
+            share_an_experiment, done, pushed, tmp_path_factory.mktemp("teammate")
         )
         yield done
 
@@ -423,14 +426,19 @@ class Pushed:
 SHARED_FOLDERS = ("data", "models", ".dvc/cache/runs")
 
 
-def push_and_pull_in_a_fresh_clone(stack: Stack, pipeline: Pipeline, base: Path) -> Pushed:
-    run(["dvc", "push", "--run-cache"], pipeline.root, pipeline.env)
-    remote = stack.s3.keys(DVC_BUCKET, "reglab/")
+def push_and_pull_in_a_fresh_clone(
+    stack: Stack, pipeline: Pipeline, pushed: threading.Event, base: Path
+) -> Pushed:
+    try:
+        run(["dvc", "push", "--run-cache"], pipeline.root, pipeline.env)
+        remote = stack.s3.keys(DVC_BUCKET, "reglab/")
+        original = {folder: tree_digest(pipeline.root / folder) for folder in SHARED_FOLDERS}
+    finally:
+        pushed.set()
     clone = base / "clone"
     run(["git", "clone", "-q", str(pipeline.origin), str(clone)], base, pipeline.env)
     processed_before_pull = (clone / "data/processed").exists()
     run(["dvc", "pull", "--run-cache"], clone, pipeline.env)
-    original = {folder: tree_digest(pipeline.root / folder) for folder in SHARED_FOLDERS}
     cloned = {folder: tree_digest(clone / folder) for folder in SHARED_FOLDERS}
     again = run(["dvc", "repro"], clone, pipeline.env)
     return Pushed(remote, processed_before_pull, original, cloned, again.stdout)
@@ -456,8 +464,11 @@ class SharedExperiment:
     models: dict[str, str]  # tree_digest of its models/
 
 
-def share_an_experiment(pipeline: Pipeline, base: Path) -> SharedExperiment:
+def share_an_experiment(
+    pipeline: Pipeline, pushed: threading.Event, base: Path
+) -> SharedExperiment:
     root, env = pipeline.root, pipeline.env
+    assert pushed.wait(timeout=900), "`dvc push` never ended"
     # An experiment of the current results (no retraining: `dvc exp save`).
     run(["dvc", "exp", "save", "-n", "shared-results"], root, env)
     run(["dvc", "exp", "push", "origin", "shared-results"], root, env)
