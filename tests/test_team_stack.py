@@ -161,7 +161,7 @@ class Pipeline:
     output: str
     run_ids: dict[str, str]
     # The DVC sharing, started in the background once the pipeline is done (each
-    # one's test checks what it found): a Pushed, then a SharedExperiment.
+    # one's test checks what it found): a Pushed and a SharedExperiment.
     pushed: Future = dataclasses.field(init=False)
     shared_experiment: Future = dataclasses.field(init=False)
 
