@@ -12,10 +12,13 @@ to a fresh sqlite store, then to the server, where PostgreSQL restarts while
 they log.
 
 Two CPU cores go a long way when nothing waits for what it does not need:
-PostgreSQL and moto start at the same time, the two projects are prepared while
-the MLflow server starts (its imports and migrations take the longest), and the
-four trainings run beside `dvc repro` (one stage at a time), so the restart hits
-the pipeline's stages too. The tests begin once the restart is over.
+PostgreSQL and moto start at the same time; while the MLflow server starts (its
+imports and migrations take the longest) the team's project is prepared and its
+data stages run (they do not log to MLflow), and the writers' project takes the
+digits they made; the four trainings run beside the rest of `dvc repro` (one
+stage at a time), so the restart hits the pipeline's stages too. The tests begin
+once the restart is over; the DVC push, pull and experiment sharing then run in
+the background while the checks of the server's rows, objects and model do.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -35,8 +39,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
-from tests.conftest import DIGITS, make_project
+from tests.conftest import DIGITS
 from tests.project_copy import (
     clean_env,
     compose_params,
@@ -80,9 +85,10 @@ class Stack:
     auth: bool
     root: Path
     # Prepared while the server started: the team's project (configured, under git,
-    # not run yet) and the writers' (params and processed digits).
+    # its data stages run) and the writers' (params and the same processed digits).
     team_project: Path
     writers_project: Path
+    data_output: str  # of the team's `dvc repro preprocess`
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +124,8 @@ def stack(tmp_path_factory) -> Stack:
             ),
         )
         team_project = prepare_team_project(tmp_path_factory.mktemp("team"), pg, s3)
-        writers_project = make_project(tmp_path_factory.mktemp("writers"), [])
+        data_output = run_data_stages(team_project)
+        writers_project = writers_project_from(team_project, tmp_path_factory.mktemp("writers"))
         server = server_started.result()
         if auth:
             for username, password in (ALICE, BOB):
@@ -129,7 +136,7 @@ def stack(tmp_path_factory) -> Stack:
                     timeout=60,
                 )
                 assert response.status_code == 200, response.text
-        yield Stack(pg, s3, server.uri, auth, root, team_project, writers_project)
+        yield Stack(pg, s3, server.uri, auth, root, team_project, writers_project, data_output)
 
 
 def client_env(stack: Stack, user: tuple[str, str] = ALICE) -> dict[str, str]:
@@ -153,6 +160,10 @@ class Pipeline:
     env: dict[str, str]
     output: str
     run_ids: dict[str, str]
+    # The DVC sharing, started in the background once the pipeline is done (each
+    # one's test checks what it found): a Pushed and a SharedExperiment.
+    pushed: Future = dataclasses.field(init=False)
+    shared_experiment: Future = dataclasses.field(init=False)
 
 
 def prepare_team_project(base: Path, pg: Postgres, s3: S3) -> Path:
@@ -178,10 +189,37 @@ def prepare_team_project(base: Path, pg: Postgres, s3: S3) -> Path:
     return root
 
 
+def run_data_stages(root: Path) -> str:
+    """`dvc repro preprocess`: check, download and preprocess, the stages that do not log
+    to MLflow, so they run while the server starts (the DVC remote's keys are set, the
+    server's address is not known yet)."""
+    done = run(["dvc", "repro", "preprocess"], root, clean_env(**S3_CREDENTIALS))
+    assert stages_run(done.stdout) == {"check", "download", "preprocess"}, done.stdout
+    return done.stdout + done.stderr
+
+
+def writers_project_from(team_project: Path, root: Path) -> Path:
+    """The writers' project: their params, and the digits the team's preprocess stage
+    made (the same data settings, so the very arrays that stage would make here)."""
+    from reglab.compose import compose, to_yaml
+
+    params = compose(DIGITS)
+    team = yaml.safe_load((team_project / "params.yaml").read_text())
+    assert team["data"] == params["data"] and team["paths"] == params["paths"]
+    (root / "params.yaml").write_text(to_yaml(params))
+    processed = params["paths"]["processed"]
+    shutil.copytree(team_project / processed, root / processed)
+    return root
+
+
 @pytest.fixture(scope="module")
-def pipeline(stack, writers_run) -> Pipeline:
+def pipeline(stack, writers_run, tmp_path_factory) -> Iterator[Pipeline]:
     """`dvc repro` on the stack while the four writers log; done once PostgreSQL's
-    restart is over (no test sees it), not waiting for the writers to end."""
+    restart is over (no test sees it), not waiting for the writers to end. The DVC
+    remote's push and pull and the experiment's sharing then go on in the background
+    while the other tests run: first `dvc push`, then `dvc exp save` and `dvc exp
+    push` (one `dvc` at a time in the repository), each clone's commands as soon as
+    what it pulls is pushed."""
     root, base = stack.team_project, stack.team_project.parent
     env = client_env(stack)
     first = run(["dvc", "repro"], root, env)
@@ -195,7 +233,18 @@ def pipeline(stack, writers_run) -> Pipeline:
     for summary in root.glob("models/*/run.json"):
         content = json.loads(summary.read_text())
         run_ids[content["variant"]] = content["mlflow_run_id"]
-    return Pipeline(root, origin, env, first.stdout + first.stderr, run_ids)
+    output = stack.data_output + first.stdout + first.stderr
+    done = Pipeline(root, origin, env, output, run_ids)
+    # Waited for (or failed) before the stack stops.
+    pushed = threading.Event()  # `dvc push` is over: the repository is free
+    with ThreadPoolExecutor(2) as background:
+        done.pushed = background.submit(
+            push_and_pull_in_a_fresh_clone, stack, done, pushed, tmp_path_factory.mktemp("clone")
+        )
+        done.shared_experiment = background.submit(
+            share_an_experiment, done, pushed, tmp_path_factory.mktemp("teammate")
+        )
+        yield done
 
 
 def stages_run(output: str) -> set[str]:
@@ -365,27 +414,61 @@ def tree_digest(folder: Path) -> dict[str, str]:
     }
 
 
-def test_dvc_push_and_a_fresh_clone_pulls_data_models_and_run_cache(stack, pipeline, tmp_path):
-    run(["dvc", "push", "--run-cache"], pipeline.root, pipeline.env)
-    remote = stack.s3.keys(DVC_BUCKET, "reglab/")
+@dataclasses.dataclass
+class Pushed:
+    remote: list[str]  # the DVC bucket's keys after `dvc push --run-cache`
+    processed_before_pull: bool  # data/processed in the fresh clone before `dvc pull`
+    original: dict[str, dict[str, str]]  # folder -> tree_digest, in the repository
+    cloned: dict[str, dict[str, str]]  # the same, in the clone after `dvc pull --run-cache`
+    repro_again: str  # `dvc repro` in the clone
+
+
+SHARED_FOLDERS = ("data", "models", ".dvc/cache/runs")
+
+
+def push_and_pull_in_a_fresh_clone(
+    stack: Stack, pipeline: Pipeline, pushed: threading.Event, base: Path
+) -> Pushed:
+    try:
+        run(["dvc", "push", "--run-cache"], pipeline.root, pipeline.env)
+        remote = stack.s3.keys(DVC_BUCKET, "reglab/")
+        original = {folder: tree_digest(pipeline.root / folder) for folder in SHARED_FOLDERS}
+    finally:
+        pushed.set()
+    clone = base / "clone"
+    run(["git", "clone", "-q", str(pipeline.origin), str(clone)], base, pipeline.env)
+    processed_before_pull = (clone / "data/processed").exists()
+    run(["dvc", "pull", "--run-cache"], clone, pipeline.env)
+    cloned = {folder: tree_digest(clone / folder) for folder in SHARED_FOLDERS}
+    again = run(["dvc", "repro"], clone, pipeline.env)
+    return Pushed(remote, processed_before_pull, original, cloned, again.stdout)
+
+
+def test_dvc_push_and_a_fresh_clone_pulls_data_models_and_run_cache(pipeline):
+    pushed = pipeline.pushed.result(timeout=900)
+    remote = pushed.remote
     assert any(key.startswith("reglab/files/md5/") for key in remote), remote[:5]
     assert any(key.startswith("reglab/runs/") for key in remote), remote[:5]
-
-    clone = tmp_path / "clone"
-    run(["git", "clone", "-q", str(pipeline.origin), str(clone)], tmp_path, pipeline.env)
-    assert not (clone / "data/processed").exists()  # only git-tracked files so far
-    run(["dvc", "pull", "--run-cache"], clone, pipeline.env)
-    for folder in ("data", "models"):
-        original = tree_digest(pipeline.root / folder)
-        assert original and tree_digest(clone / folder) == original, folder
-    runs = pipeline.root / ".dvc/cache/runs"
-    assert sorted(tree_digest(runs)) and tree_digest(clone / ".dvc/cache/runs") == tree_digest(runs)
-    again = run(["dvc", "repro"], clone, pipeline.env)
-    assert stages_run(again.stdout) == set(), again.stdout
+    assert not pushed.processed_before_pull  # a fresh clone has only git-tracked files
+    for folder in SHARED_FOLDERS:
+        assert pushed.original[folder], folder
+        assert pushed.cloned[folder] == pushed.original[folder], folder
+    assert stages_run(pushed.repro_again) == set(), pushed.repro_again
 
 
-def test_dvc_exp_push_and_pull_share_an_experiment(pipeline, tmp_path):
+@dataclasses.dataclass
+class SharedExperiment:
+    origin_refs: str  # refs/exps in the bare origin after `dvc exp push`
+    listed: list[str]  # `dvc exp list` in the teammate's clone after `dvc exp pull`
+    report: dict  # reports/eval/l2@42.json there after `dvc exp apply` + `dvc checkout`
+    models: dict[str, str]  # tree_digest of its models/
+
+
+def share_an_experiment(
+    pipeline: Pipeline, pushed: threading.Event, base: Path
+) -> SharedExperiment:
     root, env = pipeline.root, pipeline.env
+    assert pushed.wait(timeout=900), "`dvc push` never ended"
     # An experiment of the current results (no retraining: `dvc exp save`).
     run(["dvc", "exp", "save", "-n", "shared-results"], root, env)
     run(["dvc", "exp", "push", "origin", "shared-results"], root, env)
@@ -396,18 +479,23 @@ def test_dvc_exp_push_and_pull_share_an_experiment(pipeline, tmp_path):
         text=True,
         check=True,
     ).stdout
-    assert refs.strip().endswith("/shared-results"), refs
 
-    clone = tmp_path / "teammate"
-    run(["git", "clone", "-q", str(pipeline.origin), str(clone)], tmp_path, env)
+    clone = base / "teammate"
+    run(["git", "clone", "-q", str(pipeline.origin), str(clone)], base, env)
     run(["dvc", "exp", "pull", "origin", "shared-results"], clone, env)
     listed = run(["dvc", "exp", "list", "--name-only"], clone, env).stdout.split()
-    assert "shared-results" in listed
     run(["dvc", "exp", "apply", "shared-results"], clone, env)
     run(["dvc", "checkout"], clone, env)
     report = json.loads((clone / "reports/eval/l2@42.json").read_text())
-    assert report == json.loads((root / "reports/eval/l2@42.json").read_text())
-    assert tree_digest(clone / "models") == tree_digest(root / "models")
+    return SharedExperiment(refs, listed, report, tree_digest(clone / "models"))
+
+
+def test_dvc_exp_push_and_pull_share_an_experiment(pipeline):
+    shared = pipeline.shared_experiment.result(timeout=900)
+    assert shared.origin_refs.strip().endswith("/shared-results"), shared.origin_refs
+    assert "shared-results" in shared.listed
+    assert shared.report == json.loads((pipeline.root / "reports/eval/l2@42.json").read_text())
+    assert shared.models == tree_digest(pipeline.root / "models")
 
 
 # --- many writers at once -------------------------------------------------------------------
@@ -420,7 +508,7 @@ def test_dvc_exp_push_and_pull_share_an_experiment(pipeline, tmp_path):
 
 WRITERS = ["baseline", "l1", "l2", "dropout"]
 RUN_NAMES = [f"{writer}@42" for writer in WRITERS]
-WRITER_EPOCHS = 6
+WRITER_EPOCHS = 4
 # Epoch metrics every run logs at every step.
 EPOCH_KEYS = ("train/data_loss", "train/penalty", "val/data_loss", "val/accuracy")
 IN_EXPERIMENT = (
