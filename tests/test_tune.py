@@ -351,9 +351,10 @@ def test_a_search_killed_with_sigkill_resumes_to_the_uninterrupted_best(
     os.killpg(killed.pid, signal.SIGKILL)  # the driver, and its tracking server with it
     killed.wait()
     assert not (root / "reports/tune/l2_strength/best.yaml").exists()
+    # Resumed at once, beside the uninterrupted search's last trial (one node each).
+    resuming = tune_stage(root, cluster.address)
     finish(uninterrupted)
-
-    resumed = finish(tune_stage(root, cluster.address))
+    resumed = finish(resuming)
     assert "resuming the stored search" in resumed
     trials = read_trials(root / "reports/tune/l2_strength/trials.csv")
     expected = read_trials(reference / "reports/tune/l2_strength/trials.csv")
