@@ -72,7 +72,7 @@ def run_trial(params: dict[str, Any], *, config: Config, name: str, parent_run_i
     search = config.search_spaces[name]
     context = tune.get_context()
     trial_id = context.get_trial_id()
-    variant = f"{name}-{trial_dir(context.gettrial_dir())[1]}"
+    variant = f"{name}-{trial_dir(context.get_trial_dir())[1]}"
     key = run_key(variant, config.seeds[0])
     trial = trial_config(config, search, variant, params)
     reporter = Reporter(search.objective, search.mode)
