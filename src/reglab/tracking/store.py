@@ -96,6 +96,11 @@ class TrackingLost(ReglabError):
     """The tracking server stopped answering while a run was being logged."""
 
 
+# The HTTP settings bound_server_wait() wrote: a later job in the same process (a
+# multirun, a test) gets its own wait, while a setting the user made still wins.
+_bounded: dict[str, str] = {}
+
+
 def bound_server_wait(wait_s: float) -> None:
     """MLflow's HTTP retries, bounded to about ``wait_s`` seconds (its defaults: minutes).
 
@@ -105,9 +110,14 @@ def bound_server_wait(wait_s: float) -> None:
     retries = 1
     while 2 * (2 ** (retries + 1) - 1) <= wait_s:
         retries += 1
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, min(10, int(wait_s)))))
+    wanted = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, min(10, int(wait_s)))),
+    }
+    for name, value in wanted.items():
+        if os.environ.get(name) in (None, _bounded.get(name)):
+            os.environ[name] = _bounded[name] = value
 
 
 @contextlib.contextmanager
