@@ -91,15 +91,16 @@ def test_histogram_images_drawn_during_training_equal_those_drawn_after():
         return found
 
     recorded: dict[str, dict] = {}
-    live = weights.HistogramImages("l2@42", recorded)
-    recorded["0"] = counts(1.0)
-    for epoch in range(1, 8):
-        if epoch % 3 == 0:
-            recorded[str(epoch)] = counts(1.0 / epoch)
-        live(epoch, {})
-    assert sorted(live.drawn) == [0, 3]  # epoch 6, the newest, may be the last
-    images, overlay = live.finish()
-    after, overlay_after = weights.HistogramImages("l2@42", dict(recorded)).finish()
+    with weights.HistogramImages("l2@42", recorded) as live:
+        recorded["0"] = counts(1.0)
+        for epoch in range(1, 8):
+            if epoch % 3 == 0:
+                recorded[str(epoch)] = counts(1.0 / epoch)
+            live(epoch, {})
+        assert sorted(live.drawn) == [0, 3]  # epoch 6, the newest, may be the last
+        images, overlay = live.finish()
+    with weights.HistogramImages("l2@42", dict(recorded)) as afterwards:
+        after, overlay_after = afterwards.finish()
     assert list(images) == [0, 3, 6] == list(after)
     for epoch in images:
         assert images[epoch].shape[-1] == 3 and images[epoch].std() > 0

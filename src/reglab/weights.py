@@ -178,10 +178,11 @@ class HistogramImages:
     thread while the next epochs train, all but the newest: the last image's
     title says "after training", and only the end of training tells which one is
     last. :meth:`finish` draws the rest and returns every image by epoch, with the
-    start/end overlay. Drawing is matplotlib's Agg and training TensorFlow's
-    kernels, both mostly outside the GIL, so on the cores TensorFlow leaves idle
-    the images cost little wall time, instead of about half a second each after
-    training. ``histograms`` may already hold a resumed run's earlier epochs.
+    start/end overlay; the end of the ``with`` block stops the thread. Drawing is
+    matplotlib's Agg and training TensorFlow's kernels, both mostly outside the
+    GIL, so on the cores TensorFlow leaves idle the images cost little wall time,
+    instead of about half a second each after training. ``histograms`` may
+    already hold a resumed run's earlier epochs.
     """
 
     def __init__(self, label: str, histograms: dict[str, dict[str, dict[str, list[float]]]]):
@@ -233,11 +234,8 @@ class HistogramImages:
             layers,
             f"{self.label}: kernel weights at epoch {first} and {last}",
         )
-        try:
-            images = {epoch: future.result() for epoch, future in sorted(self.drawn.items())}
-            return images, overlay.result()
-        finally:
-            self.executor.shutdown()
+        images = {epoch: future.result() for epoch, future in sorted(self.drawn.items())}
+        return images, overlay.result()
 
 
 def plot_start_end_overlay(
