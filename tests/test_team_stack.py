@@ -61,6 +61,7 @@ from tests.services import (
     postgres_cluster,
     s3_server,
 )
+from tests.test_pipeline_e2e import stages_run
 
 pytestmark = pytest.mark.slow
 
@@ -245,10 +246,6 @@ def pipeline(stack, writers_run, tmp_path_factory) -> Iterator[Pipeline]:
             share_an_experiment, done, pushed, tmp_path_factory.mktemp("teammate")
         )
         yield done
-
-
-def stages_run(output: str) -> set[str]:
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
 def test_runs_params_and_metric_histories_are_rows_in_postgresql(stack, pipeline):
