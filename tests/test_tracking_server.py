@@ -131,6 +131,18 @@ def test_training_logs_metrics_images_and_model_to_a_real_server(
     assert not os.path.exists(tmp_path / "mlflow.db")  # nothing went to the local default
 
 
+def log_to_a_server_from(project: Path, data_dir: Path, port: int, monkeypatch) -> str:
+    """``project`` with the digits, as the working folder, logging to the server on
+    ``port``; MLflow's HTTP retries as the config's `tracking.server_wait_s` sets them."""
+    (project / "data").symlink_to(data_dir)
+    monkeypatch.chdir(project)
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for name in ("MAX_RETRIES", "BACKOFF_FACTOR", "TIMEOUT"):
+        monkeypatch.delenv(f"MLFLOW_HTTP_REQUEST_{name}", raising=False)
+    return uri
+
+
 def test_a_server_that_dies_during_training_loses_nothing(data_dir, tmp_path, monkeypatch):
     """Killed after epoch 2 of 4: training finishes, its outputs are written, the
     process says what was not logged; run again with the server back, the same
@@ -142,15 +154,9 @@ def test_a_server_that_dies_during_training_loses_nothing(data_dir, tmp_path, mo
     from reglab.tracking import TrackingLost
 
     root, port = tmp_path / "server", free_port()
-    uri = f"http://127.0.0.1:{port}"
+    uri = log_to_a_server_from(tmp_path, data_dir, port, monkeypatch)
     process = start_server(root, port)
     try:
-        (tmp_path / "data").symlink_to(data_dir)
-        monkeypatch.chdir(tmp_path)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        for name in ("RETRIES", "BACKOFF_FACTOR", "TIMEOUT"):
-            monkeypatch.delenv(f"MLFLOW_HTTP_REQUEST_MAX_{name}", raising=False)
-            monkeypatch.delenv(f"MLFLOW_HTTP_REQUEST_{name}", raising=False)
         config = config_for("train.epochs=4", "tracking.server_wait_s=4", "tracking.log_model=true")
 
         def kill_server_after_epoch_2(epoch, row):
@@ -209,16 +215,10 @@ def test_a_server_that_comes_back_within_the_wait_loses_and_repeats_nothing(
     from reglab.runner import train_variant
 
     root, port = tmp_path / "server", free_port()
-    uri = f"http://127.0.0.1:{port}"
+    uri = log_to_a_server_from(tmp_path, data_dir, port, monkeypatch)
     servers = [start_server(root, port)]
     restarted = threading.Thread(target=lambda: servers.append(start_server(root, port)))
     try:
-        (tmp_path / "data").symlink_to(data_dir)
-        monkeypatch.chdir(tmp_path)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        for name in ("RETRIES", "BACKOFF_FACTOR", "TIMEOUT"):
-            monkeypatch.delenv(f"MLFLOW_HTTP_REQUEST_MAX_{name}", raising=False)
-            monkeypatch.delenv(f"MLFLOW_HTTP_REQUEST_{name}", raising=False)
         config = config_for("train.epochs=3", "tracking.server_wait_s=90")
 
         def restart_server_after_epoch_1(epoch, row):
