@@ -247,7 +247,7 @@ def test_the_stage_refuses_a_search_not_in_the_config(tmp_path):
 
 def test_every_search_key_is_logged_nowhere_in_a_variant_run():
     """A variant run's params are its own training's: the searches do not change them."""
-    from reglab.runner import pipeline_key, run_params
+    from reglab.config import pipeline_key, run_params
 
     plain = config_for()
     searching = config_for("searches=[l2_strength]", "tune.max_concurrent=4")

@@ -369,3 +369,27 @@ def as_dict(config: Config) -> dict[str, Any]:
 def config_hash(config: Config) -> str:
     text = json.dumps(as_dict(config), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# Config keys that say which searches run and how, not how a run trains.
+SEARCH_KEYS = ("searches", "search_spaces", "tune")
+
+
+def run_params(config: Config, variant: str, seed: int) -> dict[str, Any]:
+    """What one run depends on: the config less the other variants and seeds."""
+    params = dataclasses.asdict(config)
+    for other in ("variants", "seeds", *SEARCH_KEYS):
+        params.pop(other)
+    params["variant"] = variant
+    params["seed"] = seed
+    params["regularizer"] = dataclasses.asdict(config.variants[variant])
+    return params
+
+
+def pipeline_key(config: Config, git_commit: str) -> str:
+    """What every run of one pipeline shares: the config less variants and seeds, and the code."""
+    shared = dataclasses.asdict(config)
+    for own in ("variants", "tracking", "seeds", *SEARCH_KEYS):
+        shared.pop(own)
+    text = json.dumps(shared, sort_keys=True, default=str) + git_commit
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

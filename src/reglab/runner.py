@@ -15,7 +15,6 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import numpy as np
 
 from reglab import secrets, tracking, weights
 from reglab.checkpoint import Checkpoint, TrainingState
-from reglab.config import Config, config_hash
+from reglab.config import Config, config_hash, pipeline_key, run_params
 from reglab.data.config import DataConfig
 from reglab.data.prepare import load_splits
 from reglab.io import remove_leftovers, tree_digest, write_atomic, writing_dir
@@ -43,9 +42,6 @@ from reglab.training import (
 )
 
 log = logging.getLogger(__name__)
-
-# Config keys that say which searches run and how, not how a run trains.
-SEARCH_KEYS = ("searches", "search_spaces", "tune")
 
 
 def train_variant(
@@ -285,17 +281,6 @@ def history_csv(rows: list[dict[str, float]]) -> str:
     return buffer.getvalue()
 
 
-def run_params(config: Config, variant: str, seed: int) -> dict[str, Any]:
-    """What one run depends on: the config less the other variants and seeds."""
-    params = asdict(config)
-    for other in ("variants", "seeds", *SEARCH_KEYS):
-        params.pop(other)
-    params["variant"] = variant
-    params["seed"] = seed
-    params["regularizer"] = asdict(config.variants[variant])
-    return params
-
-
 def fingerprint(params: Mapping[str, Any], processed_dir: str) -> dict[str, str]:
     """What a checkpoint is valid for: the config (where outputs go aside), the code
     of the package, the data's digests. A change in any of them starts over."""
@@ -337,12 +322,3 @@ def run_tags_of(config: Config, variant: str, seed: int) -> dict[str, str]:
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
     return tags
-
-
-def pipeline_key(config: Config, git_commit: str) -> str:
-    """What every run of one pipeline shares: the config less variants and seeds, and the code."""
-    shared = asdict(config)
-    for own in ("variants", "tracking", "seeds", *SEARCH_KEYS):
-        shared.pop(own)
-    text = json.dumps(shared, sort_keys=True, default=str) + git_commit
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
