@@ -242,7 +242,8 @@ class TuneConfig:
     # ASHA: every trial runs grace_period epochs; each rung keeps 1/reduction_factor.
     grace_period: int = bounded(1, ge=1)
     reduction_factor: int = bounded(2, ge=2)
-    # With a sqlite store, trials log through a local `mlflow server` the search starts.
+    # With a sqlite store and trials in parallel, trials log through a local
+    # `mlflow server` the search starts (a serial search writes the file itself).
     tracking_server: bool = True
 
 

@@ -80,8 +80,9 @@ class ServedStore:
 def served_store(uri: str, enabled: bool = True) -> Iterator[ServedStore]:
     """A sqlite store served by a local ``mlflow server`` while the search runs
     (its http URI); any other store as it is. The server is started, not waited
-    for: the caller does other slow work (connecting to Ray) until it needs it.
-    The server is stopped on the way out, whatever happened."""
+    for: the caller does other slow work (connecting to Ray) until it needs it,
+    and leaves the file to it until then (the server creates a new store's
+    tables). The server is stopped on the way out, whatever happened."""
     prefix = "sqlite:///"
     if not (enabled and uri.startswith(prefix)):
         yield ServedStore(uri)

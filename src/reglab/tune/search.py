@@ -76,6 +76,13 @@ def n_trials(search: SearchConfig, tune: TuneConfig) -> int:
     return tune.n_trials if tune.n_trials is not None else search.n_trials
 
 
+def serves_store(search: SearchConfig, tune: TuneConfig) -> bool:
+    """Whether trials log through a local tracking server (a sqlite store only): when
+    several run at once. One trial at a time is one writer, which sqlite serializes
+    by itself, so a serial search spares the server's start-up."""
+    return tune.tracking_server and min(tune.max_concurrent, n_trials(search, tune)) > 1
+
+
 def ray_address(configured: str | None) -> tuple[str | None, str]:
     """The Ray head to use (None: a local instance) and the setting that named it."""
     if configured:
@@ -199,13 +206,15 @@ def run_search(config: Config, name: str) -> SearchOutcome:
     stamp_file.write_text(stamp)
     config = _absolute(config, state_dir)
 
-    uri = tracking.configure(config.tracking.uri, config.tracking.experiment)
+    uri = tracking.resolve_uri(config.tracking.uri)
+    tracking.check_sqlite_store(uri)
     with (
         records.restored_tracking_uri(uri),
-        records.served_store(uri, config.tune.tracking_server) as store,
+        records.served_store(uri, serves_store(search, config.tune)) as store,
     ):
         with ray_connected(config, address, store.uri):  # while the server starts
-            client, experiment_id = records.search_client(store.wait(), config.tracking.experiment)
+            trial_uri = tracking.configure(store.wait(), config.tracking.experiment)
+            client, experiment_id = records.search_client(trial_uri, config.tracking.experiment)
             parent = records.search_parent(
                 client,
                 experiment_id,
