@@ -114,6 +114,7 @@ LONGEST_FIRST = (
     "test_team_stack.py",
     "test_pipeline_e2e.py",
     "test_tune.py",
+    "test_tune_pipeline.py",
     "test_runner.py",
     "test_tracking_server.py",
     "test_mlflow_ui.py",

@@ -2,23 +2,19 @@
 
 One cluster for the module (a Ray start costs seconds): a head and a second
 node joined to it by address, one CPU each, stopped in finalizers by process id
-even when a test fails. Each test is its own project folder with digits.
+even when a test fails (tests/ray_nodes.py). Each test is its own project folder
+with digits. The search in the pipeline (`dvc exp run`) is in
+test_tune_pipeline.py, on its own head: with `make test`'s two workers it runs
+beside this module.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import json
-import math
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -26,92 +22,9 @@ import pytest
 import yaml
 
 from tests.conftest import DIGITS
+from tests.ray_nodes import BIN, RayNode, base_env, client, make_project, read_trials, run
 
 pytestmark = pytest.mark.slow
-
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def base_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "RAY_"))}
-    env.update(
-        PATH=f"{BIN}{os.pathsep}{env['PATH']}",
-        TF_CPP_MIN_LOG_LEVEL="2",
-        RAY_USAGE_STATS_ENABLED="0",
-        # A test cluster without Ray's token authentication: it listens on 127.0.0.1 only.
-        RAY_AUTH_MODE="disabled",
-    )
-    env.update(extra)
-    return env
-
-
-class RayNode:
-    """`ray start --block`, in its own session: a head, or a node joining ``join``."""
-
-    def __init__(self, num_cpus: int = 1, join: str | None = None):
-        self.port = free_port()
-        self.address = join or f"127.0.0.1:{self.port}"
-        self.temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: socket paths
-        where = [f"--address={join}"] if join else ["--head", f"--port={self.port}"]
-        command = [str(BIN / "ray"), "start", "--block", *where, f"--num-cpus={num_cpus}"]
-        command += ["--node-ip-address=127.0.0.1", f"--temp-dir={self.temp_dir}"]
-        if not join:
-            command += ["--include-dashboard=false"]
-        self.process = subprocess.Popen(
-            command,
-            env=base_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self.output: list[str] = []
-        self.started = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-        deadline = time.monotonic() + 120
-        while join is None and not self._answers():
-            if self.process.poll() is not None:
-                raise RuntimeError("ray start failed:\n" + "".join(self.output))
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("the Ray head did not answer within 120 s")
-            time.sleep(0.5)
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.output.append(line)
-            if "Ray runtime started" in line:
-                self.started.set()
-
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                return True
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        """SIGTERM to `ray start --block` (it stops its daemons), then SIGKILL, by process id,
-        to whatever of its tree is left."""
-        import psutil
-
-        tree = []
-        with contextlib.suppress(psutil.NoSuchProcess):
-            tree = [psutil.Process(self.process.pid)]
-            tree += tree[0].children(recursive=True)
-        self.process.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=30)
-        for process in tree:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.kill()
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -126,35 +39,6 @@ def cluster(request):
     assert worker.started.wait(120), "".join(worker.output)
     assert worker.process.poll() is None, "".join(worker.output)
     return head
-
-
-def make_project(root: Path, overrides: list[str], data: Path) -> Path:
-    """A project folder: params.yaml for digits with ``overrides``, the prepared data copied."""
-    from reglab.compose import compose, to_yaml
-
-    root.mkdir(parents=True)
-    (root / "params.yaml").write_text(to_yaml(compose(DIGITS + overrides)))
-    shutil.copytree(data, root / "data", symlinks=True)
-    return root
-
-
-def run(command: list[str], root: Path, env: dict, timeout: float = 900):
-    result = subprocess.run(
-        command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert result.returncode == 0, f"{command}:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-    return result
-
-
-def read_trials(path: Path) -> list[dict[str, str]]:
-    with path.open() as handle:
-        return list(csv.DictReader(handle))
-
-
-def client(root: Path):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
 
 
 def test_reglab_tune_by_address_four_concurrent_trials_tracked_and_best_tested(
@@ -348,94 +232,3 @@ def test_a_search_killed_with_sigkill_resumes_to_the_uninterrupted_best(
     assert reference_ids == {t["trial_id"] for t in expected}
     assert {t["trial_id"] for t in trials} <= _ray_trial_ids(state)
     assert not reference_ids & _ray_trial_ids(state)
-
-
-def test_dvc_exp_run_with_a_search_trains_and_tests_its_best(cluster, tmp_path):
-    """The search is a grid sweep (`tune.sampler: grid`, a multirun on Ray) of two
-    points: kernel.l2 = 1e38 overflows the penalty (the loss is not finite in the
-    first epoch), so that trial fails; the search goes on, and its best is trained
-    and tested."""
-    from bench.workspace import copy_project
-    from tests.test_pipeline_e2e import stages_run
-
-    root = tmp_path / "project"
-    copy_project(
-        root,
-        files={
-            "conf/variants/e2e_tune.yaml": (
-                "# @package variants\ndefaults:\n  - /regularizer@baseline: none\n"
-            ),
-            "conf/experiment/e2e_tune.yaml": (
-                "# @package _global_\ndefaults:\n  - tiny\n  - override /data: digits\n"
-                "  - override /variants: e2e_tune\n"
-                "model: {padding: same}\n"
-                "train: {epochs: 2, batch_size: 64, train_probe_size: 200}\n"
-                "tune: {sampler: grid}\n"
-                "search_spaces:\n  l2_strength:\n    epochs: 1\n"
-                "    params: [{key: kernel.l2, choices: [1.0e-4, 1.0e+38]}]\n"
-            ),
-        },
-        overrides=["experiment=e2e_tune"],
-    )
-    config = (root / "conf/config.yaml").read_text()
-    (root / "conf/config.yaml").write_text(
-        config.replace("  - experiment: null", "  - experiment: e2e_tune")
-    )
-    env = base_env(RAY_ADDRESS=cluster.address)
-    run(["git", "commit", "-qam", "e2e_tune", "--author", "t <t@t>"], root, env)
-    first = run(["dvc", "exp", "run", "-S", "searches=[l2_strength]"], root, env)
-    assert stages_run(first.stdout) >= {
-        "tune@l2_strength",
-        "train_best@l2_strength-42",
-        "train@baseline-42",
-        "compare",
-    }, first.stdout
-    trials = read_trials(root / "reports/tune/l2_strength/trials.csv")
-    states = {float(t["kernel.l2"]): (t["state"], t["objective"], t["epochs"]) for t in trials}
-    assert len(trials) == 2 and set(states) == {1e-4, 1e38}
-    assert states[1e38] == ("failed", "", "0")
-    assert states[1e-4][0] == "completed" and states[1e-4][2] == "1"
-    assert math.isfinite(float(states[1e-4][1]))
-    best = yaml.safe_load((root / "reports/tune/l2_strength/best.yaml").read_text())
-    assert best["params"] == {"kernel.l2": 1e-4}
-    failed = next(t for t in trials if t["state"] == "failed")
-    failed_run = client(root).get_run(failed["run_id"])
-    assert failed_run.info.status == "FAILED"
-    assert failed_run.data.tags["reglab.trial_state"] == "failed"
-    parent = client(root).get_run(failed_run.data.tags["mlflow.parentRunId"])
-    assert parent.data.params["sampler"] == "optuna.GridSampler"
-    assert parent.data.metrics["trials_failed"] == 1
-    assert parent.data.metrics["trials_completed"] == 1
-    run_json = json.loads((root / "models/l2_strength_best@42/run.json").read_text())
-    assert run_json["variant"] == "l2_strength_best" and run_json["epochs_trained"] == 2
-    best_run = client(root).get_run(run_json["mlflow_run_id"])
-    assert float(best_run.data.params["regularizer.kernel.l2"]) == best["params"]["kernel.l2"]
-    report = json.loads((root / "reports/eval/l2_strength_best@42.json").read_text())
-    assert best_run.data.metrics["test/accuracy"] == pytest.approx(report["test_accuracy"])
-    leaderboard = (root / "reports/plots/leaderboard.csv").read_text()
-    assert "l2_strength_best" in leaderboard and "baseline" in leaderboard
-    assert "l2_strength_best" in (root / "reports/summary.md").read_text()
-    plots = json.loads(run(["dvc", "plots", "show", "--json"], root, env).stdout)
-    names = set(plots) if "data" not in plots else set(plots["data"])
-    names = {name.replace(os.sep, "/") for name in names}
-    assert "reports/tune/l2_strength/trials.csv" in names, names
-    assert any("optimization_history.png" in name for name in names), names
-
-    # What DVC would re-run after a change to the search (dvc status: no run needed):
-    # its tune stage; a change to its base recipe adds its _best variant. Nothing else.
-    def changed(*overrides: str) -> set[str]:
-        from reglab.compose import compose, to_yaml
-        from reglab.config import validate
-
-        # `reglab compose` of the copy's conf/, in this process (a new one costs seconds).
-        cfg = compose(["searches=[l2_strength]", *overrides], config_dir=root / "conf")
-        validate(cfg)
-        (root / "params.yaml").write_text(to_yaml(cfg))
-        status = json.loads(run(["dvc", "status", "--json"], root, env).stdout)
-        return set(status) - {"check"}  # its output is the same text for every valid config
-
-    assert changed("search_spaces.l2_strength.seed=1") == {"tune@l2_strength"}
-    assert changed("search_spaces.l2_strength.base.dropout.dense_rate=0.2") == {
-        "tune@l2_strength",
-        "train_best@l2_strength-42",
-    }
