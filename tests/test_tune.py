@@ -63,6 +63,8 @@ def test_reglab_tune_by_address_four_concurrent_trials_tracked_and_best_tested(
         base_env(),
     )
     assert "database is locked" not in result.stdout + result.stderr
+    # Parallel trials on sqlite: the search served the store through its own server.
+    assert "trials log through a tracking server" in result.stdout + result.stderr
     out = root / "outputs/tune/l2_strength"
     trials = read_trials(out / "trials.csv")
     assert [int(t["trial"]) for t in trials] == [0, 1, 2, 3]
@@ -207,6 +209,8 @@ def test_a_search_killed_with_sigkill_resumes_to_the_uninterrupted_best(
     finish(uninterrupted)
     resumed = finish(resuming)
     assert "resuming the stored search" in resumed
+    # One trial at a time: the trials wrote the sqlite file themselves, no server.
+    assert "tracking server" not in resumed
     trials = read_trials(root / "reports/tune/l2_strength/trials.csv")
     expected = read_trials(reference / "reports/tune/l2_strength/trials.csv")
     assert len(trials) == 2

@@ -255,3 +255,16 @@ def test_every_search_key_is_logged_nowhere_in_a_variant_run():
     assert pipeline_key(plain, "c") == pipeline_key(searching, "c")
     assert not {"searches", "search_spaces", "tune"} & set(run_params(plain, "l2", 42))
     json.dumps(run_params(plain, "l2", 42), default=str)
+
+
+def test_only_parallel_trials_on_sqlite_are_served_through_a_tracking_server():
+    from reglab.tune.search import serves_store
+
+    def served(*overrides: str) -> bool:
+        config = config_for(*overrides)
+        return serves_store(config.search("l2_strength"), config.tune)
+
+    assert served("tune.max_concurrent=2")
+    assert not served("tune.max_concurrent=1")  # one writer at a time
+    assert not served("tune.max_concurrent=4", "tune.n_trials=1")
+    assert not served("tune.max_concurrent=4", "tune.tracking_server=false")
