@@ -4,8 +4,8 @@ python -m bench.tune_benchmark [--trials 12] [--epochs 20]
 
 In a temporary project on the default data (Fashion-MNIST, the default config),
 each search run as the pipeline's `tune@l2_strength` stage on a local Ray
-instance (its start and the search's tracking server included, as a user
-waits for them):
+instance (its start and, with parallel trials, the search's tracking server
+included, as a user waits for them):
 
 1. a 12-trial `l2_strength` search one trial at a time (two TensorFlow threads
    per trial, two CPUs) and the same with two concurrent trials of one thread
