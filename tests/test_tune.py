@@ -177,7 +177,9 @@ def _a_trial_finished(state: Path) -> bool:
 
 def _ray_trial_ids(state: Path) -> set[str]:
     """The trial ids in a search's Ray experiment folder (run_trial_<id>_<number>_...)."""
-    return {path.name.split("_")[2] for path in state.glob("ray-*/run_trial_*")}
+    from reglab.tune.trial import trial_dir
+
+    return {trial_dir(str(path))[0] for path in state.glob("ray-*/run_trial_*")}
 
 
 def test_a_search_killed_with_sigkill_resumes_to_the_uninterrupted_best(
