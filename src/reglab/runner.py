@@ -14,7 +14,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,23 +51,22 @@ def train_variant(
     hooks: Sequence[EpochHook] = (),
     parent_run_id: str | None = None,
     run_tags: Mapping[str, str] | None = None,
+    outputs_written: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``key`` (``<variant>@<seed>``), log it to MLflow, write its outputs; returns run.json.
 
     A killed run resumes from its checkpoint (outside DVC's outputs) in the same
     MLflow run. ``hooks`` get every epoch's history row; ``parent_run_id`` nests
-    the run under that run instead of the pipeline's.
+    the run under that run instead of the pipeline's; ``outputs_written()`` is
+    called once the model folder is written, before the run's last logging.
     """
-    variant, seed = parse_run_key(key)
-    recipe = config.variant(variant)
-    config.check_seed(seed)
+    recipe, seed = recipe_of(config, key)
     train, validation = load_training_data(config.paths.processed, config.data)
-    model_dir = Path(config.paths.models, key)
-    model_dir.parent.mkdir(parents=True, exist_ok=True)  # unwritable? fail before any work
+    model_dir = models_folder(config, key)
     uri = tracking.configure(
         config.tracking.uri, config.tracking.experiment, config.tracking.server_wait_s
     )
-    params = run_params(config, variant, seed)
+    params = run_params(config, *parse_run_key(key))
     checkpoint, state = load_state(config, key, params)
     resumed_from = state.epoch
     model = prepare_model(config, recipe, seed, train[0].shape[1:])
@@ -96,13 +95,29 @@ def train_variant(
         )  # fmt: skip
         progress.close()
         summary = run_summary(key, model, state, uri, config_hash(config), resumed_from)
-        history_path = history_file(config.paths.history, key)
-        write_outputs(model, summary, state.history, model_dir, history_path)
-        outputs = (model_dir, history_path)
+        outputs = (model_dir, history_file(config.paths.history, key))
+        write_outputs(model, summary, state.history, *outputs)
+        if outputs_written is not None:
+            outputs_written()
         finish_logging(model, state, histogram_images, key, validation[0][:8], config, outputs)
     checkpoint.clear()
     log.info("%s: trained %d epochs, run %s", key, state.epoch, state.run_id)
     return summary
+
+
+def recipe_of(config: Config, key: str) -> tuple[RegularizerConfig, int]:
+    """The variant's recipe and the seed of ``key``; an unknown one fails here."""
+    variant, seed = parse_run_key(key)
+    recipe = config.variant(variant)
+    config.check_seed(seed)
+    return recipe, seed
+
+
+def models_folder(config: Config, key: str) -> Path:
+    """Where the model of ``key`` goes; an unwritable place fails here, before any work."""
+    model_dir = Path(config.paths.models, key)
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    return model_dir
 
 
 def finish_logging(

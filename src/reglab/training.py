@@ -395,6 +395,8 @@ def fit(
             ],
             verbose=0,
         )
+        if checkpoint is not None:
+            checkpoint.wait()  # the last epoch's files, written on a thread, are on disk
     elif early_stopping is not None and early_stopping.restore_best_weights and state.best_weights:
         model.set_weights(state.best_weights)  # what Keras's on_train_end would have done
     if state.stopped_early:

@@ -1,11 +1,11 @@
 """Test metrics of one trained run, named by its run key ``<variant>@<seed>``.
 
-The pipeline's train stage calls :func:`evaluate_run` right after training, in
-its own process (one TensorFlow start-up per run instead of two); the training
-itself never sees the test set. ``python -m reglab.stages.evaluate <key>``
-evaluates a trained model alone, e.g. to look at a model again without
-retraining it. The key names the model folder, the report, the confusion-plot
-CSV and the weights file alike.
+The pipeline's train stage evaluates right after training
+(:func:`train_and_evaluate`), in its own process (one TensorFlow start-up per
+run instead of two); the training itself never sees the test set.
+``python -m reglab.stages.evaluate <key>`` evaluates a trained model alone,
+e.g. to look at a model again without retraining it. The key names the model
+folder, the report, the confusion-plot CSV and the weights file alike.
 """
 
 from pathlib import Path
@@ -22,11 +22,40 @@ from reglab.tracking import resolve_uri
 
 def evaluate_run(config: Config, key: str) -> None:
     """Evaluate ``models/<key>`` on the test set, write its reports, log them to its run."""
+    report_evaluation(config, key, evaluation_of(config, key))
+
+
+def train_and_evaluate(config: Config, key: str) -> None:
+    """Train ``key`` (:func:`reglab.runner.train_variant`), then :func:`evaluate_run` it.
+
+    The test-set evaluation starts on a worker thread as soon as the model folder is
+    written, while the run logs its served model and kernel histograms to MLflow:
+    the two overlap (TensorFlow's predict releases the GIL). Its reports are written
+    and logged after the training run's logging has finished. A failed training run
+    raises its own error; the evaluation started beside it is then dropped.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from reglab.runner import train_variant
+
+    started: list[Future[evaluation.Evaluation]] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate") as pool:
+        train_variant(
+            config,
+            key,
+            outputs_written=lambda: started.append(pool.submit(evaluation_of, config, key)),
+        )
+        result = started[0].result() if started else evaluation_of(config, key)
+    report_evaluation(config, key, result)
+
+
+def evaluation_of(config: Config, key: str) -> evaluation.Evaluation:
+    """The test (and train) metrics of ``models/<key>``, loaded from its folder."""
     variant, seed = parse_run_key(key)
     config.variant(variant)  # an unknown variant or seed fails before any work
     config.check_seed(seed)
     paths = config.paths
-    result = evaluation.evaluate_variant(
+    return evaluation.evaluate_variant(
         model_dir(paths.models, key),
         load_splits(paths.processed, config.data, splits=("train", "test")),
         class_names=config.data.class_names,
@@ -34,6 +63,11 @@ def evaluate_run(config: Config, key: str) -> None:
         calibration_bins=config.evaluation.calibration_bins,
         sparsity_threshold=config.evaluation.sparsity_threshold,
     )
+
+
+def report_evaluation(config: Config, key: str, result: evaluation.Evaluation) -> None:
+    """Write the evaluation's reports and log them to the variant's run."""
+    paths = config.paths
     evaluation.write_outputs(
         result,
         eval_file(paths.eval, key),

@@ -18,11 +18,9 @@ def main(argv: list[str]) -> None:
         raise ReglabError(f"{argv[0]!r}: expected <search>_best@<seed>")
     config = with_best_variant(load_params(), name)
     # TensorFlow loads only after the config is valid.
-    from reglab.runner import train_variant
-    from reglab.stages.evaluate import evaluate_run
+    from reglab.stages.evaluate import train_and_evaluate
 
-    train_variant(config, argv[0])
-    evaluate_run(config, argv[0])
+    train_and_evaluate(config, argv[0])
 
 
 if __name__ == "__main__":

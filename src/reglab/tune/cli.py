@@ -49,14 +49,12 @@ def tune_command(overrides: list[str]) -> dict[str, Any]:
 def train_and_test_best(config: Config, name: str) -> list[str]:
     """``<search>_best`` under each seed: trained like any variant, tested once."""
     from reglab.paths import run_key
-    from reglab.runner import train_variant
-    from reglab.stages.evaluate import evaluate_run
+    from reglab.stages.evaluate import train_and_evaluate
     from reglab.tune.best import with_best_variant
     from reglab.tune.search import best_variant_name
 
     config = with_best_variant(config, name)
     keys = [run_key(best_variant_name(name), seed) for seed in config.seeds]
     for key in keys:
-        train_variant(config, key)
-        evaluate_run(config, key)
+        train_and_evaluate(config, key)
     return keys
