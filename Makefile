@@ -14,8 +14,10 @@ run: setup dataset params  ## run the whole pipeline with DVC
 	dvc repro
 
 # Two workers, one test module each at a time (module fixtures such as a running
-# pipeline or a PostgreSQL cluster stay in one worker); the slowest tests listed.
-PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
+# pipeline or a PostgreSQL cluster stay in one worker), handed out in the order
+# tests/conftest.py gives them (the longest first; xdist's own reorder would put
+# modules with few, long tests such as the search tests last); the slowest listed.
+PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
 test: setup dataset services  ## run the test suite (with the data and services its tests use)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
