@@ -153,9 +153,13 @@ def log_keras_model(
     code whose ``predict`` returns a DataFrame of softmax probabilities, one
     column per class name; the signature names them too. Pip requirements are
     given explicitly: inferring them costs seconds per model. ``keras_file``, the
-    model saved already, spares saving it again.
+    model saved already, spares saving it again. ``example_inputs`` give the
+    signature's shapes but are not logged as the model's input example: MLflow
+    would then load the logged model back and predict on them, about 1.5 s per
+    run (the tests load logged models and check their predictions instead).
     """
     import tempfile
+    import warnings
 
     import keras
     import numpy as np
@@ -175,21 +179,23 @@ def log_keras_model(
         if keras_file is None:
             keras_file = Path(folder, "model.keras")
             model.save(keras_file)
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(Path(served_model.__file__)),
-            artifacts={"keras_model": str(keras_file)},
-            model_config={"class_names": names},
-            signature=infer_signature(np.asarray(example_inputs), probabilities),
-            input_example=np.asarray(example_inputs),
-            pip_requirements=[
-                f"tensorflow=={tf.__version__}",
-                f"keras=={keras.__version__}",
-                f"mlflow=={mlflow.__version__}",
-                f"pandas=={pd.__version__}",
-            ],
-            registered_model_name=registered_model_name,
-        )
+        with warnings.catch_warnings():
+            # MLflow's advice to give an input example, printed at every log_model.
+            warnings.filterwarnings("ignore", message=".*An input example was not provided")
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(Path(served_model.__file__)),
+                artifacts={"keras_model": str(keras_file)},
+                model_config={"class_names": names},
+                signature=infer_signature(np.asarray(example_inputs), probabilities),
+                pip_requirements=[
+                    f"tensorflow=={tf.__version__}",
+                    f"keras=={keras.__version__}",
+                    f"mlflow=={mlflow.__version__}",
+                    f"pandas=={pd.__version__}",
+                ],
+                registered_model_name=registered_model_name,
+            )
     return info.model_uri
 
 
