@@ -229,5 +229,9 @@ def test_seeds_are_one_list_and_the_split_has_its_own():
         validate(compose(["seeds=[42,42]"]))
     with pytest.raises(ConfigError, match=r"^seeds=\[\]: give at least one training seed"):
         validate(compose(["seeds=[]"]))
+    config = validate(compose())
     with pytest.raises(ConfigError, match=r"seed 7 is not in seeds=\[42\]; add it to seeds"):
-        validate(compose()).check_seed(7)
+        config.run_recipe("l2", 7)
+    with pytest.raises(ConfigError, match="variant='l3': unknown"):
+        config.run_recipe("l3", 42)
+    assert config.run_recipe("l2", 42) is config.variants["l2"]

@@ -308,6 +308,12 @@ class Config:
         if seed not in self.seeds:
             raise ConfigError(f"seed {seed} is not in seeds={self.seeds}; add it to seeds")
 
+    def run_recipe(self, variant: str, seed: int) -> RegularizerConfig:
+        """The recipe of the run ``variant@seed``; an unknown variant or seed fails here."""
+        recipe = self.variant(variant)
+        self.check_seed(seed)
+        return recipe
+
 
 def _one_line(error: OmegaConfBaseException) -> str:
     """OmegaConf errors span several lines; keep the key and the reason."""

@@ -60,13 +60,14 @@ def train_variant(
     the run under that run instead of the pipeline's; ``outputs_written()`` is
     called once the model folder is written, before the run's last logging.
     """
-    recipe, seed = recipe_of(config, key)
+    variant, seed = parse_run_key(key)
+    recipe = config.run_recipe(variant, seed)
     train, validation = load_training_data(config.paths.processed, config.data)
     model_dir = models_folder(config, key)
     uri = tracking.configure(
         config.tracking.uri, config.tracking.experiment, config.tracking.server_wait_s
     )
-    params = run_params(config, *parse_run_key(key))
+    params = run_params(config, variant, seed)
     checkpoint, state = load_state(config, key, params)
     resumed_from = state.epoch
     model = prepare_model(config, recipe, seed, train[0].shape[1:])
@@ -103,14 +104,6 @@ def train_variant(
     checkpoint.clear()
     log.info("%s: trained %d epochs, run %s", key, state.epoch, state.run_id)
     return summary
-
-
-def recipe_of(config: Config, key: str) -> tuple[RegularizerConfig, int]:
-    """The variant's recipe and the seed of ``key``; an unknown one fails here."""
-    variant, seed = parse_run_key(key)
-    recipe = config.variant(variant)
-    config.check_seed(seed)
-    return recipe, seed
 
 
 def models_folder(config: Config, key: str) -> Path:

@@ -51,9 +51,7 @@ def train_and_evaluate(config: Config, key: str) -> None:
 
 def evaluation_of(config: Config, key: str) -> evaluation.Evaluation:
     """The test (and train) metrics of ``models/<key>``, loaded from its folder."""
-    variant, seed = parse_run_key(key)
-    config.variant(variant)  # an unknown variant or seed fails before any work
-    config.check_seed(seed)
+    config.run_recipe(*parse_run_key(key))  # an unknown variant or seed fails before any work
     paths = config.paths
     return evaluation.evaluate_variant(
         model_dir(paths.models, key),
