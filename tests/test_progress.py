@@ -166,3 +166,40 @@ def test_the_logged_model_predicts_evaluates_labels_as_probabilities(trained):
     evaluated = [row["predicted"] for row in confusion]
     assert len(evaluated) == len(images)
     assert list(probabilities.idxmax(axis=1)) == evaluated
+
+
+@pytest.mark.slow
+def test_the_stage_process_ends_with_everything_it_logged_in_the_store(trained):
+    """The stage process skips the interpreter's teardown (reglab.stages): only after
+    MLflow's exit callbacks have drained its queues. Every epoch's metrics and every
+    kernel-histogram image (logged in the background) are in the store."""
+    from mlflow import MlflowClient
+
+    root, _ = trained
+    run_id = json.loads((root / "models/l2@42/run.json").read_text())["mlflow_run_id"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    history = list(csv.DictReader((root / "reports/history/l2@42.csv").open()))
+    logged = client.get_metric_history(run_id, "val/data_loss")
+    assert [(m.step, m.value) for m in sorted(logged, key=lambda m: m.step)] == [
+        (int(row["epoch"]), pytest.approx(float(row["val_data_loss"]))) for row in history
+    ]
+    cwd = os.getcwd()
+    os.chdir(root)  # the sqlite store's artifacts live in ./mlruns
+    try:
+        images = [artifact.path for artifact in client.list_artifacts(run_id, "images")]
+    finally:
+        os.chdir(cwd)
+    steps = {int(path.split("+step+")[1].split("+")[0]) for path in images if path.endswith(".png")}
+    assert steps == {0, len(history)}  # before training and after: histogram_every is 5
+    assert client.get_run(run_id).data.metrics["test/accuracy"] > 0.1
+
+
+def test_a_stage_process_keeps_its_exit_code(tmp_path):
+    """A refused input: exit code 2 and its one line, through the same exit as a done
+    stage (whose code 0 the `trained` fixture checks)."""
+    refused = subprocess.run(
+        [sys.executable, "-m", "reglab.stages.train"], cwd=tmp_path, env=user_env(),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert refused.stderr == "error: usage: python -m reglab.stages.train <variant>@<seed>\n"
