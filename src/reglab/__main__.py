@@ -1,3 +1,3 @@
-from reglab.cli import main
+from reglab.cli import run
 
-main()
+run()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from reglab import process
 from reglab.compose import PARAMS_FILE, compose, conf_dir, load_params, to_yaml
 from reglab.config import register_schema, validate
 from reglab.errors import ReglabError
@@ -129,5 +130,17 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
 
 
+def run() -> None:
+    """The ``reglab`` command and ``python -m reglab``: :func:`main`, then the process
+    ends through :func:`reglab.process.end` (no interpreter teardown at its exit)."""
+    try:
+        main()
+    except SystemExit as exit:
+        if exit.code is not None and not isinstance(exit.code, int):
+            raise
+        process.end(exit.code or 0)
+    process.end(0)
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -18,13 +18,12 @@ unless ``REGLAB_LOG_LEVEL=DEBUG``:
   experiment) are not the project's; nor is its artifact download bar.
 
 A stage process that :func:`run_stage` ends (done, or one error line) skips the
-interpreter's teardown once every exit callback has run: see
-:func:`_exit_without_teardown`.
+interpreter's teardown once every exit callback has run (:mod:`reglab.process`,
+imported here, before any library that registers one).
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import importlib.abc
 import importlib.machinery
@@ -36,6 +35,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from reglab import process
 from reglab.errors import ReglabError
 from reglab.io import WRITE_ERRORS, WriteError
 
@@ -110,33 +110,6 @@ def quiet_libraries() -> None:
 
 quiet_libraries()
 
-# The exit code of a stage process that run_stage ended; None otherwise (an
-# uncaught exception, or run_stage called inside another program such as a test).
-_exit_code: int | None = None
-
-
-def _exit_without_teardown() -> None:
-    """The last exit callback of a stage process: end it without the interpreter's teardown.
-
-    Registered when this package is imported, before TensorFlow, MLflow or Ray
-    are, so it runs after their exit callbacks (the last registered runs first):
-    MLflow has drained its logging queues and Ray has disconnected by then. What a
-    normal exit would still do is free every module and object of TensorFlow,
-    MLflow, pandas and matplotlib one by one, 2 to 4 s of a train stage's wall
-    time here, for nothing a stage leaves behind. Only logging's own callback was
-    registered before this one (it is imported above), so it is called here.
-    """
-    if _exit_code is None:
-        return
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(_exit_code)
-
-
-atexit.register(_exit_without_teardown)
-
 
 def _is_stage_process() -> bool:
     main = sys.modules.get("__main__")
@@ -145,10 +118,11 @@ def _is_stage_process() -> bool:
 
 
 def _end(code: int) -> None:
-    global _exit_code
+    """A stage process ends through :func:`reglab.process.end`; run_stage called from
+    another program (a test) only raises SystemExit for an error."""
     if _is_stage_process():
-        _exit_code = code
-    if code:
+        process.end(code)
+    elif code:
         sys.exit(code)
 
 
