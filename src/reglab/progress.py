@@ -74,10 +74,17 @@ class EpochProgress:
             self.close()
 
     def close(self) -> None:
-        """End the bar (early stopping ends training before the last epoch)."""
+        """End the bar (early stopping ends training before the last epoch); also at the
+        end of a ``with`` block."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+    def __enter__(self) -> EpochProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -74,10 +74,10 @@ def train_variant(
     with (
         open_run(config, key, state.run_id, parent_run_id, run_tags) as run,
         weights.HistogramImages(key, state.histograms) as histogram_images,
+        EpochProgress(key, config.train.epochs, state.epoch) as progress,
     ):
         begin_logging(run.info.run_id, state, params, model, config.paths.processed)
         log_epoch = epoch_logger(model, config.evaluation.sparsity_threshold, uri)
-        progress = EpochProgress(key, config.train.epochs, state.epoch)
         state = fit(
             model, train, validation, state,
             num_classes=config.data.num_classes,
@@ -94,7 +94,6 @@ def train_variant(
             histogram=lambda: weights.histograms(model, config.tracking.histogram_bins),
             histogram_every=config.tracking.histogram_every,
         )  # fmt: skip
-        progress.close()
         summary = run_summary(key, model, state, uri, config_hash(config), resumed_from)
         outputs = (model_dir, history_file(config.paths.history, key))
         write_outputs(model, summary, state.history, *outputs)
