@@ -151,7 +151,9 @@ def test_unreachable_tracking_server_fails_fast_before_training(project, monkeyp
     started = time.monotonic()
     with pytest.raises(TrackingUnavailable, match=rf"http://127.0.0.1:{port} is unreachable"):
         train_variant(config_for(), "baseline@42")
-    assert time.monotonic() - started < 10
+    # Seconds, where MLflow's own retries of an unreachable server take minutes; the
+    # bound leaves room for a loaded machine (13 s were seen with the suite running).
+    assert time.monotonic() - started < 30
     assert not (project / "models").exists() or not any((project / "models").iterdir())
 
 

@@ -505,7 +505,7 @@ def test_dvc_exp_push_and_pull_share_an_experiment(pipeline):
 
 WRITERS = ["baseline", "l1", "l2", "dropout"]
 RUN_NAMES = [f"{writer}@42" for writer in WRITERS]
-WRITER_EPOCHS = 4
+WRITER_EPOCHS = 6  # long enough that the four runs overlap despite their start-up jitter
 # Epoch metrics every run logs at every step.
 EPOCH_KEYS = ("train/data_loss", "train/penalty", "val/data_loss", "val/accuracy")
 IN_EXPERIMENT = (
