@@ -139,7 +139,8 @@ def run() -> None:
         if exit.code is not None and not isinstance(exit.code, int):
             raise
         process.end(exit.code or 0)
-    process.end(0)
+    else:
+        process.end(0)
 
 
 if __name__ == "__main__":

@@ -304,14 +304,11 @@ class Config:
             )
         return self.variants[name]
 
-    def check_seed(self, seed: int) -> None:
-        if seed not in self.seeds:
-            raise ConfigError(f"seed {seed} is not in seeds={self.seeds}; add it to seeds")
-
     def run_recipe(self, variant: str, seed: int) -> RegularizerConfig:
         """The recipe of the run ``variant@seed``; an unknown variant or seed fails here."""
         recipe = self.variant(variant)
-        self.check_seed(seed)
+        if seed not in self.seeds:
+            raise ConfigError(f"seed {seed} is not in seeds={self.seeds}; add it to seeds")
         return recipe
 
 
