@@ -205,3 +205,31 @@ def test_epoch_timer_splits_steps_validation_and_epoch_end_work():
         assert epoch["steps_s"] < epoch["total_s"] - 0.3
     assert all(epoch["validation_s"] > 0 for epoch in with_validation)
     assert record["fit_calls"] == 2
+
+
+def test_pruner_replay_decides_with_rays_asha_and_optunas_pruner():
+    """bench/pruner_replay.py on four-epoch curves: Ray's ASHA bracket (reduction
+    factor 2, rungs at 1, 2 and 4 epochs) and Optuna's MedianPruner stop the trial
+    that is worse than the first at epoch 1 and keep the better one; a trial the
+    search stopped is continued by the nearest grid curve, shifted."""
+    from bench.pruner_replay import Curve, extend, optuna_pruner, ray_asha, replay
+
+    grid = [Curve(1e-5, [0.7, 0.66, 0.65, 0.64]), Curve(1e-1, [1.1, 1.0, 0.9, 0.8])]
+    assert extend(Curve(5e-2, [1.0, 0.9]), grid, 4) == pytest.approx([1.0, 0.9, 0.8, 0.7])
+    trials = [
+        Curve(1e-4, [1.0, 0.9, 0.8, 0.7]),
+        Curve(1e-1, [1.1]),  # stopped at its first epoch by the real search
+        Curve(1e-4, [0.95, 0.85, 0.75, 0.65]),
+    ]
+    asha = replay(ray_asha(1, 2, 4), trials, grid, 4)
+    # 4 + 1 + 4 epochs; the grid's best 0.64 within 5 % (0.672) first at the 9th.
+    assert (asha.epochs, asha.best, asha.to_reach, asha.extrapolated) == (9, 0.65, 9, False)
+    import optuna
+
+    median = replay(
+        optuna_pruner(lambda: optuna.pruners.MedianPruner(n_startup_trials=1)), trials, grid, 4
+    )
+    assert (median.epochs, median.best, median.to_reach) == (9, 0.65, 9)
+    # A rule that never stops trains the stopped trial on: 12 epochs, extrapolated.
+    never = replay(optuna_pruner(optuna.pruners.NopPruner), trials, grid, 4)
+    assert (never.epochs, never.extrapolated) == (12, True)
