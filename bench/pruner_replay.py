@@ -71,14 +71,12 @@ def extend(curve: Curve, grid: list[Curve], epochs: int) -> list[float]:
     if len(curve.losses) >= epochs:
         return curve.losses[:epochs]
     near = min(grid, key=lambda g: abs(math.log10(g.strength) - math.log10(curve.strength)))
-    shift = sum(a - b for a, b in zip(curve.losses, near.losses, strict=False)) / len(
-        curve.losses
-    )
+    shift = sum(a - b for a, b in zip(curve.losses, near.losses, strict=False)) / len(curve.losses)
     return curve.losses + [loss + shift for loss in near.losses[len(curve.losses) : epochs]]
 
 
-# A rule: given the trials' full curves and the real lengths, yields per trial the
-# epochs it would run (stopping after the epoch where the rule says so).
+# A rule: given every trial's curve (extended to all epochs), yields per trial the
+# epochs it would run (it stops after the epoch where the rule says so).
 Rule = Callable[[list[list[float]]], Iterator[int]]
 
 
