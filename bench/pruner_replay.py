@@ -27,14 +27,14 @@ each decides with less, so these are what a serial search would spend.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
-WITHIN = 1.05  # "within 5 % of the grid's best"
+from bench.tune_benchmark import WITHIN, store, trials_of
 
 
 @dataclass
@@ -53,11 +53,8 @@ class Outcome:
 
 def curves(project: Path, label: str) -> list[Curve]:
     """The trials of one search, in trial order, with their epoch histories."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    with (project / f"outputs/{label}/l2_strength/trials.csv").open() as handle:
-        rows = sorted(csv.DictReader(handle), key=lambda row: int(row["trial"]))
+    client = store(project)
+    rows = sorted(trials_of(project, label), key=lambda row: int(row["trial"]))
     made = []
     for row in rows:
         history = client.get_metric_history(row["run_id"], "val/data_loss")
@@ -94,7 +91,7 @@ def ray_asha(grace_period: int, reduction_factor: int, epochs: int) -> Rule:
         # reglab's scheduler: max_t one past the trial's epochs (engine.run_ray).
         bracket = _Bracket(grace_period, epochs + 1, reduction_factor, s=0)
         for number, losses in enumerate(full):
-            trial = type("T", (), {"trial_id": str(number)})()
+            trial = SimpleNamespace(trial_id=str(number))  # all _Bracket reads of a trial
             ran = epochs
             for epoch, best in best_so_far(losses):
                 if bracket.on_result(trial, epoch, -best) == "STOP":  # Ray maximises

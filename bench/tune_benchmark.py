@@ -29,9 +29,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]  # conf/variants/strength_sweep.yaml's L2 points
+WITHIN = 1.05  # the target: within 5 % of the grid's best
 
 
 def environment() -> dict[str, str]:
@@ -59,6 +61,19 @@ def prepare(project: Path) -> None:
         )
 
 
+def trials_of(project: Path, label: str) -> list[dict[str, str]]:
+    """The rows of one search's trials.csv (one per trial, in trial order)."""
+    with (project / f"outputs/{label}/l2_strength/trials.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def store(project: Path) -> Any:
+    """An MLflow client on the benchmark project's sqlite store."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+
+
 def search(project: Path, label: str, *overrides: str) -> dict:
     """One search in its own state folder: wall time and the trials it ran."""
     compose(project, f"paths.tune=outputs/{label}", f"paths.tune_state=.reglab/{label}", *overrides)
@@ -71,8 +86,7 @@ def search(project: Path, label: str, *overrides: str) -> dict:
         capture_output=True,
     )
     wall = time.monotonic() - started
-    with (project / f"outputs/{label}/l2_strength/trials.csv").open() as handle:
-        trials = list(csv.DictReader(handle))
+    trials = trials_of(project, label)
     scored = [float(t["objective"]) for t in trials if t["objective"]]
     return {
         "label": label,
@@ -95,11 +109,8 @@ def epochs_to_reach(project: Path, label: str, target: float) -> int | None:
     """Epochs the search had trained, all trials together in the order their epochs
     ended, when one first measured a validation data loss at or below ``target``
     (None if none did). From each trial's per-epoch MLflow history."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    with (project / f"outputs/{label}/l2_strength/trials.csv").open() as handle:
-        run_ids = [t["run_id"] for t in csv.DictReader(handle) if t["run_id"]]
+    client = store(project)
+    run_ids = [t["run_id"] for t in trials_of(project, label) if t["run_id"]]
     epochs = sorted(
         (metric.timestamp, metric.value)
         for run_id in run_ids
@@ -149,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         # "Reaches the grid's best within 5 %": the epochs spent until a trial first
         # measured that; the grid's own figure for comparison (it knows its best only
         # after all its epochs).
-        within = grid["best_val_data_loss"] * 1.05
+        within = grid["best_val_data_loss"] * WITHIN
         for row in (serial, parallel, grid):
             if row is not None:
                 row["epochs_to_reach_grid_best_within_5pct"] = epochs_to_reach(
