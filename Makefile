@@ -63,11 +63,11 @@ stack: setup services  ## PostgreSQL + S3-compatible store + mlflow server (basi
 params: setup  ## compose conf/ into params.yaml (what every stage reads)
 	$(BIN)/python -m reglab compose --output params.yaml
 
-# `dvc plots show` with Vega, Vega-Lite and Vega-Embed inlined (reglab.offline_plots):
+# `dvc plots show` with Vega, Vega-Lite and Vega-Embed inlined (reglab.report.offline_plots):
 # the page renders without a network. The template is made once per lock file.
 PLOTS_TEMPLATE := .reglab/plots-template.html
 $(PLOTS_TEMPLATE): $(VENV)/.installed
-	$(BIN)/python -m reglab.offline_plots $@
+	$(BIN)/python -m reglab.report.offline_plots $@
 
 plots: setup $(PLOTS_TEMPLATE)  ## write dvc_plots/index.html (offline), as `dvc plots show` does
 	$(BIN)/dvc plots show --html-template $(PLOTS_TEMPLATE)

@@ -5,7 +5,7 @@ same data, model, batch size and epochs:
 
 1. ``bare``: the tutorials' script (``model.fit`` on in-memory arrays with
    validation data, no tracking), and
-2. ``project``: ``reglab.runner.train_variant`` with everything on (MLflow
+2. ``project``: ``reglab.train.run.train_variant`` with everything on (MLflow
    into a temporary sqlite store, loss decomposition, weight statistics and
    histograms, the model logged).
 

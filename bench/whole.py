@@ -73,7 +73,7 @@ def tutorial_specs(copy: Path, env: dict[str, str]) -> dict[str, Path]:
     """One spec file per variant of the copy's params.yaml, for bench/tutorial.py."""
     code = (
         "import json, sys\n"
-        "from reglab.compose import load_params\n"
+        "from reglab.config.compose import load_params\n"
         "c = load_params()\n"
         "print(json.dumps({'seed': c.seeds[0], 'epochs': c.train.epochs,\n"
         "  'batch_size': c.train.batch_size, 'learning_rate': c.optimizer.learning_rate,\n"

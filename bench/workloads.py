@@ -10,7 +10,7 @@ Kinds:
   ``params.yaml`` and run the project's download and preprocess stages on it.
 - ``bare``: the tutorials' script: a Keras model of the same architecture,
   ``model.fit`` on in-memory arrays with validation data, nothing else.
-- ``project``: ``reglab.runner.train_variant`` with everything on (MLflow,
+- ``project``: ``reglab.train.run.train_variant`` with everything on (MLflow,
   loss decomposition, weight statistics, histograms, model logging).
 - ``pipeline``: the dense matmul FLOP/s this machine reaches with TensorFlow,
   then training throughput by input pipeline and batch size (one process for
@@ -228,9 +228,9 @@ def build_tutorial_model(spec: dict[str, Any]) -> Any:
 
 def run_prepare(spec: dict[str, Any]) -> dict[str, Any]:
     """params.yaml for the benchmark, and the project's own data stages run on it."""
-    from reglab.compose import compose, to_yaml
-    from reglab.config import validate
-    from reglab.io import write_atomic
+    from reglab.config.compose import compose, to_yaml
+    from reglab.config.schema import validate
+    from reglab.core.io import write_atomic
     from reglab.stages import download, preprocess
 
     workspace = Path(spec["workspace"])
@@ -324,9 +324,9 @@ def run_project(spec: dict[str, Any]) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     os.chdir(run_dir)  # the sqlite store's artifacts land in ./mlruns
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{run_dir / 'mlflow.db'}"
-    from reglab.compose import load_params
-    from reglab.paths import run_key
-    from reglab.runner import train_variant
+    from reglab.config.compose import load_params
+    from reglab.config.paths import run_key
+    from reglab.train.run import train_variant
 
     record: dict[str, Any] = {}
     timer = instrument_fit(record)
@@ -406,7 +406,7 @@ def input_dataset(
     if pipeline == "epoch_batches":
         # The project's own: per-epoch orders (a function of seed and epoch) and
         # a gather from in-memory tensors, prefetched.
-        from reglab.training import epoch_batches
+        from reglab.train.fit import epoch_batches
 
         steps = -(-len(x) // batch_size)
         dataset = epoch_batches(x, y, seed, range(epochs), batch_size, shuffle=True)

@@ -50,8 +50,8 @@ def digits_splits(seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def fit_digits(model, splits, *, seed: int, label: str, epochs: int, state=None, **options):
-    """reglab.training.fit on digits splits, batch 64, shuffled: the tests' common call."""
-    from reglab.training import fit
+    """reglab.train.fit.fit on digits splits, batch 64, shuffled: the tests' common call."""
+    from reglab.train.fit import fit
 
     return fit(
         model,
@@ -81,7 +81,7 @@ DIGITS = [
 
 def make_project(root: Path, overrides: list[str]) -> Path:
     """A project folder with params.yaml and processed digits, made by the real stages."""
-    from reglab.compose import compose, to_yaml
+    from reglab.config.compose import compose, to_yaml
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(to_yaml(compose(DIGITS + overrides)))
@@ -103,7 +103,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def config_for(*overrides: str):
-    from reglab.compose import compose_config
+    from reglab.config.compose import compose_config
 
     return compose_config(DIGITS + list(overrides))
 

@@ -105,7 +105,7 @@ class RayNode:
 
 def make_project(root: Path, overrides: list[str], data: Path) -> Path:
     """A project folder: params.yaml for digits with ``overrides``, the prepared data copied."""
-    from reglab.compose import compose, to_yaml
+    from reglab.config.compose import compose, to_yaml
 
     root.mkdir(parents=True)
     (root / "params.yaml").write_text(to_yaml(compose(DIGITS + overrides)))

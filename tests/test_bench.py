@@ -45,8 +45,8 @@ def test_flops_of_the_default_cnn_match_a_hand_count():
 
 
 def test_project_model_has_the_same_flops_and_parameters_as_the_tutorial_one():
-    from reglab.models import ModelConfig, build_model
-    from reglab.regularizers import RegularizerConfig
+    from reglab.model.build import ModelConfig, build_model
+    from reglab.model.regularizers import RegularizerConfig
 
     project = build_model(ModelConfig(), RegularizerConfig(), (28, 28, 1), 10, seed=0)
     tutorial = build_tutorial_model(DEFAULT_CNN)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from reglab.compose import compose, load_params, to_yaml
-from reglab.config import validate
-from reglab.schema import ConfigError
+from reglab.config.compose import compose, load_params, to_yaml
+from reglab.config.schema import validate
+from reglab.config.checks import ConfigError
 from tests.conftest import PROJECT_ROOT
 
 
@@ -134,7 +134,7 @@ def test_a_params_yaml_is_composed_and_validated_once_until_it_or_conf_changes(
 ):
     import shutil
 
-    from reglab import compose as composing
+    from reglab.config.schema import compose as composing
 
     shutil.copytree(PROJECT_ROOT / "conf", tmp_path / "conf")
     params = tmp_path / "params.yaml"

@@ -96,7 +96,7 @@ def test_every_stage_runs_a_reglab_module():
 def test_the_closure_follows_indirect_imports():
     closure = {str(path) for path in import_closure("reglab.stages.train")}
     # train -> runner -> data.prepare (load_splits) -> data.idx: two steps away.
-    assert "src/reglab/runner.py" in closure
+    assert "src/reglab/train/run.py" in closure
     assert "src/reglab/data/prepare.py" in closure
     assert "src/reglab/data/idx.py" in closure
     assert "src/reglab/__init__.py" in closure

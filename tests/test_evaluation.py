@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from reglab import evaluation
-from reglab.evaluation import (
+from reglab.evaluate import evaluation
+from reglab.evaluate.evaluation import (
     EvaluationError,
     expected_calibration_error,
     per_class_accuracy,

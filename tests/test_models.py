@@ -8,12 +8,12 @@ import keras
 import numpy as np
 import pytest
 
-from reglab.compose import compose
-from reglab.config import validate
-from reglab.models import ModelConfig, build_model, describe_model
-from reglab.regularizers import RegularizerConfig
-from reglab.schema import ConfigError
-from reglab.training import penalty
+from reglab.config.compose import compose
+from reglab.config.schema import validate
+from reglab.model.build import ModelConfig, build_model, describe_model
+from reglab.model.regularizers import RegularizerConfig
+from reglab.config.checks import ConfigError
+from reglab.train.fit import penalty
 from tests.conftest import PROJECT_ROOT, digits_splits, fit_digits
 
 FASHION_SHAPE = (28, 28, 1)
@@ -253,7 +253,7 @@ def test_conv_only_settings_on_the_mlp_are_reported(caplog):
     recipe = RegularizerConfig()
     recipe.spatial_dropout.rate = 0.2
     mlp = ModelConfig(name="mlp", conv_filters=[], dense_units=[8])
-    with caplog.at_level("WARNING", logger="reglab.models"):
+    with caplog.at_level("WARNING", logger="reglab.model.build"):
         build_model(mlp, recipe, (8, 8, 1), 10, seed=0)
     assert "spatial_dropout.rate=0.2 has no effect: model 'mlp' has no conv layers" in caplog.text
 
@@ -308,7 +308,7 @@ def mixed_bfloat16():
 
 
 def test_mixed_precision_is_one_switch_and_keeps_float32_logits(mixed_bfloat16, tmp_path):
-    from reglab.training import compile_model, make_optimizer, seed_everything
+    from reglab.train.fit import compile_model, make_optimizer, seed_everything
 
     seed_everything(0)
     recipe = RegularizerConfig()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from reglab.compose import compose, to_yaml
-from reglab.offline_plots import template
+from reglab.config.compose import compose, to_yaml
+from reglab.report.offline_plots import template
 from tests.conftest import DIGITS, PROJECT_ROOT
 
 LEADERBOARD = """\

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reglab.progress import EpochProgress, epoch_line
+from reglab.train.progress import EpochProgress, epoch_line
 from tests.conftest import make_project
 
 ROW = {"train_data_loss": 0.41234, "val_data_loss": 0.50119, "train_penalty": 0.03121,
@@ -61,7 +61,7 @@ def test_epoch_line_holds_the_numbers():
 
 def test_a_log_gets_one_line_per_epoch(caplog):
     hook = EpochProgress("l1@7", 2, stream=io.StringIO())
-    with caplog.at_level(logging.INFO, logger="reglab.progress"):
+    with caplog.at_level(logging.INFO, logger="reglab.train.progress"):
         hook(1, ROW)
         hook(2, ROW)
     lines = [record.getMessage() for record in caplog.records]
@@ -76,7 +76,7 @@ class Terminal(io.StringIO):
 def test_a_terminal_gets_a_bar_instead(caplog):
     screen = Terminal()
     hook = EpochProgress("l1@7", 4, start_epoch=1, stream=screen)
-    with caplog.at_level(logging.INFO, logger="reglab.progress"):
+    with caplog.at_level(logging.INFO, logger="reglab.train.progress"):
         for epoch in (2, 3, 4):
             hook(epoch, ROW)
     assert not caplog.records
@@ -144,7 +144,7 @@ def test_the_logged_model_predicts_evaluates_labels_as_probabilities(trained):
     whose arg-max is the predicted label evaluate wrote for each test image."""
     import mlflow
 
-    from reglab.compose import load_params
+    from reglab.config.compose import load_params
 
     root, _ = trained
     run_id = json.loads((root / "models/l2@42/run.json").read_text())["mlflow_run_id"]

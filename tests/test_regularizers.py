@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from reglab.models import ModelConfig, build_model
-from reglab.regularizers import (
+from reglab.model.build import ModelConfig, build_model
+from reglab.model.regularizers import (
     GroupLasso,
     RegularizerConfig,
     RegularizerSum,

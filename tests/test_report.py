@@ -24,7 +24,7 @@ from reglab.report import (
 from reglab.report import figures as rf
 from reglab.report import render as rr
 from reglab.report.stats import mean_curve
-from reglab.weights import kernel_record
+from reglab.model.weights import kernel_record
 
 
 def make_report(variant, seed, accuracy, loss, **extra):

@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from reglab.compose import compose, to_yaml
-from reglab.runner import train_variant
+from reglab.config.compose import compose, to_yaml
+from reglab.train.run import train_variant
 from reglab.tracking import TrackingUnavailable
 from reglab.tracking.store import check_sqlite_store
-from reglab.training import TrainingDiverged
+from reglab.train.fit import TrainingDiverged
 from tests.conftest import DIGITS, config_for
 
 
@@ -40,7 +40,7 @@ def project(tmp_path, data_dir, monkeypatch):
 
 
 def saved_weights(path: Path) -> list[np.ndarray]:
-    import reglab.regularizers  # noqa: F401 - registers custom regularizers
+    import reglab.model.regularizers  # noqa: F401 - registers custom regularizers
 
     return keras.saving.load_model(path, safe_mode=True).get_weights()
 
@@ -422,8 +422,8 @@ def test_the_evaluation_beside_the_runs_last_logging_reports_what_one_after_it_d
 def test_a_run_failing_in_its_last_logging_raises_its_own_error_and_reports_no_test(
     project, monkeypatch
 ):
-    from reglab import runner
-    from reglab.errors import ReglabError
+    from reglab.train import run as runner
+    from reglab.core.errors import ReglabError
     from reglab.stages import evaluate as evaluate_stage
 
     def lost(*args, **kwargs):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from reglab import secrets
+from reglab.tracking import secrets
 from reglab.tracking import flatten
 
 

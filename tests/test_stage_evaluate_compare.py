@@ -13,11 +13,11 @@ import keras
 import numpy as np
 import pytest
 
-from reglab.compose import compose, to_yaml
-from reglab.config import ConfigError
+from reglab.config.compose import compose, to_yaml
+from reglab.config.schema import ConfigError
 from reglab.data.prepare import write_processed
-from reglab.errors import ReglabError
-from reglab.evaluation import EvaluationError
+from reglab.core.errors import ReglabError
+from reglab.evaluate.evaluation import EvaluationError
 from reglab.stages import compare as compare_stage
 from reglab.stages import evaluate as evaluate_stage
 from tests.conftest import digits_splits
@@ -51,7 +51,7 @@ def write_params(root: Path, tracking_uri: str) -> None:
 
 def write_digits(root: Path, splits: dict) -> None:
     """The digits splits as preprocess writes them, with a manifest for params.yaml's data."""
-    from reglab.compose import load_params
+    from reglab.config.compose import load_params
     from reglab.data.prepare import described
 
     data = load_params(root / "params.yaml", check_fresh=False).data
@@ -274,7 +274,7 @@ def test_compare_stage_reads_files_only_and_never_imports_tensorflow(tmp_path):
     """Eval reports, histories and weights files in, summary and figures out: no model."""
     from mlflow.tracking import MlflowClient
 
-    from reglab.weights import kernel_record
+    from reglab.model.weights import kernel_record
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     write_params(tmp_path, uri)
@@ -337,7 +337,7 @@ def test_compare_stage_reads_files_only_and_never_imports_tensorflow(tmp_path):
 def test_strength_sweeps_of_the_real_presets():
     import dataclasses
 
-    from reglab.compose import compose_config
+    from reglab.config.compose import compose_config
     from reglab.report import strength_sweeps
 
     def sweeps(overrides):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from reglab.errors import ReglabError
+from reglab.core.errors import ReglabError
 from reglab.stages import run_stage
 
 
@@ -52,7 +52,7 @@ def test_other_errors_keep_their_traceback(capsys):
 
 def test_a_file_where_the_output_folder_belongs_is_a_clear_error(tmp_path, data_dir):
     """For real: the train stage cannot create models/ because a file is there."""
-    from reglab.compose import compose, to_yaml
+    from reglab.config.compose import compose, to_yaml
     from tests.conftest import DIGITS
 
     (tmp_path / "data").symlink_to(data_dir)
@@ -94,7 +94,7 @@ def test_a_full_disk_while_saving_the_model_is_one_line_and_leaves_nothing(
 ):
     from mlflow import MlflowClient
 
-    from reglab.compose import compose, to_yaml
+    from reglab.config.compose import compose, to_yaml
     from tests.conftest import DIGITS
 
     (tmp_path / "data").symlink_to(data_dir)

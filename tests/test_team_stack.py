@@ -202,7 +202,7 @@ def run_data_stages(root: Path) -> str:
 def writers_project_from(team_project: Path, root: Path) -> Path:
     """The writers' project: their params, and the digits the team's preprocess stage
     made (the same data settings, so the very arrays that stage would make here)."""
-    from reglab.compose import compose, to_yaml
+    from reglab.config.compose import compose, to_yaml
 
     params = compose(DIGITS)
     team = yaml.safe_load((team_project / "params.yaml").read_text())
@@ -323,7 +323,7 @@ def test_logged_model_predicts_through_the_server(stack, pipeline, monkeypatch):
     assert predicted.shape == (16, 10)
     # The very model the stage wrote to models/l2@42, whose logits the server turns
     # into class probabilities.
-    from reglab.metrics import softmax
+    from reglab.evaluate.metrics import softmax
 
     local = keras.models.load_model(next(pipeline.root.glob("models/l2@*/model.keras")))
     expected = softmax(local.predict(x, verbose=0))

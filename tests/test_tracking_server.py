@@ -84,7 +84,7 @@ def test_training_logs_metrics_images_and_model_to_a_real_server(
     import mlflow
     from mlflow import MlflowClient
 
-    from reglab.runner import train_variant
+    from reglab.train.run import train_variant
 
     uri, root = server
     (tmp_path / "data").symlink_to(data_dir)
@@ -150,7 +150,7 @@ def test_a_server_that_dies_during_training_loses_nothing(data_dir, tmp_path, mo
     import keras
     from mlflow import MlflowClient
 
-    from reglab.runner import train_variant
+    from reglab.train.run import train_variant
     from reglab.tracking import TrackingLost
 
     root, port = tmp_path / "server", free_port()
@@ -212,7 +212,7 @@ def test_a_server_that_comes_back_within_the_wait_loses_and_repeats_nothing(
 
     from mlflow import MlflowClient
 
-    from reglab.runner import train_variant
+    from reglab.train.run import train_variant
 
     root, port = tmp_path / "server", free_port()
     uri = log_to_a_server_from(tmp_path, data_dir, port, monkeypatch)
@@ -226,7 +226,7 @@ def test_a_server_that_comes_back_within_the_wait_loses_and_repeats_nothing(
                 stop_server(servers[0])
                 restarted.start()  # the next epoch's metrics wait for it
 
-        with caplog.at_level("WARNING", logger="reglab.runner"):
+        with caplog.at_level("WARNING", logger="reglab.train.run"):
             summary = train_variant(config, "l2@42", hooks=[restart_server_after_epoch_1])
         restarted.join()
         # Each epoch was logged as it ended: the run waited for the server, it did

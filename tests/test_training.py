@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from reglab.checkpoint import TrainingState
-from reglab.metrics import HISTORY_COLUMNS, cross_entropy
-from reglab.training import (
+from reglab.train.checkpoint import TrainingState
+from reglab.evaluate.metrics import HISTORY_COLUMNS, cross_entropy
+from reglab.train.fit import (
     EarlyStopping,
     TrainingDiverged,
     compile_model,
@@ -136,7 +136,7 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_weights(split
 
 
 def test_a_resumed_run_with_early_stopping_ends_like_an_uninterrupted_one(splits, tmp_path):
-    from reglab.checkpoint import Checkpoint
+    from reglab.train.checkpoint import Checkpoint
 
     def fresh_model():
         keras.backend.clear_session()

@@ -97,8 +97,8 @@ def test_dvc_exp_run_with_a_search_trains_and_tests_its_best(head, tmp_path):
     # What DVC would re-run after a change to the search (dvc status: no run needed):
     # its tune stage; a change to its base recipe adds its _best variant. Nothing else.
     def changed(*overrides: str) -> set[str]:
-        from reglab.compose import compose, to_yaml
-        from reglab.config import validate
+        from reglab.config.compose import compose, to_yaml
+        from reglab.config.schema import validate
 
         # `reglab compose` of the copy's conf/, in this process (a new one costs seconds).
         cfg = compose(["searches=[l2_strength]", *overrides], config_dir=root / "conf")

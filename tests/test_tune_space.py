@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from reglab import cli
-from reglab.schema import ConfigError
+from reglab.config.checks import ConfigError
 from tests.conftest import DIGITS, PROJECT_ROOT, config_for
 
 SEARCHES = ("l2_strength", "l1_strength", "dropout_rate", "weight_decay", "combined")
@@ -228,7 +228,7 @@ def test_an_unknown_search_in_the_pipeline_config_is_refused():
 
 
 def test_the_stage_refuses_a_search_not_in_the_config(tmp_path):
-    from reglab.compose import compose, to_yaml
+    from reglab.config.compose import compose, to_yaml
 
     (tmp_path / "params.yaml").write_text(to_yaml(compose(DIGITS)))
     result = subprocess.run(
@@ -241,13 +241,13 @@ def test_the_stage_refuses_a_search_not_in_the_config(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: search='nope': unknown"), result.stderr
     written = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
-    # Only the check's record of a valid params.yaml (reglab.compose), no search output.
+    # Only the check's record of a valid params.yaml (reglab.config.compose), no search output.
     assert written - {".reglab/params-validated.pickle", ".reglab/params-fresh"} == {"params.yaml"}
 
 
 def test_every_search_key_is_logged_nowhere_in_a_variant_run():
     """A variant run's params are its own training's: the searches do not change them."""
-    from reglab.config import pipeline_key, run_params
+    from reglab.config.schema import pipeline_key, run_params
 
     plain = config_for()
     searching = config_for("searches=[l2_strength]", "tune.max_concurrent=4")

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from reglab import weights
+from reglab.model import weights
 from reglab.report import ReportError, load_dense_histograms
 from reglab.report import figures as rf
 from tests.conftest import config_for, digits_splits
@@ -31,7 +31,7 @@ def test_dense_histogram_record_counts_fixed_bins_exact_zeros_and_the_outside():
 @pytest.fixture(scope="module")
 def trained() -> dict[str, dict]:
     """The project's digits CNN trained briefly as baseline and L1 (the real recipes)."""
-    from reglab.runner import prepare_model
+    from reglab.train.run import prepare_model
 
     config = config_for()
     x, y = digits_splits()["train"]

@@ -7,6 +7,6 @@ composes exactly what `reglab compose` does. Hydra finds no plugin class here;
 the import is the point.
 """
 
-from reglab.config import register_schema
+from reglab.config.schema import register_schema
 
 register_schema()

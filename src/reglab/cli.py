@@ -18,10 +18,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from reglab import process
-from reglab.compose import PARAMS_FILE, compose, conf_dir, load_params, to_yaml
-from reglab.config import register_schema, validate
-from reglab.errors import ReglabError
-from reglab.io import write_atomic
+from reglab.config.compose import PARAMS_FILE, compose, conf_dir, load_params, to_yaml
+from reglab.config.schema import register_schema, validate
+from reglab.core.errors import ReglabError
+from reglab.core.io import write_atomic
 
 log = logging.getLogger("reglab")
 USAGE = "usage: reglab {train,compose,check,tune} [options or hydra overrides...]"
@@ -41,8 +41,8 @@ def train_job(cfg: DictConfig) -> float | None:
         config.variant(variant)  # an unknown variant fails before TensorFlow loads
         import keras
 
-        from reglab.paths import run_key
-        from reglab.runner import train_variant
+        from reglab.config.paths import run_key
+        from reglab.train.run import train_variant
 
         results = []
         for seed in config.seeds:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reglab.data.config import DataFile
+from reglab.config.data import DataFile
 from reglab.data.idx import encode_idx, write_idx
 
 IMAGE_SIDE = 4

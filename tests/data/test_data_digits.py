@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reglab.data.config import DataFile
+from reglab.config.data import DataFile
 from reglab.data.digits import export_digits, load_digits_arrays
 from reglab.data.errors import DataError
 from reglab.data.idx import encode_idx, read_idx

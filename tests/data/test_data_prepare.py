@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reglab.data.config import DataFile
+from reglab.config.data import DataFile
 from reglab.data.errors import DataError, IdxFormatError
 from reglab.data.idx import encode_idx, write_idx
 from reglab.data.prepare import (
@@ -296,7 +296,7 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 @pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_real_fashion_mnist_from_the_debian_mirror(tmp_path):
-    from reglab.compose import compose_config
+    from reglab.config.compose import compose_config
 
     data = compose_config(["data=fashion_mnist"]).data
     files = data.files

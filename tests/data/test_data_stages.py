@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reglab.compose import compose, to_yaml
+from reglab.config.compose import compose, to_yaml
 from reglab.data.digits import load_digits_arrays
 from reglab.data.prepare import load_manifest, load_splits
 from reglab.data.sources import MIRRORS_ENV
-from reglab.io import file_mode
+from reglab.core.io import file_mode
 from reglab.stages import download, preprocess, run_stage
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reglab.data.config import DataFile
+from reglab.config.data import DataFile
 from reglab.data.errors import DataError
 from reglab.data.idx import encode_idx, write_idx
 

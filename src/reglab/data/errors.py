@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reglab.errors import ReglabError
+from reglab.core.errors import ReglabError
 
 
 class DataError(ReglabError):

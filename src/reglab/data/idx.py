@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from reglab.data.errors import IdxFormatError
-from reglab.io import write_atomic
+from reglab.core.io import write_atomic
 
 GZIP_MAGIC = b"\x1f\x8b"
 

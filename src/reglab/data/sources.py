@@ -37,10 +37,10 @@ from pathlib import Path
 from tqdm import tqdm
 from tqdm.utils import CallbackIOWrapper
 
-from reglab.data.config import DataFile
+from reglab.config.data import DataFile
 from reglab.data.errors import DownloadError
 from reglab.data.idx import decompress, is_gzip_name
-from reglab.io import atomic_path
+from reglab.core.io import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from reglab.io import atomic_path
+from reglab.core.io import atomic_path
 from reglab.report.load import ReportError
 from reglab.report.stats import BASELINE, Sweep, VariantSummary, mean_curve
 
@@ -184,7 +184,7 @@ def dense_histogram_figure(
     Most of the model's weights are in this layer. On a log axis the bin around zero,
     where L1 piles weights up and L2 only narrows the bell, stands out against the
     baseline instead of hiding the tails. ``histograms`` are counts on the same fixed
-    bins (:func:`reglab.weights.dense_histogram_record`); ``variants`` (default: the
+    bins (:func:`reglab.model.weights.dense_histogram_record`); ``variants`` (default: the
     histograms' own) decides the colours, as in every other figure.
     """
     if baseline not in histograms:

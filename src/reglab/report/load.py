@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from reglab.errors import ReglabError
-from reglab.io import read_json_object
-from reglab.paths import SEED_SEPARATOR, RunKeyError, history_file, parse_run_key
+from reglab.core.errors import ReglabError
+from reglab.core.io import read_json_object
+from reglab.config.paths import SEED_SEPARATOR, RunKeyError, history_file, parse_run_key
 
 log = logging.getLogger(__name__)
 

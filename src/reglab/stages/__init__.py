@@ -36,8 +36,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from reglab import process
-from reglab.errors import ReglabError
-from reglab.io import WRITE_ERRORS, WriteError
+from reglab.core.errors import ReglabError
+from reglab.core.io import WRITE_ERRORS, WriteError
 
 log = logging.getLogger("reglab")
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import psutil
 
-from reglab.compose import load_params
-from reglab.errors import ReglabError
-from reglab.io import write_atomic
+from reglab.config.compose import load_params
+from reglab.core.errors import ReglabError
+from reglab.core.io import write_atomic
 from reglab.stages import run_stage
 
 

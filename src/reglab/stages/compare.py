@@ -8,9 +8,9 @@ import dataclasses
 from pathlib import Path
 
 from reglab import report
-from reglab.compose import load_params
-from reglab.errors import ReglabError
-from reglab.io import write_atomic
+from reglab.config.compose import load_params
+from reglab.core.errors import ReglabError
+from reglab.core.io import write_atomic
 from reglab.stages import run_stage
 from reglab.tracking import resolve_uri
 from reglab.tune.best import with_best_variants

@@ -10,12 +10,12 @@ folder, the report, the confusion-plot CSV and the weights file alike.
 
 from pathlib import Path
 
-from reglab import evaluation
-from reglab.compose import load_params
-from reglab.config import Config
+from reglab.evaluate import evaluation
+from reglab.config.compose import load_params
+from reglab.config.schema import Config
 from reglab.data.prepare import load_splits
-from reglab.errors import ReglabError
-from reglab.paths import eval_file, metrics_file, model_dir, parse_run_key
+from reglab.core.errors import ReglabError
+from reglab.config.paths import eval_file, metrics_file, model_dir, parse_run_key
 from reglab.stages import run_stage
 from reglab.tracking import resolve_uri
 
@@ -26,7 +26,7 @@ def evaluate_run(config: Config, key: str) -> None:
 
 
 def train_and_evaluate(config: Config, key: str) -> None:
-    """Train ``key`` (:func:`reglab.runner.train_variant`), then :func:`evaluate_run` it.
+    """Train ``key`` (:func:`reglab.train.run.train_variant`), then :func:`evaluate_run` it.
 
     The test-set evaluation starts on a worker thread as soon as the model folder is
     written, while the run logs its served model and kernel histograms to MLflow:
@@ -36,7 +36,7 @@ def train_and_evaluate(config: Config, key: str) -> None:
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    from reglab.runner import train_variant
+    from reglab.train.run import train_variant
 
     started: list[Future[evaluation.Evaluation]] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate") as pool:

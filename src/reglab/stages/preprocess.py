@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reglab.compose import load_params
+from reglab.config.compose import load_params
 from reglab.data.prepare import preprocess, split_plan
 from reglab.stages import run_stage
 

@@ -1,8 +1,8 @@
 """DVC stage `train@<variant>-<seed>`: train one variant under one seed from params.yaml,
 then evaluate it on the test set in the same process (:mod:`reglab.stages.evaluate`)."""
 
-from reglab.compose import load_params
-from reglab.errors import ReglabError
+from reglab.config.compose import load_params
+from reglab.core.errors import ReglabError
 from reglab.stages import run_stage
 
 

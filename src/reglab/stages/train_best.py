@@ -2,9 +2,9 @@
 base recipe with the parameters of its best.yaml, then test it once, in the same
 process, as the train stage does for every variant."""
 
-from reglab.compose import load_params
-from reglab.errors import ReglabError
-from reglab.paths import parse_run_key
+from reglab.config.compose import load_params
+from reglab.core.errors import ReglabError
+from reglab.config.paths import parse_run_key
 from reglab.stages import run_stage
 from reglab.tune.best import search_of, with_best_variant
 

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from reglab.compose import load_params
-from reglab.errors import ReglabError
+from reglab.config.compose import load_params
+from reglab.core.errors import ReglabError
 from reglab.stages import run_stage
 
 

@@ -10,8 +10,10 @@ from typing import Any
 
 import mlflow
 
-from reglab import secrets, weights
-from reglab.metrics import EPOCH_METRICS
+from reglab.tracking import secrets
+
+from reglab.model import weights
+from reglab.evaluate.metrics import EPOCH_METRICS
 from reglab.tracking.store import flatten
 
 log = logging.getLogger(__name__)
@@ -126,7 +128,7 @@ def log_trained_model(
 
 def log_weight_histograms(histograms: weights.HistogramImages) -> None:
     """Images with a step (the UI scrubs through training), raw counts, a start/end overlay,
-    as the :class:`~reglab.weights.HistogramImages` of the run drew them."""
+    as the :class:`~reglab.model.weights.HistogramImages` of the run drew them."""
     images, overlay = histograms.finish()
     for epoch, image in images.items():
         mlflow.log_image(image, key="weights/kernel_histograms", step=epoch)
@@ -149,7 +151,7 @@ def log_keras_model(
     """Log the model MLflow serves: class probabilities with the class names.
 
     The Keras model (logits, as training and evaluation use it) goes in as the
-    ``keras_model`` artifact of :mod:`reglab.served_model`, a pyfunc model from
+    ``keras_model`` artifact of :mod:`reglab.tracking.served_model`, a pyfunc model from
     code whose ``predict`` returns a DataFrame of softmax probabilities, one
     column per class name; the signature names them too. Pip requirements are
     given explicitly: inferring them costs seconds per model. ``keras_file``, the
@@ -167,8 +169,8 @@ def log_keras_model(
     import tensorflow as tf
     from mlflow.models import infer_signature
 
-    from reglab import served_model
-    from reglab.metrics import softmax
+    from reglab.tracking import served_model
+    from reglab.evaluate.metrics import softmax
 
     # A direct call: the signature needs the outputs' names and types, not predict's
     # batching (which would trace another function).

@@ -2,7 +2,7 @@
 
 A search is one MLflow run (``search:<name>``: the space, the sampler and its
 seed, the budget, then the best trial's parameters and objective). Each trial
-is a variant run nested under it (:func:`reglab.runner.train_variant` with
+is a variant run nested under it (:func:`reglab.train.run.train_variant` with
 ``parent_run_id``), tagged with its Ray trial id, then with its state
 (completed, pruned, failed) and whether it is the best.
 
@@ -28,7 +28,7 @@ from typing import Any
 
 import mlflow
 
-from reglab.errors import ReglabError
+from reglab.core.errors import ReglabError
 from reglab.tracking.records import data_inputs
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from reglab.config import BEST_SUFFIX, Config
-from reglab.errors import ReglabError
+from reglab.config.schema import BEST_SUFFIX, Config
+from reglab.core.errors import ReglabError
 
 BEST_FILE = "best.yaml"
 

@@ -11,9 +11,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from reglab.compose import compose
-from reglab.config import Config, validate
-from reglab.schema import ConfigError
+from reglab.config.compose import compose
+from reglab.config.schema import Config, validate
+from reglab.config.checks import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def tune_command(overrides: list[str]) -> dict[str, Any]:
 
 def train_and_test_best(config: Config, name: str) -> list[str]:
     """``<search>_best`` under each seed: trained like any variant, tested once."""
-    from reglab.paths import run_key
+    from reglab.config.paths import run_key
     from reglab.stages.evaluate import train_and_evaluate
     from reglab.tune.best import with_best_variant
     from reglab.tune.search import best_variant_name

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from reglab.config import Config, SearchConfig
+from reglab.config.schema import Config, SearchConfig
 from reglab.tune.search import Trial, n_trials
 from reglab.tune.trial import run_trial, trial_dir
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from reglab.config import SearchConfig
-from reglab.io import write_atomic
+from reglab.config.schema import SearchConfig
+from reglab.core.io import write_atomic
 from reglab.tune.best import BEST_FILE
 
 TRIALS_FILE = "trials.csv"

@@ -1,6 +1,6 @@
 """Run a search: Optuna's TPE suggests, Ray Tune runs the trials, ASHA stops the bad ones.
 
-Each trial is :func:`reglab.runner.train_variant` on the search's base recipe
+Each trial is :func:`reglab.train.run.train_variant` on the search's base recipe
 with the suggested values, nested under the search's MLflow parent run, with
 one epoch hook that reports to Ray Tune: the same model builder, training loop,
 loss decomposition and logging as a pipeline variant, on train and validation only.
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reglab.config import BEST_SUFFIX, Config, SearchConfig, TuneConfig
-from reglab.errors import ReglabError
-from reglab.schema import ConfigError
+from reglab.config.schema import BEST_SUFFIX, Config, SearchConfig, TuneConfig
+from reglab.core.errors import ReglabError
+from reglab.config.checks import ConfigError
 from reglab.tune.trial import trial_data
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from reglab.config import Config, SearchConfig
-from reglab.paths import run_key
+from reglab.config.schema import Config, SearchConfig
+from reglab.config.paths import run_key
 
 
 def trial_config(config: Config, search: SearchConfig, variant: str, values: dict) -> Config:
@@ -89,7 +89,7 @@ def run_trial(params: dict[str, Any], *, config: Config, name: str, parent_run_i
     # TensorFlow only for a trial that trains (its import is most of a trial's start-up).
     import keras
 
-    from reglab.runner import train_variant
+    from reglab.train.run import train_variant
 
     keras.backend.clear_session()
     # A trial restarted after a kill resumes at its checkpoint's epoch: report the
@@ -107,7 +107,7 @@ def run_trial(params: dict[str, Any], *, config: Config, name: str, parent_run_i
 
 def checkpoint_history(trial: Config, key: str) -> list[dict[str, Any]]:
     """The epochs an interrupted attempt of this trial saved in its checkpoint."""
-    from reglab.checkpoint import STATE_FILE
+    from reglab.train.checkpoint import STATE_FILE
 
     state = Path(trial.paths.checkpoints, key, STATE_FILE)
     return json.loads(state.read_text()).get("history", []) if state.exists() else []
@@ -119,8 +119,8 @@ def finished_attempt(trial: Config, key: str) -> tuple[list[dict[str, str]], str
     (train_variant's last step, after the logging), if there is one."""
     import csv
 
-    from reglab.config import config_hash
-    from reglab.paths import history_file
+    from reglab.config.schema import config_hash
+    from reglab.config.paths import history_file
 
     summary_file = Path(trial.paths.models, key, "run.json")
     history = history_file(trial.paths.history, key)

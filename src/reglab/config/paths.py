@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reglab.errors import ReglabError
+from reglab.core.errors import ReglabError
 
 SEED_SEPARATOR = "@"
 

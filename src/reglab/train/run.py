@@ -1,7 +1,7 @@
 """Train one variant under one seed: the one place that unpacks the config.
 
 Everything below this module takes plain values or built objects; this module
-reads the validated :class:`~reglab.config.Config` and wires the pieces. The
+reads the validated :class:`~reglab.config.schema.Config` and wires the pieces. The
 train stage, the ad-hoc command line and a search's trials all call
 :func:`train_variant`.
 """
@@ -21,18 +21,22 @@ from typing import Any
 import keras
 import numpy as np
 
-from reglab import secrets, tracking, weights
-from reglab.checkpoint import Checkpoint, TrainingState
-from reglab.config import Config, config_hash, pipeline_key, run_params
-from reglab.data.config import DataConfig
+from reglab.tracking import secrets
+
+from reglab import tracking
+
+from reglab.model import weights
+from reglab.train.checkpoint import Checkpoint, TrainingState
+from reglab.config.schema import Config, config_hash, pipeline_key, run_params
+from reglab.config.data import DataConfig
 from reglab.data.prepare import load_splits
-from reglab.io import remove_leftovers, tree_digest, write_atomic, writing_dir
-from reglab.metrics import HISTORY_COLUMNS
-from reglab.models import build_model, describe_model, save_model
-from reglab.paths import history_file, parse_run_key
-from reglab.progress import EpochProgress
-from reglab.recipes import EarlyStoppingConfig, RegularizerConfig
-from reglab.training import (
+from reglab.core.io import remove_leftovers, tree_digest, write_atomic, writing_dir
+from reglab.evaluate.metrics import HISTORY_COLUMNS
+from reglab.model.build import build_model, describe_model, save_model
+from reglab.config.paths import history_file, parse_run_key
+from reglab.train.progress import EpochProgress
+from reglab.config.recipes import EarlyStoppingConfig, RegularizerConfig
+from reglab.train.fit import (
     EarlyStopping,
     EpochHook,
     compile_model,

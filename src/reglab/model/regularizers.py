@@ -1,16 +1,16 @@
 """Regularizer recipes made into Keras objects: the recipe -> Keras factory, custom regularizers.
 
 A recipe (one ``variants.<name>`` entry of the composed config; its schema,
-:class:`~reglab.recipes.RegularizerConfig`, lives in :mod:`reglab.recipes`) says
+:class:`~reglab.config.recipes.RegularizerConfig`, lives in :mod:`reglab.config.recipes`) says
 how strongly each technique acts. Everything is off by default, so
 ``RegularizerConfig()`` is the unregularized baseline and each file in
 ``conf/regularizer/`` states only what it turns on.
 
 Weight penalties, the orthogonality and group-lasso penalties and the max-norm
 constraint attach to Conv2D and Dense layers through :func:`layer_regularization`;
-dropout, noise and augmentation are layers that :mod:`reglab.models` inserts;
+dropout, noise and augmentation are layers that :mod:`reglab.model.build` inserts;
 early stopping, weight decay and label smoothing change the training procedure
-and are read by :mod:`reglab.training`.
+and are read by :mod:`reglab.train.fit`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from reglab.recipes import (  # noqa: F401 - the schema, re-exported here
+from reglab.config.recipes import (  # noqa: F401 - the schema, re-exported here
     EARLY_STOPPING_MONITORS,
     FLIP_MODES,
     LAYER_TYPES,

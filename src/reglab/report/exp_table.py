@@ -6,8 +6,8 @@ a 120-column terminal holds: a row per commit and experiment, a column per
 variant with its mean over the seeds that experiment ran (the seed count in
 brackets when there are several)::
 
-    python -m reglab.exp_table                  # test_accuracy
-    python -m reglab.exp_table test_data_loss   # any headline metric
+    python -m reglab.report.exp_table                  # test_accuracy
+    python -m reglab.report.exp_table test_data_loss   # any headline metric
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from reglab.errors import ReglabError
-from reglab.paths import SEED_SEPARATOR
+from reglab.core.errors import ReglabError
+from reglab.config.paths import SEED_SEPARATOR
 
 
 def experiment_rows(shown: list[Mapping[str, Any]]) -> Iterator[tuple[str, Mapping[str, Any]]]:

@@ -1,7 +1,7 @@
 """Schema of a regularizer recipe and of the model: plain dataclasses, no Keras.
 
 They live apart from the code that turns them into Keras objects
-(:mod:`reglab.regularizers`, :mod:`reglab.models`) so that reading and checking
+(:mod:`reglab.model.regularizers`, :mod:`reglab.model.build`) so that reading and checking
 the config (every stage's first step, ``make params``) does not pay for
 importing TensorFlow.
 """
@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from reglab.schema import bounded
+from reglab.config.checks import bounded
 
 LayerType = Literal["conv", "dense"]
 LAYER_TYPES: tuple[str, ...] = ("conv", "dense")
 
-# Columns of the training history (reglab.training) that early stopping may watch:
+# Columns of the training history (reglab.train.fit) that early stopping may watch:
 # the data loss is the cross-entropy alone, the total loss adds the penalties.
 EARLY_STOPPING_MONITORS: tuple[str, ...] = ("val_data_loss", "val_total_loss", "val_accuracy")
 FLIP_MODES: tuple[str, ...] = ("none", "horizontal", "vertical", "horizontal_and_vertical")

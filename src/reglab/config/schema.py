@@ -1,6 +1,6 @@
 """The config's typed schema and its validation.
 
-Humans edit ``conf/``; ``params.yaml`` is its composition (:mod:`reglab.compose`).
+Humans edit ``conf/``; ``params.yaml`` is its composition (:mod:`reglab.config.compose`).
 :func:`validate` turns a composed config into a checked :class:`Config` before
 any work starts: an unknown key or a value out of range is one line naming it.
 """
@@ -18,9 +18,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from reglab.data.config import DataConfig
-from reglab.recipes import ModelConfig, RegularizerConfig
-from reglab.schema import ConfigError, bounded, check
+from reglab.config.data import DataConfig
+from reglab.config.recipes import ModelConfig, RegularizerConfig
+from reglab.config.checks import ConfigError, bounded, check
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +355,7 @@ def register_schema() -> None:
 
     ``conf/config.yaml`` composes on top of it, so every YAML file states only
     what differs from the defaults here, and composition itself type-checks.
-    :mod:`reglab.compose` registers it for the project's own composition;
+    :mod:`reglab.config.compose` registers it for the project's own composition;
     ``hydra_plugins/reglab_schema`` does it for DVC's (``dvc exp run -S``),
     which imports Hydra plugins from the repository root before composing.
     """

@@ -7,7 +7,7 @@ always in inference mode (dropout off), and never adds the regularization
 penalty: the reports compare *data* loss, the quantity a penalty is meant to
 improve on unseen data.
 
-Results are identified by a run key, ``<variant>@<seed>`` (:mod:`reglab.paths`),
+Results are identified by a run key, ``<variant>@<seed>`` (:mod:`reglab.config.paths`),
 which names the model folder, the history CSV, the eval report and the weights file.
 """
 
@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
-from reglab import weights
-from reglab.errors import ReglabError
-from reglab.io import read_json_object, write_atomic
-from reglab.metrics import TEST_METRICS, accuracy, cross_entropy, softmax
-from reglab.paths import RunKeyError, parse_run_key
+from reglab.model import weights
+from reglab.core.errors import ReglabError
+from reglab.core.io import read_json_object, write_atomic
+from reglab.evaluate.metrics import TEST_METRICS, accuracy, cross_entropy, softmax
+from reglab.config.paths import RunKeyError, parse_run_key
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def load_model(path: Path) -> Any:
         raise EvaluationError(f"{path}: not found; run the train stage for this variant first")
     import keras
 
-    import reglab.regularizers  # noqa: F401 - registers the custom serializable regularizers
+    import reglab.model.regularizers  # noqa: F401 - registers the custom serializable regularizers
 
     return keras.saving.load_model(path, safe_mode=True)
 
@@ -159,8 +159,8 @@ def predict_logits(model: Any, images: np.ndarray, batch_size: int) -> np.ndarra
 class Evaluation:
     """A JSON-ready report, the per-image test predictions behind its confusion matrix, and
     what the compare stage plots of the weights: the first-layer kernel
-    (:func:`reglab.weights.kernel_record`) and the largest Dense kernel's counts on fixed
-    bins (:func:`reglab.weights.dense_histogram_record`), not its values."""
+    (:func:`reglab.model.weights.kernel_record`) and the largest Dense kernel's counts on fixed
+    bins (:func:`reglab.model.weights.dense_histogram_record`), not its values."""
 
     report: dict[str, Any]
     test_labels: np.ndarray

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from reglab.schema import bounded
+from reglab.config.checks import bounded
 
 # The keys of `files` that preprocess reads. A data set without an official test
 # split (scikit-learn's digits) names only the training pair and holds a test set out.

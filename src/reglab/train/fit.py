@@ -18,7 +18,7 @@ calls, at a fraction of the cost.
 
 :func:`fit` is the one training loop: the pipeline's variants, the ad-hoc
 command line and every search trial go through it. It takes the
-:class:`~reglab.checkpoint.TrainingState` to start from and returns the new one;
+:class:`~reglab.train.checkpoint.TrainingState` to start from and returns the new one;
 callers follow the epochs through hooks.
 """
 
@@ -33,9 +33,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from reglab.checkpoint import Checkpoint, TrainingState
-from reglab.errors import ReglabError
-from reglab.metrics import HISTORY_COLUMNS, accuracy, cross_entropy
+from reglab.train.checkpoint import Checkpoint, TrainingState
+from reglab.core.errors import ReglabError
+from reglab.evaluate.metrics import HISTORY_COLUMNS, accuracy, cross_entropy
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from reglab.errors import ReglabError
+from reglab.core.errors import ReglabError
 
 # Failures to write an output that a user fixes outside the project. Outputs are
 # written to a temporary name and renamed, so none is left half-written.

@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from reglab.errors import ReglabError
+from reglab.core.errors import ReglabError
 
 
 class ConfigError(ReglabError, ValueError):

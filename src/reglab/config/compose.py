@@ -17,13 +17,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from reglab.config import Config, register_schema, validate
-from reglab.io import tree_digest, write_atomic
-from reglab.schema import ConfigError
+from reglab.config.schema import Config, register_schema, validate
+from reglab.core.io import tree_digest, write_atomic
+from reglab.config.checks import ConfigError
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 CONF_DIR = PROJECT_ROOT / "conf"
 PARAMS_FILE = "params.yaml"
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from reglab.io import WriteError, write_atomic
+from reglab.core.io import WriteError, write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ class ClassProbabilities(PythonModel):
         import keras
 
         with contextlib.suppress(ImportError):  # registers the project's regularizers
-            import reglab.regularizers  # noqa: F401
+            import reglab.model.regularizers  # noqa: F401
         self.model = keras.models.load_model(context.artifacts["keras_model"], compile=False)
         self.class_names = [str(name) for name in context.model_config["class_names"]]
         self.batch_size = int(context.model_config.get("batch_size", 512))

@@ -1,0 +1,1 @@
+"""The configuration: schema, recipes, composition of conf/, paths and run keys."""

@@ -1,0 +1,1 @@
+"""Test metrics: plain values, no MLflow, no plotting."""

@@ -1,0 +1,1 @@
+"""Models: the built-in builders, regularizers, weight statistics."""

@@ -1,0 +1,1 @@
+"""Training: one model.fit, checkpoints, progress, one variant's run."""
