@@ -67,7 +67,7 @@ params: setup  ## compose conf/ into params.yaml (what every stage reads)
 # the page renders without a network. The template is made once per lock file.
 PLOTS_TEMPLATE := .reglab/plots-template.html
 $(PLOTS_TEMPLATE): $(VENV)/.installed
-	$(BIN)/python -m reglab.report.offline_plots $@
+	$(BIN)/python -m reglab plots-template $@
 
 plots: setup $(PLOTS_TEMPLATE)  ## write dvc_plots/index.html (offline), as `dvc plots show` does
 	$(BIN)/dvc plots show --html-template $(PLOTS_TEMPLATE)

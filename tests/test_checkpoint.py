@@ -10,9 +10,9 @@ import keras
 import numpy as np
 import pytest
 
+from reglab.core.io import WriteError
 from reglab.train import checkpoint as checkpoint_module
 from reglab.train.checkpoint import STATE_FILE, Checkpoint, TrainingState, checkpoint_variables
-from reglab.core.io import WriteError
 from reglab.train.fit import compile_model, make_optimizer, seed_everything
 from tests.conftest import digits_splits, fit_digits
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from reglab.config.checks import ConfigError
 from reglab.config.compose import compose, load_params, to_yaml
 from reglab.config.schema import validate
-from reglab.config.checks import ConfigError
 from tests.conftest import PROJECT_ROOT
 
 

@@ -7,66 +7,13 @@ the module (function-level imports too) with `ast`, within the reglab package.
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.code_graph import import_closure
 from tests.conftest import PROJECT_ROOT
-
-SRC = PROJECT_ROOT / "src"
-PACKAGE = "reglab"
-
-
-def module_file(name: str) -> Path | None:
-    """src/reglab/a/b.py or src/reglab/a/b/__init__.py for 'reglab.a.b'."""
-    base = SRC.joinpath(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def imported_modules(path: Path, name: str) -> set[str]:
-    """Names of the reglab modules ``path`` (module ``name``) imports, as written."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[: len(parts) - node.level + 1])
-                source = f"{base}.{node.module}" if node.module else base
-            else:
-                source = node.module or ""
-            found.add(source)
-            # `from reglab import tracking`: the names may be submodules.
-            found.update(f"{source}.{alias.name}" for alias in node.names)
-    return {item for item in found if item == PACKAGE or item.startswith(PACKAGE + ".")}
-
-
-def import_closure(module: str) -> set[Path]:
-    """Every reglab source file that importing ``module`` executes."""
-    files: set[Path] = set()
-    pending = [module]
-    seen: set[str] = set()
-    while pending:
-        name = pending.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        parts = name.split(".")
-        # Importing a.b.c runs a/__init__.py and a/b/__init__.py first.
-        pending.extend(".".join(parts[:index]) for index in range(1, len(parts)))
-        path = module_file(name)
-        if path is None:
-            continue  # a name imported from a module, not a module itself
-        files.add(path.relative_to(PROJECT_ROOT))
-        pending.extend(imported_modules(path, name))
-    return files
 
 
 def stages() -> dict[str, dict]:

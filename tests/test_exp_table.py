@@ -1,4 +1,4 @@
-"""The README's `python -m reglab.report.exp_table`: one row per experiment, each variant's test
+"""The README's `reglab exps`: one row per experiment, each variant's test
 accuracy readable in a 120-column terminal, from a real `dvc exp show --json`."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def test_one_row_per_experiment_with_each_variants_accuracy_at_120_columns(tmp_p
     run("git", "add", "reports")
     run(DVC, "exp", "save", "-n", "strong-l2")
 
-    shown = run(sys.executable, "-m", "reglab.report.exp_table").splitlines()
+    shown = run(sys.executable, "-m", "reglab", "exps").splitlines()
     assert all(len(line) <= 120 for line in shown)
     header, workspace, commit, experiment = shown
     assert header.split()[-5:] == variants

@@ -8,11 +8,11 @@ import keras
 import numpy as np
 import pytest
 
+from reglab.config.checks import ConfigError
 from reglab.config.compose import compose
 from reglab.config.schema import validate
 from reglab.model.build import ModelConfig, build_model, describe_model
 from reglab.model.regularizers import RegularizerConfig
-from reglab.config.checks import ConfigError
 from reglab.train.fit import penalty
 from tests.conftest import PROJECT_ROOT, digits_splits, fit_digits
 

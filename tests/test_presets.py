@@ -10,10 +10,10 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from reglab.config.checks import ConfigError
 from reglab.config.compose import CONF_DIR, compose
 from reglab.config.schema import validate
 from reglab.model.regularizers import RegularizerConfig
-from reglab.config.checks import ConfigError
 
 EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
 VARIANT_SETS = sorted(path.stem for path in (CONF_DIR / "variants").glob("*.yaml"))

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from reglab.model.weights import kernel_record
 from reglab.report import (
     ReportError,
     Stat,
@@ -24,7 +25,6 @@ from reglab.report import (
 from reglab.report import figures as rf
 from reglab.report import render as rr
 from reglab.report.stats import mean_curve
-from reglab.model.weights import kernel_record
 
 
 def make_report(variant, seed, accuracy, loss, **extra):

@@ -22,10 +22,10 @@ import pytest
 from mlflow import MlflowClient
 
 from reglab.config.compose import compose, to_yaml
-from reglab.train.run import train_variant
 from reglab.tracking import TrackingUnavailable
 from reglab.tracking.store import check_sqlite_store
 from reglab.train.fit import TrainingDiverged
+from reglab.train.run import train_variant
 from tests.conftest import DIGITS, config_for
 
 
@@ -422,9 +422,9 @@ def test_the_evaluation_beside_the_runs_last_logging_reports_what_one_after_it_d
 def test_a_run_failing_in_its_last_logging_raises_its_own_error_and_reports_no_test(
     project, monkeypatch
 ):
-    from reglab.train import run as runner
     from reglab.core.errors import ReglabError
     from reglab.stages import evaluate as evaluate_stage
+    from reglab.train import run as runner
 
     def lost(*args, **kwargs):
         raise ReglabError("the tracking server did not answer")

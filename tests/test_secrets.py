@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from reglab.tracking import secrets
-from reglab.tracking import flatten
+from reglab.tracking import flatten, secrets
 
 
 def test_uri_passwords_are_masked_whatever_the_scheme():

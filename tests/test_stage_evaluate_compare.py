@@ -15,8 +15,8 @@ import pytest
 
 from reglab.config.compose import compose, to_yaml
 from reglab.config.schema import ConfigError
-from reglab.data.prepare import write_processed
 from reglab.core.errors import ReglabError
+from reglab.data.prepare import write_processed
 from reglab.evaluate.evaluation import EvaluationError
 from reglab.stages import compare as compare_stage
 from reglab.stages import evaluate as evaluate_stage

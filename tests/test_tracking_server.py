@@ -150,8 +150,8 @@ def test_a_server_that_dies_during_training_loses_nothing(data_dir, tmp_path, mo
     import keras
     from mlflow import MlflowClient
 
-    from reglab.train.run import train_variant
     from reglab.tracking import TrackingLost
+    from reglab.train.run import train_variant
 
     root, port = tmp_path / "server", free_port()
     uri = log_to_a_server_from(tmp_path, data_dir, port, monkeypatch)

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from reglab.train.checkpoint import TrainingState
 from reglab.evaluate.metrics import HISTORY_COLUMNS, cross_entropy
+from reglab.train.checkpoint import TrainingState
 from reglab.train.fit import (
     EarlyStopping,
     TrainingDiverged,

@@ -92,8 +92,8 @@ def test_a_best_variant_may_not_shadow_a_hand_picked_one():
 
 
 def test_trials_csv_and_the_figures(tmp_path):
+    from reglab.tune.outcome import Trial, best_trial
     from reglab.tune.results import write_outputs
-    from reglab.tune.search import Trial, best_trial
 
     search = config_for().search("l2_strength")
     trials = [

@@ -1,3 +1,3 @@
-from reglab.cli import run
+from reglab.cli import main
 
-run()
+main()

@@ -6,6 +6,11 @@ reglab check                                   # validate params.yaml against co
 reglab train variant=l2 train.epochs=2         # one variant, each seed in `seeds`
 reglab train -m variant=l1,l2 'variants.l2.kernel.l2=1e-4,1e-3'
 reglab tune search=l2_strength tune.n_trials=40 tune.address=HEAD:6379
+reglab exps [metric]                           # one row per DVC experiment, a column per variant
+reglab plots-template OUTPUT.html              # `dvc plots show`'s page with Vega inlined
+
+This module and :mod:`reglab.stages` are the entry layer: the only code that reads
+the process's environment and arguments.
 """
 
 from __future__ import annotations
@@ -14,17 +19,20 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from reglab import process
-from reglab.config.compose import PARAMS_FILE, compose, conf_dir, load_params, to_yaml
-from reglab.config.schema import register_schema, validate
+from reglab.config.checks import ConfigError
+from reglab.config.compose import PARAMS_FILE, compose, conf_dir, to_yaml
+from reglab.config.schema import Config, register_schema, validate
 from reglab.core.errors import ReglabError
 from reglab.core.io import write_atomic
+from reglab.stages import read_config, run_tags, setup_logging
 
 log = logging.getLogger("reglab")
-USAGE = "usage: reglab {train,compose,check,tune} [options or hydra overrides...]"
+COMMANDS = ("train", "compose", "check", "tune", "exps", "plots-template")
+USAGE = f"usage: reglab {{{','.join(COMMANDS)}}} [options or hydra overrides...]"
 
 
 def train_job(cfg: DictConfig) -> float | None:
@@ -41,13 +49,13 @@ def train_job(cfg: DictConfig) -> float | None:
         config.variant(variant)  # an unknown variant fails before TensorFlow loads
         import keras
 
-        from reglab.config.paths import run_key
+        from reglab.config.paths import RunKey
         from reglab.train.run import train_variant
 
         results = []
         for seed in config.seeds:
             keras.backend.clear_session()  # multirun jobs share the process
-            results.append(train_variant(config, run_key(variant, seed)))
+            results.append(train_variant(config, RunKey(variant, seed), run_tags=run_tags()))
     except ReglabError as error:
         # Hydra would print a traceback; a user error is one line and exit code 2.
         print(f"error: {error}", file=sys.stderr)
@@ -87,7 +95,7 @@ def check_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="reglab check")
     parser.add_argument("--params", default=PARAMS_FILE)
     args = parser.parse_args(argv)
-    config = load_params(args.params)
+    config = read_config(args.params, check_fresh=True)
     log.info(
         "%s is valid and fresh: %d variants %s",
         args.params,
@@ -97,12 +105,79 @@ def check_command(argv: list[str]) -> int:
     return 0
 
 
+def split_search(overrides: list[str]) -> tuple[str, list[str]]:
+    """The ``search=<name>`` override and the others (Hydra's grammar for the rest)."""
+    names = [item.partition("=")[2] for item in overrides if item.startswith("search=")]
+    rest = [item for item in overrides if not item.startswith("search=")]
+    if len(names) != 1 or not names[0]:
+        raise ConfigError("search: name one search, e.g. `reglab tune search=l2_strength`")
+    return names[0], rest
+
+
+def tune_command(overrides: list[str]) -> dict[str, Any]:
+    """`reglab tune search=<name> [overrides]`: search, then train and test the best variant.
+
+    The outputs go where conf/tune_cli.yaml says (outputs/tune/...), so an ad-hoc
+    search never writes over the pipeline's reports. Every check runs before Ray,
+    TensorFlow or any output.
+    """
+    name, rest = split_search(overrides)
+    config = validate(compose(rest, config_name="tune_cli"))
+    from reglab.tune.search import check_inputs
+
+    check_inputs(config, name)
+    from reglab.tune.results import write_outputs
+    from reglab.tune.search import run_search
+
+    outcome = run_search(config, name)
+    out = Path(config.paths.tune, name)
+    write_outputs(outcome, out)
+    log.info("%s: wrote %s", name, out)
+    return {"search": name, "best": outcome.best.params, "runs": train_and_test_best(config, name)}
+
+
+def train_and_test_best(config: Config, name: str) -> list[str]:
+    """``<search>_best`` under each seed: trained like any variant, tested once."""
+    from reglab.config.paths import run_key
+    from reglab.train.run import train_and_evaluate
+    from reglab.tune.best import with_best_variant
+    from reglab.tune.outcome import best_variant_name
+
+    config = with_best_variant(config, name)
+    keys = [run_key(best_variant_name(name), seed) for seed in config.seeds]
+    for key in keys:
+        train_and_evaluate(config, key, run_tags=run_tags())
+    return keys
+
+
+def exps_command(argv: list[str]) -> int:
+    """One row per DVC experiment, one column per variant: a headline metric's mean."""
+    from reglab.report.exp_table import dvc_exp_show, table
+
+    parser = argparse.ArgumentParser(prog="reglab exps")
+    parser.add_argument("metric", nargs="?", default="test_accuracy")
+    args = parser.parse_args(argv)
+    sys.stdout.write(table(dvc_exp_show(), args.metric))
+    return 0
+
+
+def plots_template_command(argv: list[str]) -> int:
+    """The page `make plots` hands to `dvc plots show --html-template`."""
+    from reglab.report.offline_plots import template
+
+    parser = argparse.ArgumentParser(prog="reglab plots-template")
+    parser.add_argument("output", help="where to write the HTML template")
+    args = parser.parse_args(argv)
+    write_atomic(Path(args.output), template())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("train", "compose", "check", "tune"):
+    if not argv or argv[0] not in COMMANDS:
         print(USAGE, file=sys.stderr)
         sys.exit(2)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     # `mlflow run` passes an empty `overrides` parameter as ''; it means none.
     command, rest = argv[0], [arg for arg in argv[1:] if arg.strip()]
     try:
@@ -110,9 +185,11 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(compose_command(rest))
         if command == "check":
             sys.exit(check_command(rest))
+        if command == "exps":
+            sys.exit(exps_command(rest))
+        if command == "plots-template":
+            sys.exit(plots_template_command(rest))
         if command == "tune":
-            from reglab.tune.cli import tune_command
-
             tune_command(rest)
             return
         if not {"-m", "--multirun"} & set(rest):
@@ -130,18 +207,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
 
 
-def run() -> None:
-    """The ``reglab`` command and ``python -m reglab``: :func:`main`, then the process
-    ends through :func:`reglab.process.end` (no interpreter teardown at its exit)."""
-    try:
-        main()
-    except SystemExit as exit:
-        if exit.code is not None and not isinstance(exit.code, int):
-            raise
-        process.end(exit.code or 0)
-    else:
-        process.end(0)
+run = main  # the ``reglab`` console script
 
 
 if __name__ == "__main__":
-    run()
+    main()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from reglab.config.checks import ConfigError
 from reglab.config.compose import compose
 from reglab.config.schema import validate
-from reglab.config.checks import ConfigError
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from reglab.config.compose import compose, to_yaml
+from reglab.core.io import file_mode
 from reglab.data.digits import load_digits_arrays
 from reglab.data.prepare import load_manifest, load_splits
 from reglab.data.sources import MIRRORS_ENV
-from reglab.core.io import file_mode
 from reglab.stages import download, preprocess, run_stage
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")

@@ -18,9 +18,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from reglab.config.checks import ConfigError, bounded, check
 from reglab.config.data import DataConfig
 from reglab.config.recipes import ModelConfig, RegularizerConfig
-from reglab.config.checks import ConfigError, bounded, check
 
 log = logging.getLogger(__name__)
 

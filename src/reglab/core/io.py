@@ -1,4 +1,4 @@
-"""Atomic file and folder writes, and file hashing: the one home for both.
+"""Atomic file and folder writes: the one home for them.
 
 Every output a stage writes goes through here, so a kill or a full disk never
 leaves a half-written file where a later stage (or DVC) would trust it. One
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -154,21 +153,6 @@ def remove_leftovers(path: str | Path) -> list[Path]:
         else:
             stale.unlink(missing_ok=True)
     return removed
-
-
-def tree_digest(folder: str | Path, pattern: str = "*.py") -> str:
-    """SHA-256 over the relative names and contents of the files matching ``pattern``."""
-    folder = Path(folder)
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob(pattern)):
-        digest.update(str(path.relative_to(folder)).encode() + b"\0")
-        digest.update(path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    with open(path, "rb") as stream:
-        return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
 def read_json_object(

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from reglab.data.errors import IdxFormatError
 from reglab.core.io import write_atomic
+from reglab.data.errors import IdxFormatError
 
 GZIP_MAGIC = b"\x1f\x8b"
 

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from reglab.config.data import TEST_KEYS, TRAIN_KEYS, DataConfig, DataFile
+from reglab.core.io import file_sha256, writing_dir
 from reglab.data.errors import DataError, IdxFormatError
 from reglab.data.idx import check_magic, parse_idx, read_content
-from reglab.core.io import file_sha256, writing_dir
 
 log = logging.getLogger(__name__)
 

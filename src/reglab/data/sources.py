@@ -38,9 +38,9 @@ from tqdm import tqdm
 from tqdm.utils import CallbackIOWrapper
 
 from reglab.config.data import DataFile
+from reglab.core.io import atomic_path
 from reglab.data.errors import DownloadError
 from reglab.data.idx import decompress, is_gzip_name
-from reglab.core.io import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,6 @@ import csv
 import io
 import json
 import logging
-import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +25,11 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
-from reglab.model import weights
+from reglab.config.paths import RunKey, RunKeyError
 from reglab.core.errors import ReglabError
 from reglab.core.io import read_json_object, write_atomic
-from reglab.evaluate.metrics import TEST_METRICS, accuracy, cross_entropy, softmax
-from reglab.config.paths import RunKeyError, parse_run_key
+from reglab.evaluate.metrics import accuracy, cross_entropy, softmax
+from reglab.model import weights
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +233,7 @@ def evaluate_variant(
     facts from ``run.json`` first, in the report and in the first-layer record."""
     info = read_run_info(model_dir / "run.json")
     try:
-        variant, seed = parse_run_key(model_dir.name)
+        variant, seed = RunKey.parse(model_dir.name)
     except RunKeyError as error:
         raise EvaluationError(f"{model_dir}: {error}") from None
     if info["variant"] != variant or int(info["seed"]) != seed:
@@ -279,7 +277,7 @@ def evaluate_variant(
 
 
 # ---------------------------------------------------------------------------
-# Outputs: the eval JSON, the DVC confusion-plot CSV, the weights JSON, MLflow.
+# Outputs: the eval JSON, the DVC confusion-plot CSV, the weights JSON.
 
 
 def report_json(report: Mapping[str, Any]) -> str:
@@ -337,79 +335,3 @@ def confusion_csv(labels: np.ndarray, predicted: np.ndarray, class_names: Sequen
         (class_names[a], class_names[p]) for a, p in zip(labels, predicted, strict=True)
     )
     return buffer.getvalue()
-
-
-def metric_name(text: str) -> str:
-    """A class name as an MLflow metric-name segment ('T-shirt/top' -> 't-shirt_top')."""
-    return re.sub(r"[^a-z0-9_.-]+", "_", text.lower()).strip("_") or "class"
-
-
-def mlflow_metrics(report: Mapping[str, Any]) -> dict[str, float]:
-    """The report's test metrics under their MLflow names, plus one accuracy per class."""
-    metrics = {name: report[key] for key, name in TEST_METRICS.items()}
-    for name, value in report["per_class_accuracy"].items():
-        if value is not None:
-            metrics[f"test/class_accuracy/{metric_name(name)}"] = value
-    return {key: float(value) for key, value in metrics.items() if math.isfinite(value)}
-
-
-def confusion_figure(confusion: np.ndarray, class_names: Sequence[str], title: str) -> Any:
-    """A labelled heat map of counts (rows actual, columns predicted)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    confusion = np.asarray(confusion)
-    figure, axis = plt.subplots(figsize=(7.5, 6.5))
-    image = axis.imshow(confusion, cmap="Blues")
-    figure.colorbar(image, ax=axis, fraction=0.046)
-    ticks = np.arange(len(class_names))
-    axis.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize=8)
-    axis.set_yticks(ticks, class_names, fontsize=8)
-    axis.set_xlabel("predicted")
-    axis.set_ylabel("actual")
-    threshold = confusion.max() / 2 if confusion.size else 0
-    for (row, column), count in np.ndenumerate(confusion):
-        axis.text(
-            column,
-            row,
-            str(count),
-            ha="center",
-            va="center",
-            fontsize=7,
-            color="white" if count > threshold else "black",
-        )
-    axis.set_title(title)
-    figure.tight_layout()
-    return figure
-
-
-def log_report(report: Mapping[str, Any], tracking_uri: str) -> dict[str, float]:
-    """Add the test metrics and the confusion matrix to the variant's training run."""
-    import matplotlib.pyplot as plt
-
-    from reglab.tracking import log_evaluation
-
-    metrics = mlflow_metrics(report)
-    figure = confusion_figure(
-        np.asarray(report["confusion_matrix"]),
-        report["class_names"],
-        f"{report['variant']} (seed {report['seed']}): test accuracy {report['test_accuracy']:.4f}",
-    )
-    try:
-        log_evaluation(
-            tracking_uri,
-            report["mlflow_run_id"],
-            metrics=metrics,
-            report_text=report_json(report),
-            confusion={
-                "class_names": report["class_names"],
-                "confusion_matrix": report["confusion_matrix"],
-            },
-            figure=figure,
-        )
-    finally:
-        plt.close(figure)
-    log.info("logged %d test metrics to MLflow run %s", len(metrics), report["mlflow_run_id"])
-    return metrics

@@ -31,10 +31,15 @@ import keras
 import numpy as np
 from keras import layers
 
-from reglab.core.io import WriteError, write_atomic
-from reglab.config.recipes import ACTIVATIONS, MODEL_NAMES, ModelConfig  # noqa: F401
-from reglab.model.regularizers import RegularizerConfig, describe, format_value, layer_regularization
 from reglab.config.checks import ConfigError
+from reglab.config.recipes import ACTIVATIONS, MODEL_NAMES, ModelConfig  # noqa: F401
+from reglab.core.io import WriteError, write_atomic
+from reglab.model.regularizers import (
+    RegularizerConfig,
+    describe,
+    format_value,
+    layer_regularization,
+)
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ regularizer recipes. The work is split by concern:
 - :mod:`reglab.report.figures`: the PNGs, each returning the numbers it drew;
 - :mod:`reglab.report.render`: the Markdown summary and the DVC plot CSVs.
 
-:func:`compare` ties them together; :func:`log_comparison` hands the result to
+:func:`compare` ties them together; the compare stage hands the result to
 :mod:`reglab.tracking`.
 """
 
@@ -62,7 +62,6 @@ __all__ = [
     "load_history",
     "load_reports",
     "load_weights",
-    "log_comparison",
     "strength_sweeps",
     "summarize",
 ]
@@ -166,23 +165,3 @@ def comparison_metrics(comparison: Comparison) -> dict[str, float]:
     if best.accuracy_vs_baseline:
         metrics["best/accuracy_vs_baseline"] = best.accuracy_vs_baseline.difference
     return {key: value for key, value in metrics.items() if math.isfinite(value)}
-
-
-def log_comparison(comparison: Comparison, tracking_uri: str, experiment: str) -> str:
-    """A run named "compare" in the variants' experiment: summary, figures, headline metrics.
-
-    Nested under the variants' pipeline run when they share one, so the UI shows
-    the comparison next to the runs it compares.
-    """
-    from reglab import tracking
-
-    return tracking.log_comparison(
-        tracking_uri,
-        experiment,
-        run_ids=[run_id for row in comparison.summaries for run_id in row.mlflow_run_ids],
-        tags={"reglab.stage": "compare", "best_variant": comparison.best.variant},
-        metrics=comparison_metrics(comparison),
-        summary=comparison.markdown,
-        leaderboard=[row.as_dict() for row in comparison.summaries],
-        figures=list(comparison.figures.values()),
-    )

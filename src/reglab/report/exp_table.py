@@ -6,8 +6,8 @@ a 120-column terminal holds: a row per commit and experiment, a column per
 variant with its mean over the seeds that experiment ran (the seed count in
 brackets when there are several)::
 
-    python -m reglab.report.exp_table                  # test_accuracy
-    python -m reglab.report.exp_table test_data_loss   # any headline metric
+    reglab exps                  # test_accuracy
+    reglab exps test_data_loss   # any headline metric
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from reglab.core.errors import ReglabError
 from reglab.config.paths import SEED_SEPARATOR
+from reglab.core.errors import ReglabError
 
 
 def experiment_rows(shown: list[Mapping[str, Any]]) -> Iterator[tuple[str, Mapping[str, Any]]]:
@@ -84,16 +84,3 @@ def dvc_exp_show() -> list[Mapping[str, Any]]:
     if result.returncode != 0:
         raise ReglabError(f"dvc exp show --json failed: {result.stderr.strip()}")
     return json.loads(result.stdout)
-
-
-def main(argv: list[str]) -> None:
-    metric = argv[0] if argv else "test_accuracy"
-    try:
-        sys.stdout.write(table(dvc_exp_show(), metric))
-    except ReglabError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -12,6 +12,7 @@ import numpy as np
 from reglab.core.io import atomic_path
 from reglab.report.load import ReportError
 from reglab.report.stats import BASELINE, Sweep, VariantSummary, mean_curve
+from reglab.report.weight_figures import agg_figure
 
 BASELINE_COLOUR = "0.3"  # dark grey: the reference every figure compares against
 
@@ -326,3 +327,31 @@ def strength_sweep_figure(
     figure.tight_layout()
     _save(figure, path)
     return series
+
+
+def confusion_figure(confusion: np.ndarray, class_names: Sequence[str], title: str) -> Any:
+    """A labelled heat map of counts (rows actual, columns predicted), outside pyplot."""
+    confusion = np.asarray(confusion)
+    figure = agg_figure(figsize=(7.5, 6.5))
+    axis = figure.subplots()
+    image = axis.imshow(confusion, cmap="Blues")
+    figure.colorbar(image, ax=axis, fraction=0.046)
+    ticks = np.arange(len(class_names))
+    axis.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize=8)
+    axis.set_yticks(ticks, class_names, fontsize=8)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("actual")
+    threshold = confusion.max() / 2 if confusion.size else 0
+    for (row, column), count in np.ndenumerate(confusion):
+        axis.text(
+            column,
+            row,
+            str(count),
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if count > threshold else "black",
+        )
+    axis.set_title(title)
+    figure.tight_layout()
+    return figure

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from reglab.config.paths import SEED_SEPARATOR, RunKey, RunKeyError, history_file
 from reglab.core.errors import ReglabError
 from reglab.core.io import read_json_object
-from reglab.config.paths import SEED_SEPARATOR, RunKeyError, history_file, parse_run_key
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def load_reports(
         by_seed: dict[int, dict[str, Any]] = {}
         for path in sorted(eval_dir.glob(f"{variant}{SEED_SEPARATOR}*.json")):
             try:
-                name, file_seed = parse_run_key(path.stem)
+                name, file_seed = RunKey.parse(path.stem)
             except RunKeyError as error:
                 raise ReportError(f"{path}: {error}") from None
             report = read_json_object(path, REPORT_KEYS, ReportError, "its evaluate stage")

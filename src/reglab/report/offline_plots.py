@@ -6,18 +6,13 @@ libraries, bundled by vl-convert (the Vega project's own converter, which
 Altair uses for its offline HTML), and has no ``{scripts}`` placeholder, so DVC
 adds no CDN tags::
 
-    python -m reglab.report.offline_plots .reglab/plots-template.html
+    reglab plots-template .reglab/plots-template.html
     dvc plots show --html-template .reglab/plots-template.html
 
 (``make plots`` does both.) DVC's plot specs are Vega-Lite 5, hence the version.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-from reglab.core.io import write_atomic
 
 VEGA_LITE_VERSION = "5.21"
 
@@ -59,15 +54,3 @@ def template(vega_lite_version: str = VEGA_LITE_VERSION) -> str:
         refresh_tag="{refresh_tag}",
         plot_divs="{plot_divs}",
     )
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) != 1:
-        raise SystemExit("usage: python -m reglab.report.offline_plots OUTPUT.html")
-    path = Path(argv[0])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, template())
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import psutil
 
-from reglab.config.compose import load_params
 from reglab.core.errors import ReglabError
 from reglab.core.io import write_atomic
-from reglab.stages import run_stage
+from reglab.stages import read_config, run_stage
 
 
 class PipelineRunning(ReglabError):
@@ -54,7 +53,7 @@ def main(argv: list[str]) -> None:
             f"another pipeline is running in this project (PID {first['pid']}: {first['cmd']}); "
             "wait for it to finish or stop it, then run again; nothing was changed"
         )
-    config = load_params()
+    config = read_config(check_fresh=True)
     # The same text for every valid config: the stages after this one re-run for
     # their own params, never because this file changed.
     write_atomic(Path(config.paths.check), "params.yaml is valid and the composition of conf/\n")

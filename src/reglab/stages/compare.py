@@ -7,19 +7,17 @@ loaded, so this stage never imports TensorFlow or Keras.
 import dataclasses
 from pathlib import Path
 
-from reglab import report
-from reglab.config.compose import load_params
+from reglab import report, tracking
 from reglab.core.errors import ReglabError
 from reglab.core.io import write_atomic
-from reglab.stages import run_stage
-from reglab.tracking import resolve_uri
+from reglab.stages import read_config, run_stage
 from reglab.tune.best import with_best_variants
 
 
 def main(argv: list[str]) -> None:
     if argv:
         raise ReglabError("usage: python -m reglab.stages.compare")
-    config = with_best_variants(load_params())  # each search's <search>_best too
+    config = with_best_variants(read_config())  # each search's <search>_best too
     paths = config.paths
     reports = report.load_reports(Path(paths.eval), list(config.variants), config.seeds)
     comparison = report.compare(
@@ -35,7 +33,16 @@ def main(argv: list[str]) -> None:
     plots = Path(paths.plots)
     for name, text in comparison.plot_data.items():
         write_atomic(plots / name, text)
-    report.log_comparison(comparison, resolve_uri(config.tracking.uri), config.tracking.experiment)
+    tracking.log_comparison(
+        tracking.resolve_uri(config.tracking.uri),
+        config.tracking.experiment,
+        run_ids=[run_id for row in comparison.summaries for run_id in row.mlflow_run_ids],
+        tags={"reglab.stage": "compare", "best_variant": comparison.best.variant},
+        metrics=report.comparison_metrics(comparison),
+        summary=comparison.markdown,
+        leaderboard=[row.as_dict() for row in comparison.summaries],
+        figures=list(comparison.figures.values()),
+    )
 
 
 if __name__ == "__main__":

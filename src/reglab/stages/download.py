@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reglab.config.compose import load_params
 from reglab.data.digits import export_digits
 from reglab.data.sources import fetch_files, resolve_mirrors
-from reglab.stages import run_stage
+from reglab.stages import read_config, run_stage
 
 
 def main(argv: list[str]) -> None:
-    config = load_params()
+    config = read_config()
     data, raw = config.data, Path(config.paths.raw)
     if data.format == "sklearn_digits":
         export_digits(data.files, raw)

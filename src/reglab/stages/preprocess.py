@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reglab.config.compose import load_params
 from reglab.data.prepare import preprocess, split_plan
-from reglab.stages import run_stage
+from reglab.stages import read_config, run_stage
 
 
 def main(argv: list[str]) -> None:
-    config = load_params()
+    config = read_config()
     data = config.data
     preprocess(
         Path(config.paths.raw),

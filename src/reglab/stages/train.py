@@ -1,19 +1,18 @@
 """DVC stage `train@<variant>-<seed>`: train one variant under one seed from params.yaml,
-then evaluate it on the test set in the same process (:mod:`reglab.stages.evaluate`)."""
+then test it on the test set in the same process (one TensorFlow start-up per run)."""
 
-from reglab.config.compose import load_params
 from reglab.core.errors import ReglabError
-from reglab.stages import run_stage
+from reglab.stages import read_config, run_stage, run_tags
 
 
 def main(argv: list[str]) -> None:
     if len(argv) != 1:
         raise ReglabError("usage: python -m reglab.stages.train <variant>@<seed>")
-    config = load_params()
+    config = read_config()
     # TensorFlow loads only after the config is valid.
-    from reglab.stages.evaluate import train_and_evaluate
+    from reglab.train.run import train_and_evaluate
 
-    train_and_evaluate(config, argv[0])
+    train_and_evaluate(config, argv[0], run_tags=run_tags())
 
 
 if __name__ == "__main__":

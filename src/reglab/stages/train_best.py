@@ -2,25 +2,24 @@
 base recipe with the parameters of its best.yaml, then test it once, in the same
 process, as the train stage does for every variant."""
 
-from reglab.config.compose import load_params
+from reglab.config.paths import RunKey
 from reglab.core.errors import ReglabError
-from reglab.config.paths import parse_run_key
-from reglab.stages import run_stage
+from reglab.stages import read_config, run_stage, run_tags
 from reglab.tune.best import search_of, with_best_variant
 
 
 def main(argv: list[str]) -> None:
     if len(argv) != 1:
         raise ReglabError("usage: python -m reglab.stages.train_best <search>_best@<seed>")
-    variant, _ = parse_run_key(argv[0])
-    name = search_of(variant)
+    key = RunKey.parse(argv[0])
+    name = search_of(key.variant)
     if name is None:
         raise ReglabError(f"{argv[0]!r}: expected <search>_best@<seed>")
-    config = with_best_variant(load_params(), name)
+    config = with_best_variant(read_config(), name)
     # TensorFlow loads only after the config is valid.
-    from reglab.stages.evaluate import train_and_evaluate
+    from reglab.train.run import train_and_evaluate
 
-    train_and_evaluate(config, argv[0])
+    train_and_evaluate(config, key, run_tags=run_tags())
 
 
 if __name__ == "__main__":

@@ -2,15 +2,14 @@
 
 from pathlib import Path
 
-from reglab.config.compose import load_params
 from reglab.core.errors import ReglabError
-from reglab.stages import run_stage
+from reglab.stages import read_config, run_stage
 
 
 def main(argv: list[str]) -> None:
     if len(argv) != 1:
         raise ReglabError("usage: python -m reglab.stages.tune <search>")
-    config = load_params()
+    config = read_config()
     from reglab.tune.search import check_inputs
 
     check_inputs(config, argv[0])  # before Ray, TensorFlow or any output

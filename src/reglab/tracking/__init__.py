@@ -22,7 +22,13 @@ from reglab.tracking.records import (
     log_trained_model,
     log_weight_histograms,
 )
-from reglab.tracking.reports import log_comparison, log_evaluation, parent_of
+from reglab.tracking.reports import (
+    log_comparison,
+    log_evaluation,
+    log_test_report,
+    mlflow_metrics,
+    parent_of,
+)
 from reglab.tracking.runs import (
     PIPELINE_TAG,
     end_orphaned_run,
@@ -62,6 +68,8 @@ __all__ = [
     "log_data_inputs",
     "log_epoch",
     "log_evaluation",
+    "log_test_report",
+    "mlflow_metrics",
     "log_keras_model",
     "log_missing_epochs",
     "log_run_setup",

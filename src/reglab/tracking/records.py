@@ -10,10 +10,9 @@ from typing import Any
 
 import mlflow
 
-from reglab.tracking import secrets
-
-from reglab.model import weights
 from reglab.evaluate.metrics import EPOCH_METRICS
+from reglab.report.weight_figures import HistogramImages
+from reglab.tracking import secrets
 from reglab.tracking.store import flatten
 
 log = logging.getLogger(__name__)
@@ -105,7 +104,7 @@ def log_missing_epochs(run_id: str, history: list[Mapping[str, float]]) -> None:
 
 def log_trained_model(
     model: Any,
-    histograms: weights.HistogramImages,
+    histograms: HistogramImages,
     history: list[Mapping[str, float]],
     *,
     example_inputs: Any | None,
@@ -126,9 +125,9 @@ def log_trained_model(
     mlflow.log_metrics({"epochs_trained": len(history)})
 
 
-def log_weight_histograms(histograms: weights.HistogramImages) -> None:
+def log_weight_histograms(histograms: HistogramImages) -> None:
     """Images with a step (the UI scrubs through training), raw counts, a start/end overlay,
-    as the :class:`~reglab.model.weights.HistogramImages` of the run drew them."""
+    as the :class:`~reglab.report.weight_figures.HistogramImages` of the run drew them."""
     images, overlay = histograms.finish()
     for epoch, image in images.items():
         mlflow.log_image(image, key="weights/kernel_histograms", step=epoch)
@@ -169,8 +168,8 @@ def log_keras_model(
     import tensorflow as tf
     from mlflow.models import infer_signature
 
-    from reglab.tracking import served_model
     from reglab.evaluate.metrics import softmax
+    from reglab.tracking import served_model
 
     # A direct call: the signature needs the outputs' names and types, not predict's
     # batching (which would trace another function).
@@ -202,32 +201,14 @@ def log_keras_model(
 
 
 def installed_packages() -> str:
-    """`pip freeze` of the running environment: what a re-run must install.
-
-    Read from the installed ``<name>-<version>.dist-info`` folders' names on
-    ``sys.path`` (the first of a name wins, as for imports): parsing every
-    package's metadata, as ``importlib.metadata`` does, cost about a second per
-    run. The project itself is left out: it comes from the git commit, not an
-    index.
-    """
-    import os
-    import re
-    import sys
+    """The running environment's distributions as ``name==version`` lines (what a re-run
+    must install), from :mod:`importlib.metadata`. The project itself is left out:
+    it comes from the git commit, not an index."""
+    from importlib import metadata
 
     found: dict[str, str] = {}
-    for entry in sys.path:
-        try:
-            names = sorted(os.listdir(entry or "."))
-        except OSError:
-            continue
-        for folder in names:
-            if not folder.endswith(".dist-info") or "-" not in folder:
-                continue
-            name, version = folder.removesuffix(".dist-info").rsplit("-", 1)
-            found.setdefault(re.sub(r"[-_.]+", "-", name).lower(), f"{name}=={version}")
-    found.pop("reglab", None)
-    return "\n".join(sorted(found.values(), key=str.lower)) + "\n"
-
-
-# ---------------------------------------------------------------------------
-# The evaluate and compare stages' logging.
+    for distribution in metadata.distributions():
+        name = distribution.name
+        if name and name.lower() != "reglab":
+            found.setdefault(name.lower(), f"{name}=={distribution.version}")
+    return "".join(line + "\n" for _, line in sorted(found.items()))

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import logging
+import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 
+from reglab.evaluate.evaluation import report_json
+from reglab.evaluate.metrics import TEST_METRICS
+from reglab.report.figures import confusion_figure
 from reglab.tracking.runs import resumed_run, span_parent
 from reglab.tracking.store import configure
 
@@ -72,3 +78,40 @@ def log_comparison(
             mlflow.log_artifact(str(path), "figures")
     span_parent(run.info.run_id)
     return run.info.run_id
+
+
+def metric_name(text: str) -> str:
+    """A class name as an MLflow metric-name segment ('T-shirt/top' -> 't-shirt_top')."""
+    return re.sub(r"[^a-z0-9_.-]+", "_", text.lower()).strip("_") or "class"
+
+
+def mlflow_metrics(report: Mapping[str, Any]) -> dict[str, float]:
+    """The report's test metrics under their MLflow names, plus one accuracy per class."""
+    metrics = {name: report[key] for key, name in TEST_METRICS.items()}
+    for name, value in report["per_class_accuracy"].items():
+        if value is not None:
+            metrics[f"test/class_accuracy/{metric_name(name)}"] = value
+    return {key: float(value) for key, value in metrics.items() if math.isfinite(value)}
+
+
+def log_test_report(report: Mapping[str, Any], tracking_uri: str) -> dict[str, float]:
+    """Add the test metrics and the confusion matrix to the variant's training run."""
+    metrics = mlflow_metrics(report)
+    figure = confusion_figure(
+        np.asarray(report["confusion_matrix"]),
+        report["class_names"],
+        f"{report['variant']} (seed {report['seed']}): test accuracy {report['test_accuracy']:.4f}",
+    )
+    log_evaluation(
+        tracking_uri,
+        report["mlflow_run_id"],
+        metrics=metrics,
+        report_text=report_json(report),
+        confusion={
+            "class_names": report["class_names"],
+            "confusion_matrix": report["confusion_matrix"],
+        },
+        figure=figure,
+    )
+    log.info("logged %d test metrics to MLflow run %s", len(metrics), report["mlflow_run_id"])
+    return metrics

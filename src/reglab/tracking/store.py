@@ -11,8 +11,8 @@ from typing import Any
 
 import mlflow
 
-from reglab.tracking import secrets
 from reglab.core.errors import ReglabError
+from reglab.tracking import secrets
 
 log = logging.getLogger(__name__)
 

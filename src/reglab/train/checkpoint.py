@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -47,12 +46,8 @@ class Checkpoint:
     """A folder holding the last epoch's variables (optimizer and random-layer seeds
     included), the best weights and the rest of the :class:`TrainingState`.
 
-    :meth:`save` copies the variables to NumPy at the epoch's end (milliseconds) and
-    writes the files on a worker thread while the next epoch trains. On that
-    thread, every file of an epoch is written before ``state.json`` is replaced
+    :meth:`save` writes every file of an epoch before ``state.json`` is replaced
     atomically: a kill at any moment leaves the previous complete checkpoint.
-    One write is in flight at a time; :meth:`save`, :meth:`wait`, :meth:`load`
-    and :meth:`clear` wait for it, and a failed write is raised by the next of them.
     """
 
     def __init__(self, directory: str | Path, fingerprint: Mapping[str, str]):
@@ -61,13 +56,10 @@ class Checkpoint:
         self.fingerprint = dict(fingerprint)
         # The MLflow run of a checkpoint that load() discarded: it will never finish.
         self.discarded_run_id: str | None = None
-        self._writing: threading.Thread | None = None
-        self._failed: BaseException | None = None
 
     def load(self) -> TrainingState | None:
         """The saved state if it was written for the same config, code and data;
         else None, and the folder goes (its run id kept in ``discarded_run_id``)."""
-        self.wait()
         state_file = self.directory / STATE_FILE
         if not state_file.exists():
             return None
@@ -93,39 +85,14 @@ class Checkpoint:
         return state
 
     def save(self, model: Any, state: TrainingState) -> None:
-        """Snapshot ``model`` and ``state`` now; write them on the worker thread."""
-        self.wait()
+        """Write ``model``'s variables and ``state`` as they are after ``state.epoch``."""
         if not model.optimizer.built:  # an untrained model: the variables restore_model has
             model.optimizer.build(model.trainable_variables)
-        # Copies: the next epoch updates the variables in place while the thread writes.
-        variables = [np.array(variable, copy=True) for variable in checkpoint_variables(model)]
+        variables = [np.asarray(variable) for variable in checkpoint_variables(model)]
         best = list(state.best_weights) if state.best_weights is not None else None
-        # The fields as they are: asdict() deep-copies the history and histograms first.
         record = {f.name: getattr(state, f.name) for f in fields(state) if f.name != "best_weights"}
         record_text = json.dumps({**record, "fingerprint": self.fingerprint})
-        self._writing = threading.Thread(
-            target=self._write_in_background,
-            args=(state.epoch, variables, best, record_text),
-            name=f"checkpoint-{state.epoch}",
-        )
-        self._writing.start()
-
-    def wait(self) -> None:
-        """Until the last :meth:`save` is on disk; its error, if it failed, is raised here."""
-        if self._writing is not None:
-            self._writing.join()
-            self._writing = None
-        failed, self._failed = self._failed, None
-        if failed is not None:
-            raise failed
-
-    def _write_in_background(
-        self, epoch: int, variables: list[np.ndarray], best: list[np.ndarray] | None, record: str
-    ) -> None:
-        try:
-            self._write(epoch, variables, best, record)
-        except BaseException as error:  # raised in the training thread by wait()
-            self._failed = error
+        self._write(state.epoch, variables, best, record_text)
 
     def _write(
         self, epoch: int, variables: list[np.ndarray], best: list[np.ndarray] | None, record: str
@@ -162,7 +129,6 @@ class Checkpoint:
                 variable.assign(saved[f"arr_{index}"])
 
     def clear(self) -> None:
-        self.wait()
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def _file(self, kind: str, epoch: int) -> Path:

@@ -33,9 +33,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from reglab.train.checkpoint import Checkpoint, TrainingState
 from reglab.core.errors import ReglabError
 from reglab.evaluate.metrics import HISTORY_COLUMNS, accuracy, cross_entropy
+from reglab.train.checkpoint import Checkpoint, TrainingState
 
 log = logging.getLogger(__name__)
 
@@ -395,8 +395,6 @@ def fit(
             ],
             verbose=0,
         )
-        if checkpoint is not None:
-            checkpoint.wait()  # the last epoch's files, written on a thread, are on disk
     elif early_stopping is not None and early_stopping.restore_best_weights and state.best_weights:
         model.set_weights(state.best_weights)  # what Keras's on_train_end would have done
     if state.stopped_early:

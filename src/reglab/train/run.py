@@ -1,41 +1,41 @@
-"""Train one variant under one seed: the one place that unpacks the config.
+"""Train one variant under one seed, then test it: the one place that unpacks the config.
 
 Everything below this module takes plain values or built objects; this module
 reads the validated :class:`~reglab.config.schema.Config` and wires the pieces. The
 train stage, the ad-hoc command line and a search's trials all call
-:func:`train_variant`.
+:func:`train_variant`; the stages and the command line test the result with
+:func:`evaluate_run` (:func:`train_and_evaluate` does both).
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
-from reglab.tracking import secrets
-
+import reglab
 from reglab import tracking
-
-from reglab.model import weights
-from reglab.train.checkpoint import Checkpoint, TrainingState
-from reglab.config.schema import Config, config_hash, pipeline_key, run_params
 from reglab.config.data import DataConfig
-from reglab.data.prepare import load_splits
-from reglab.core.io import remove_leftovers, tree_digest, write_atomic, writing_dir
-from reglab.evaluate.metrics import HISTORY_COLUMNS
-from reglab.model.build import build_model, describe_model, save_model
-from reglab.config.paths import history_file, parse_run_key
-from reglab.train.progress import EpochProgress
+from reglab.config.paths import RunKey, eval_file, history_file, metrics_file, model_dir
 from reglab.config.recipes import EarlyStoppingConfig, RegularizerConfig
+from reglab.config.schema import Config, config_hash, pipeline_key, run_params
+from reglab.core.digest import digest, tree_digest
+from reglab.core.io import remove_leftovers, write_atomic, writing_dir
+from reglab.data.prepare import load_splits
+from reglab.evaluate import evaluation
+from reglab.evaluate.metrics import HISTORY_COLUMNS
+from reglab.model import weights
+from reglab.model.build import build_model, describe_model, save_model
+from reglab.report.weight_figures import HistogramImages
+from reglab.tracking import secrets
+from reglab.train.checkpoint import Checkpoint, TrainingState
 from reglab.train.fit import (
     EarlyStopping,
     EpochHook,
@@ -44,41 +44,40 @@ from reglab.train.fit import (
     make_optimizer,
     seed_everything,
 )
+from reglab.train.progress import EpochProgress
 
 log = logging.getLogger(__name__)
 
 
 def train_variant(
     config: Config,
-    key: str,
+    key: str | RunKey,
     *,
     hooks: Sequence[EpochHook] = (),
     parent_run_id: str | None = None,
     run_tags: Mapping[str, str] | None = None,
-    outputs_written: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``key`` (``<variant>@<seed>``), log it to MLflow, write its outputs; returns run.json.
 
     A killed run resumes from its checkpoint (outside DVC's outputs) in the same
     MLflow run. ``hooks`` get every epoch's history row; ``parent_run_id`` nests
-    the run under that run instead of the pipeline's; ``outputs_written()`` is
-    called once the model folder is written, before the run's last logging.
+    the run under that run instead of the pipeline's; ``run_tags`` are added to the
+    run's own.
     """
-    variant, seed = parse_run_key(key)
-    recipe = config.run_recipe(variant, seed)
+    key = RunKey.parse(key)
+    recipe = config.run_recipe(key.variant, key.seed)
     train, validation = load_training_data(config.paths.processed, config.data)
     model_dir = models_folder(config, key)
     uri = tracking.configure(
         config.tracking.uri, config.tracking.experiment, config.tracking.server_wait_s
     )
-    params = run_params(config, variant, seed)
+    params = run_params(config, key.variant, key.seed)
     checkpoint, state = load_state(config, key, params)
     resumed_from = state.epoch
-    model = prepare_model(config, recipe, seed, train[0].shape[1:])
+    model = prepare_model(config, recipe, key.seed, train[0].shape[1:])
     with (
         open_run(config, key, state.run_id, parent_run_id, run_tags) as run,
-        weights.HistogramImages(key, state.histograms) as histogram_images,
-        EpochProgress(key, config.train.epochs, state.epoch) as progress,
+        EpochProgress(str(key), config.train.epochs, state.epoch) as progress,
     ):
         begin_logging(run.info.run_id, state, params, model, config.paths.processed)
         log_epoch = epoch_logger(model, config.evaluation.sparsity_threshold, uri)
@@ -88,39 +87,71 @@ def train_variant(
             epochs=config.train.epochs,
             batch_size=config.train.batch_size,
             shuffle=config.train.shuffle,
-            seed=seed,
-            label=key,
+            seed=key.seed,
+            label=str(key),
             train_probe_size=config.train.train_probe_size,
             predict_batch_size=config.evaluation.batch_size,
             early_stopping=make_early_stopping(recipe.early_stopping, state),
             checkpoint=checkpoint,
-            hooks=[log_epoch, progress, histogram_images, *hooks],
+            hooks=[log_epoch, progress, *hooks],
             histogram=lambda: weights.histograms(model, config.tracking.histogram_bins),
             histogram_every=config.tracking.histogram_every,
         )  # fmt: skip
         summary = run_summary(key, model, state, uri, config_hash(config), resumed_from)
         outputs = (model_dir, history_file(config.paths.history, key))
         write_outputs(model, summary, state.history, *outputs)
-        if outputs_written is not None:
-            outputs_written()
+        histogram_images = HistogramImages(str(key), state.histograms)
         finish_logging(model, state, histogram_images, key, validation[0][:8], config, outputs)
     checkpoint.clear()
     log.info("%s: trained %d epochs, run %s", key, state.epoch, state.run_id)
     return summary
 
 
-def models_folder(config: Config, key: str) -> Path:
+def train_and_evaluate(
+    config: Config, key: str | RunKey, run_tags: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """:func:`train_variant`, then :func:`evaluate_run`: a trained model is tested once,
+    in the same process; returns the eval report."""
+    train_variant(config, key, run_tags=run_tags)
+    return evaluate_run(config, key)
+
+
+def evaluate_run(config: Config, key: str | RunKey) -> dict[str, Any]:
+    """Test ``models/<key>``, write its reports and log them to its training run."""
+    key = RunKey.parse(key)
+    config.run_recipe(key.variant, key.seed)  # an unknown variant or seed fails before any work
+    paths = config.paths
+    result = evaluation.evaluate_variant(
+        model_dir(paths.models, key),
+        load_splits(paths.processed, config.data, splits=("train", "test")),
+        class_names=config.data.class_names,
+        batch_size=config.evaluation.batch_size,
+        calibration_bins=config.evaluation.calibration_bins,
+        sparsity_threshold=config.evaluation.sparsity_threshold,
+    )
+    evaluation.write_outputs(
+        result,
+        eval_file(paths.eval, key),
+        Path(paths.plots, "confusion", f"{key}.csv"),
+        Path(paths.weights, f"{key}.json"),
+        metrics_file(paths.metrics, key),
+    )
+    tracking.log_test_report(result.report, tracking.resolve_uri(config.tracking.uri))
+    return result.report
+
+
+def models_folder(config: Config, key: RunKey) -> Path:
     """Where the model of ``key`` goes; an unwritable place fails here, before any work."""
-    model_dir = Path(config.paths.models, key)
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
-    return model_dir
+    folder = model_dir(config.paths.models, key)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def finish_logging(
     model: keras.Model,
     state: TrainingState,
-    histogram_images: weights.HistogramImages,
-    key: str,
+    histogram_images: HistogramImages,
+    key: RunKey,
     example_inputs: np.ndarray,
     config: Config,
     outputs: Sequence[Path],
@@ -149,19 +180,20 @@ def finish_logging(
 
 def open_run(
     config: Config,
-    key: str,
+    key: RunKey,
     run_id: str | None,
     parent_run_id: str | None,
     extra_tags: Mapping[str, str] | None,
 ) -> Any:
     """The run of ``key`` (a new one, or ``run_id`` to resume), nested under its parent:
     ``parent_run_id`` if given, else the run that groups this pipeline's runs."""
-    variant, seed = parse_run_key(key)
-    tags = {**run_tags_of(config, variant, seed), **(extra_tags or {})}
+    tags = {**run_tags_of(config, key.variant, key.seed), **(extra_tags or {})}
     parent = parent_run_id or tracking.pipeline_parent(
         config.tracking.experiment, pipeline_key(config, tags["git_commit"]), tags
     )
-    return tracking.variant_run(key, tags, parent, config.tracking.system_metrics, run_id=run_id)
+    return tracking.variant_run(
+        str(key), tags, parent, config.tracking.system_metrics, run_id=run_id
+    )
 
 
 def begin_logging(
@@ -243,7 +275,7 @@ def epoch_logger(model: keras.Model, sparsity_threshold: float, uri: str) -> Epo
 
 
 def run_summary(
-    key: str,
+    key: RunKey,
     model: keras.Model,
     state: TrainingState,
     uri: str,
@@ -251,11 +283,10 @@ def run_summary(
     resumed_from: int,
 ) -> dict[str, Any]:
     """run.json: what evaluate and compare need to know about the trained model."""
-    variant, seed = parse_run_key(key)
     stopping = state.early_stopping
     return {
-        "variant": variant,
-        "seed": seed,
+        "variant": key.variant,
+        "seed": key.seed,
         "mlflow_run_id": state.run_id,
         "tracking_uri": secrets.redact(uri),
         "epochs_trained": state.epoch,
@@ -297,23 +328,20 @@ def fingerprint(params: Mapping[str, Any], processed_dir: str) -> dict[str, str]
     of the package, the data's digests. A change in any of them starts over."""
     from reglab.data.prepare import load_manifest
 
-    def digest(value: Any) -> str:
-        return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
-
     return {
         "config": digest({key: value for key, value in params.items() if key != "paths"}),
-        "code": tree_digest(Path(__file__).parent),
+        "code": tree_digest(Path(reglab.__file__).parent),
         "data": digest(load_manifest(processed_dir)["digests"]),
     }
 
 
 def load_state(
-    config: Config, key: str, params: Mapping[str, Any]
+    config: Config, key: RunKey, params: Mapping[str, Any]
 ) -> tuple[Checkpoint, TrainingState]:
     """The run's checkpoint (tied to its params, code and data) and its state, or a
     fresh one; a discarded checkpoint's run ends KILLED."""
     checkpoint = Checkpoint(
-        Path(config.paths.checkpoints, key), fingerprint(params, config.paths.processed)
+        Path(config.paths.checkpoints, str(key)), fingerprint(params, config.paths.processed)
     )
     state = checkpoint.load()
     if checkpoint.discarded_run_id:
@@ -330,6 +358,4 @@ def run_tags_of(config: Config, variant: str, seed: int) -> dict[str, str]:
         "config_hash": config_hash(config),
         **tracking.git_state(),
     }
-    if os.environ.get("DVC_EXP_NAME"):
-        tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
     return tags

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from reglab.config.schema import Config, SearchConfig
-from reglab.tune.search import Trial, n_trials
+from reglab.tune.outcome import Trial, n_trials
 from reglab.tune.trial import run_trial, trial_dir
 
 log = logging.getLogger(__name__)

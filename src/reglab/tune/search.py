@@ -22,58 +22,22 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import socket
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from reglab.config.schema import BEST_SUFFIX, Config, SearchConfig, TuneConfig
-from reglab.core.errors import ReglabError
 from reglab.config.checks import ConfigError
+from reglab.config.schema import Config, SearchConfig, TuneConfig
+from reglab.core.errors import ReglabError
+from reglab.tune.engine import collect, ray_connected, run_ray
+from reglab.tune.outcome import SearchOutcome, best_trial, n_trials
 from reglab.tune.trial import trial_data
 
 log = logging.getLogger(__name__)
 
 
-class SearchFailed(ReglabError):
-    """No trial of the search completed."""
-
-
-@dataclass
-class Trial:
-    number: int
-    trial_id: str
-    params: dict[str, Any]
-    objective: float
-    epochs: int
-    state: str  # completed, pruned or failed
-    mlflow_run_id: str | None = None
-    error: str | None = None
-
-
-@dataclass
-class SearchOutcome:
-    name: str
-    search: SearchConfig
-    trials: list[Trial]
-    best: Trial
-    parent_run_id: str
-
-
 # ----------------------------------------------------------------------- checks
-
-
-def best_variant_name(name: str) -> str:
-    return f"{name}{BEST_SUFFIX}"
-
-
-def n_trials(search: SearchConfig, tune: TuneConfig) -> int:
-    if tune.sampler == "grid":
-        return math.prod(len(spec.choices or ()) for spec in search.params)
-    return tune.n_trials if tune.n_trials is not None else search.n_trials
 
 
 def serves_store(search: SearchConfig, tune: TuneConfig) -> bool:
@@ -192,7 +156,6 @@ def run_search(config: Config, name: str) -> SearchOutcome:
     """Run (or resume) search ``name``; returns every trial and the best completed one."""
     from reglab import tracking
     from reglab.tracking import search as records
-    from reglab.tune.engine import collect, ray_connected, run_ray
 
     search = check_inputs(config, name)
     address, _ = ray_address(config.tune.address)
@@ -236,12 +199,3 @@ def run_search(config: Config, name: str) -> SearchOutcome:
         name, len(trials), counts, search.objective, best.objective, best.params,
     )  # fmt: skip
     return SearchOutcome(name, search, trials, best, parent)
-
-
-def best_trial(trials: list[Trial], mode: str) -> Trial:
-    completed = [t for t in trials if t.state == "completed" and math.isfinite(t.objective)]
-    if not completed:
-        states = {t.trial_id: t.error or t.state for t in trials}
-        raise SearchFailed(f"no trial completed: {states}")
-    sign = 1.0 if mode == "min" else -1.0
-    return min(completed, key=lambda t: (sign * t.objective, t.number))

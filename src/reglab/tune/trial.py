@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from reglab.config.schema import Config, SearchConfig
 from reglab.config.paths import run_key
+from reglab.config.schema import Config, SearchConfig
 
 
 def trial_config(config: Config, search: SearchConfig, variant: str, values: dict) -> Config:
@@ -119,8 +119,8 @@ def finished_attempt(trial: Config, key: str) -> tuple[list[dict[str, str]], str
     (train_variant's last step, after the logging), if there is one."""
     import csv
 
-    from reglab.config.schema import config_hash
     from reglab.config.paths import history_file
+    from reglab.config.schema import config_hash
 
     summary_file = Path(trial.paths.models, key, "run.json")
     history = history_file(trial.paths.history, key)

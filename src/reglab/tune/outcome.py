@@ -1,0 +1,54 @@
+"""What a search produces: its trials, the best of them, how many it runs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from reglab.config.schema import BEST_SUFFIX, SearchConfig, TuneConfig
+from reglab.core.errors import ReglabError
+
+
+class SearchFailed(ReglabError):
+    """No trial of the search completed."""
+
+
+@dataclass
+class Trial:
+    number: int
+    trial_id: str
+    params: dict[str, Any]
+    objective: float
+    epochs: int
+    state: str  # completed, pruned or failed
+    mlflow_run_id: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class SearchOutcome:
+    name: str
+    search: SearchConfig
+    trials: list[Trial]
+    best: Trial
+    parent_run_id: str
+
+
+def best_variant_name(name: str) -> str:
+    return f"{name}{BEST_SUFFIX}"
+
+
+def n_trials(search: SearchConfig, tune: TuneConfig) -> int:
+    if tune.sampler == "grid":
+        return math.prod(len(spec.choices or ()) for spec in search.params)
+    return tune.n_trials if tune.n_trials is not None else search.n_trials
+
+
+def best_trial(trials: list[Trial], mode: str) -> Trial:
+    completed = [t for t in trials if t.state == "completed" and math.isfinite(t.objective)]
+    if not completed:
+        states = {t.trial_id: t.error or t.state for t in trials}
+        raise SearchFailed(f"no trial completed: {states}")
+    sign = 1.0 if mode == "min" else -1.0
+    return min(completed, key=lambda t: (sign * t.objective, t.number))
