@@ -16,15 +16,10 @@ import threading
 import time
 from pathlib import Path
 
+from reglab.core.net import free_port
 from tests.conftest import DIGITS
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def base_env(**extra: str) -> dict[str, str]:

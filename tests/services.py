@@ -23,7 +23,6 @@ import dataclasses
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ from pathlib import Path
 
 import pytest
 
+from reglab.core.net import free_port
+
 LOCALHOST = "127.0.0.1"
 # moto accepts any key; these are what the tests' clients send (distinctive, so a test
 # can search for them in everything that was logged).
@@ -43,12 +44,6 @@ S3_CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "planted-aws-secret-7f3e9c",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((LOCALHOST, 0))
-        return probe.getsockname()[1]
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------

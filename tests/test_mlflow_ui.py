@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import mlflow
 import pytest
 
 from reglab import tracking
+from reglab.core.net import free_port
 
 
 def pipeline_with_two_variants(uri: str) -> tuple[str, list[str]]:
@@ -57,12 +57,6 @@ def test_a_kind_chosen_in_the_ui_is_kept(tracking_uri):
     tracking.configure(tracking_uri, "reglab")
     tags = mlflow.MlflowClient().get_experiment(experiment_id).tags
     assert tags["mlflow.experimentKind"] == "genai_development"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def chromium(*args: str) -> str:

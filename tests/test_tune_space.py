@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -17,6 +16,7 @@ import yaml
 
 from reglab import cli
 from reglab.config.checks import ConfigError
+from reglab.core.net import free_port
 from tests.conftest import DIGITS, PROJECT_ROOT, config_for
 
 SEARCHES = ("l2_strength", "l1_strength", "dropout_rate", "weight_decay", "combined")
@@ -130,12 +130,6 @@ def test_the_reporter_sends_each_epoch_and_the_best_objective_so_far(monkeypatch
     accuracy(1, {"val_data_loss": 0.7, "val_accuracy": 0.7})
     accuracy(2, {"val_data_loss": 0.6, "val_accuracy": 0.6})
     assert [r["objective"] for r in reported[4:]] == [0.7, 0.7]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 BAD_INPUT = [

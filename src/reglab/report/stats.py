@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from reglab.core.digest import flatten
+
 log = logging.getLogger(__name__)
 
 BASELINE = "baseline"
@@ -166,16 +168,13 @@ def mean_curve(curves: Sequence[Sequence[float]]) -> tuple[list[float], list[flo
 # Strength sweeps, read from the recipes.
 
 
-def flatten_recipe(recipe: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_recipe(recipe: Mapping[str, Any]) -> dict[str, Any]:
     """Leaves of a nested recipe: {"kernel.l2": 0.001, "orthogonal.mode": "rows", ...}."""
-    flat: dict[str, Any] = {}
-    for key, value in recipe.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            flat.update(flatten_recipe(value, name))
-        else:
-            flat[name] = tuple(value) if isinstance(value, list) else value
-    return flat
+    return {
+        name: tuple(value) if isinstance(value, list) else value
+        for name, value in flatten(recipe).items()
+        if not isinstance(value, Mapping)
+    }
 
 
 def _is_strength(value: Any) -> bool:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from typing import Any
 import mlflow
 
 from reglab.core.errors import ReglabError
+from reglab.core.net import free_port
 from reglab.tracking.records import data_inputs
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,6 @@ PARENT_FILE = "mlflow_parent_run_id"
 
 class ServerFailed(ReglabError):
     """The local tracking server for a search did not start."""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _end_with_parent() -> None:

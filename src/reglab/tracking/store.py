@@ -11,6 +11,7 @@ from typing import Any
 
 import mlflow
 
+from reglab.core import digest
 from reglab.core.errors import ReglabError
 from reglab.tracking import secrets
 
@@ -205,13 +206,6 @@ def mark_model_training(experiment: Any) -> None:
         )
 
 
-def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested config -> {"a.b.c": "value"}; lists become their string form."""
-    flat: dict[str, str] = {}
-    for key, value in params.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, name))
-        else:
-            flat[name] = secrets.redact(str(value))
-    return flat
+def flatten(params: Mapping[str, Any]) -> dict[str, str]:
+    """Nested config -> MLflow params ``{"a.b.c": "value"}``, secrets masked."""
+    return {name: secrets.redact(str(value)) for name, value in digest.flatten(params).items()}
