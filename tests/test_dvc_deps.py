@@ -65,3 +65,27 @@ def test_stage_deps_name_only_code_it_imports(stage):
     closure = import_closure(PYTHON_STAGES[stage])
     unused = [dep for dep in deps if not any(covered(path, [dep]) for path in closure)]
     assert not unused, f"dvc.yaml stage {stage!r} lists code it does not import: {unused}"
+
+
+def folder_level(paths: set[Path]) -> set[str]:
+    """A layer's folder for each file in it; the package's __init__ and the entry
+    modules (one per stage) as files, so editing one stage re-runs only that stage."""
+    deps = set()
+    for path in paths:
+        parts = path.parts  # ("src", "reglab", <layer or file>, ...)
+        deps.add(str(path) if len(parts) == 3 or parts[2] == "stages" else "/".join(parts[:3]))
+    return deps
+
+
+@pytest.mark.parametrize("stage", sorted(PYTHON_STAGES))
+def test_stage_deps_are_the_folder_level_closure(stage):
+    deps = {dep for dep in stage_body(stages()[stage])["deps"] if dep.startswith("src/")}
+    assert deps == folder_level(import_closure(PYTHON_STAGES[stage]))
+
+
+def test_compare_does_not_depend_on_training_code():
+    """The compare stage reads files only: editing the training code re-runs the
+    train stages, and compare only through their outputs."""
+    deps = set(stage_body(stages()["compare"])["deps"])
+    assert {"src/reglab/report", "src/reglab/stages/compare.py"} <= deps
+    assert not {"src/reglab/train", "src/reglab/tune/search.py", "src/reglab/stages"} & deps
