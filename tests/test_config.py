@@ -129,39 +129,24 @@ def test_the_check_stage_refuses_a_hand_edited_params_yaml_naming_the_key(tmp_pa
     assert (tmp_path / ".reglab/params-checked").read_text().startswith("params.yaml is valid")
 
 
-def test_a_params_yaml_is_composed_and_validated_once_until_it_or_conf_changes(
-    tmp_path, monkeypatch
-):
+def test_freshness_is_checked_where_asked_and_validation_always(tmp_path):
+    """The check stage (check_fresh) compares params.yaml with conf/; the stages after it
+    only validate: DVC runs check first whenever params.yaml or conf/ changed."""
     import shutil
-
-    from reglab.config.schema import compose as composing
 
     shutil.copytree(PROJECT_ROOT / "conf", tmp_path / "conf")
     params = tmp_path / "params.yaml"
     params.write_text(to_yaml(compose()))
-    calls = {"stale_difference": 0, "validate": 0}
-    for name in calls:
-        original = getattr(composing, name)
-
-        def counted(*args, name=name, original=original):
-            calls[name] += 1
-            return original(*args)
-
-        monkeypatch.setattr(composing, name, counted)
-    assert load_params(params).train.epochs == 20
-    assert load_params(params) == load_params(params)
-    # The later stages find the first one's fingerprints: no composition, no schema merge.
-    assert calls == {"stale_difference": 1, "validate": 1}
-    params.write_text(params.read_text().replace("epochs: 20", "epochs: 0"))
-    with pytest.raises(ConfigError, match="train.epochs=0"):
-        load_params(params)
-    params.write_text(to_yaml(compose()))
+    assert load_params(params, check_fresh=True).train.epochs == 20
     train = tmp_path / "conf/train/default.yaml"
     train.write_text(train.read_text() + "epochs: 21\n")
     with pytest.raises(ConfigError, match="train.epochs is 20 in params.yaml but 21 in conf/"):
+        load_params(params, check_fresh=True)
+    assert load_params(params).train.epochs == 20  # validated, not compared
+    assert load_params(params, check_fresh=True, experiment=True).train.epochs == 20
+    params.write_text(params.read_text().replace("epochs: 20", "epochs: 0"))
+    with pytest.raises(ConfigError, match="train.epochs=0"):
         load_params(params)
-    # The composition's Config was kept: only the refused value and conf/ were looked at again.
-    assert calls == {"stale_difference": 2, "validate": 2}
 
 
 def test_the_check_stage_says_how_to_get_back_from_a_rejected_value(tmp_path):
@@ -172,8 +157,8 @@ def test_the_check_stage_says_how_to_get_back_from_a_rejected_value(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: params.yaml: train.epochs=-1: must be >= 1; nothing was changed but "
-        "params.yaml: fix the -S override, or restore the committed file with "
-        "`git checkout params.yaml`"
+        "params.yaml: run `make params` to compose it again from conf/, then fix the -S "
+        "override"
     ]
     assert time.monotonic() - started < 15  # seconds, not a TensorFlow start-up
     assert not (tmp_path / ".reglab").exists()

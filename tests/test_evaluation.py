@@ -207,7 +207,9 @@ def test_mlflow_metrics_use_the_shared_names_and_sanitize_class_names():
         "sparsity": 0.01,
         "per_class_accuracy": {"T-shirt/top": 0.8, "Ankle boot": 0.97, "Bag": None},
     }
-    assert evaluation.mlflow_metrics(report) == {
+    from reglab.tracking import mlflow_metrics
+
+    assert mlflow_metrics(report) == {
         "test/accuracy": 0.9,
         "test/data_loss": 0.3,
         "test/ece": 0.02,

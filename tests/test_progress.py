@@ -26,14 +26,20 @@ from tests.conftest import make_project
 ROW = {"train_data_loss": 0.41234, "val_data_loss": 0.50119, "train_penalty": 0.03121,
        "val_accuracy": 0.815}  # fmt: skip
 
-# What a stage's log must not hold: TensorFlow's C++ runtime, Keras's progress bars,
-# MLflow's info lines and download bars, ANSI colour codes.
+# The two lines TensorFlow's C++ libraries print while they load, before any setting
+# is read: nothing switches them off, so they may show (twice: two libraries load).
+LOADER_LINES = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|I\d{4} \d\d:\d\d:[\d.]+ +\d+ cudart_stub\.cc:\d+\] Could not find cuda drivers)"
+)
+
+# What a stage's log must not hold besides those: TensorFlow's C++ runtime, Keras's
+# progress bars, MLflow's info lines and download bars, ANSI colour codes.
 NOISE = [
     re.compile(pattern)
     for pattern in (
-        r"absl::InitializeLog",
         r"^[IWEF]\d{4} \d\d:\d\d:[\d.]+ +\d+ \S+:\d+\]",
-        r"cuInit|cuda drivers|cudart_stub",
+        r"cuInit",
         r"use_unbounded_threadpool",
         r"oneDNN",
         r"\x1b\[",
@@ -94,8 +100,10 @@ def import_tensorflow(**env: str) -> str:
 
 
 def test_tensorflow_loads_quietly_unless_debug():
-    assert "absl::InitializeLog" not in import_tensorflow()
-    assert "absl::InitializeLog" in import_tensorflow(REGLAB_LOG_LEVEL="DEBUG")
+    quiet = [line for line in import_tensorflow().splitlines() if line.strip()]
+    assert quiet and all(LOADER_LINES.match(line) for line in quiet), quiet
+    debug = import_tensorflow(REGLAB_LOG_LEVEL="DEBUG")
+    assert "cpu_feature_guard" in debug  # TensorFlow's own info lines, kept out by default
 
 
 def run_stage(root: Path, stage: str, key: str) -> list[str]:
@@ -121,6 +129,8 @@ def test_stage_logs_hold_the_projects_lines_only(trained):
     _, train_log = trained
     assert any("test accuracy" in line for line in train_log)  # the evaluation's line
     for line in train_log:
+        if LOADER_LINES.match(line):
+            continue
         assert not any(pattern.search(line) for pattern in NOISE), line
         assert re.match(r"\d\d:\d\d:\d\d (INFO|WARNING) reglab\.", line), line
 

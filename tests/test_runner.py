@@ -141,16 +141,15 @@ def test_data_prepared_for_another_config_is_refused_naming_the_key(project):
     assert not (project / "mlflow.db").exists() and not (project / "models").exists()
 
 
-def test_unreachable_tracking_server_fails_fast_before_training(project, monkeypatch):
+def test_unreachable_tracking_server_fails_fast_before_training(project):
     import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # nothing listens there once closed
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     started = time.monotonic()
     with pytest.raises(TrackingUnavailable, match=rf"http://127.0.0.1:{port} is unreachable"):
-        train_variant(config_for(), "baseline@42")
+        train_variant(config_for(f"tracking.uri=http://127.0.0.1:{port}"), "baseline@42")
     # Seconds, where MLflow's own retries of an unreachable server take minutes; the
     # bound leaves room for a loaded machine (13 s were seen with the suite running).
     assert time.monotonic() - started < 30

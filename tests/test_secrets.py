@@ -33,6 +33,16 @@ def test_values_of_credential_variables_are_masked_anywhere(monkeypatch):
     assert secrets.redact(text) == "key ***, pass ***, ***"
 
 
+def test_credential_values_are_those_of_the_environment_given():
+    environ = {
+        "PGPASSWORD": "pg-secret-1",
+        "MLFLOW_TRACKING_URI": "http://u:uri-pw-22@h:5000",
+        "AWS_SESSION_TOKEN": "abc",  # too short to be a credential: ordinary words stay
+        "HOME": "/home/someone-long",
+    }
+    assert secrets.secret_values(environ) == ["pg-secret-1", "uri-pw-22"]  # longest first
+
+
 def test_nested_values_and_flattened_params_are_masked():
     config = {"tracking": {"uri": "postgresql://u:pw1234@h/db", "experiment": "reglab"}, "n": 3}
     assert secrets.redact_values(config) == {

@@ -83,12 +83,12 @@ def test_training_logs_metrics_images_and_model_to_a_real_server(
     uri, root = server
     (tmp_path / "data").symlink_to(data_dir)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     # System metrics every second, so a short run still records some.
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
     summary = train_variant(
         config_for(
+            f"tracking.uri={uri}",
             "tracking.log_model=true",
             "tracking.registered_model_name=reglab-digits",
             "tracking.system_metrics=true",
@@ -126,15 +126,26 @@ def test_training_logs_metrics_images_and_model_to_a_real_server(
 
 
 def log_to_a_server_from(project: Path, data_dir: Path, port: int, monkeypatch) -> str:
-    """``project`` with the digits, as the working folder, logging to the server on
-    ``port``; MLflow's HTTP retries as the config's `tracking.server_wait_s` sets them."""
+    """``project`` with the digits, as the working folder; the URI of a server on ``port``."""
     (project / "data").symlink_to(data_dir)
     monkeypatch.chdir(project)
-    uri = f"http://127.0.0.1:{port}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    for name in ("MAX_RETRIES", "BACKOFF_FACTOR", "TIMEOUT"):
-        monkeypatch.delenv(f"MLFLOW_HTTP_REQUEST_{name}", raising=False)
-    return uri
+    return f"http://127.0.0.1:{port}"
+
+
+def as_a_stage_reads(monkeypatch, uri: str, *overrides: str):
+    """The config logging to ``uri``, and MLflow's HTTP retries as the entry layer sets
+    them for its `tracking.server_wait_s` (reglab.stages.with_user_tracking), for this
+    test only."""
+    from reglab.stages import with_user_tracking
+
+    environ: dict[str, str] = {}
+    config = with_user_tracking(config_for(f"tracking.uri={uri}", *overrides), {}, environ)
+    assert set(environ) == {
+        f"MLFLOW_HTTP_REQUEST_{name}" for name in ("MAX_RETRIES", "BACKOFF_FACTOR", "TIMEOUT")
+    }
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    return config
 
 
 def test_a_server_that_dies_during_training_loses_nothing(data_dir, tmp_path, monkeypatch):
@@ -151,7 +162,8 @@ def test_a_server_that_dies_during_training_loses_nothing(data_dir, tmp_path, mo
     uri = log_to_a_server_from(tmp_path, data_dir, port, monkeypatch)
     process = start_server(root, port)
     try:
-        config = config_for("train.epochs=4", "tracking.server_wait_s=4", "tracking.log_model=true")
+        overrides = ["train.epochs=4", "tracking.server_wait_s=4", "tracking.log_model=true"]
+        config = as_a_stage_reads(monkeypatch, uri, *overrides)
 
         def kill_server_after_epoch_2(epoch, row):
             if epoch == 2:
@@ -213,7 +225,7 @@ def test_a_server_that_comes_back_within_the_wait_loses_and_repeats_nothing(
     servers = [start_server(root, port)]
     restarted = threading.Thread(target=lambda: servers.append(start_server(root, port)))
     try:
-        config = config_for("train.epochs=3", "tracking.server_wait_s=90")
+        config = as_a_stage_reads(monkeypatch, uri, "train.epochs=3", "tracking.server_wait_s=90")
 
         def restart_server_after_epoch_1(epoch, row):
             if epoch == 1:

@@ -177,7 +177,6 @@ def test_a_resumed_run_with_early_stopping_ends_like_an_uninterrupted_one(splits
     # A checkpoint written for other code is not resumed from; it goes, its run id kept.
     state.run_id = "run-1"
     checkpoint.save(resumed_model, state)
-    checkpoint.wait()  # written on a worker thread: on disk once wait() returns
     other_code = Checkpoint(tmp_path / "checkpoint", {**written_for, "code": "k2"})
     assert other_code.load() is None
     assert other_code.discarded_run_id == "run-1"

@@ -203,7 +203,8 @@ def test_a_search_killed_with_sigkill_resumes_to_the_uninterrupted_best(
         assert time.monotonic() < deadline, "no trial finished in 600 s"
         time.sleep(0.1)
     assert killed.poll() is None, "the search ended before it could be killed"
-    os.killpg(killed.pid, signal.SIGKILL)  # the driver, and its tracking server with it
+    # The driver (serial: no tracking server; one would be stopped by the next start).
+    os.killpg(killed.pid, signal.SIGKILL)
     killed.wait()
     assert not (root / "reports/tune/l2_strength/best.yaml").exists()
     # Resumed at once, beside the uninterrupted search's last trial (one node each).

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,24 +29,33 @@ from reglab.config.compose import PARAMS_FILE, compose, conf_dir, to_yaml
 from reglab.config.schema import Config, register_schema, validate
 from reglab.core.errors import ReglabError
 from reglab.core.io import write_atomic
-from reglab.stages import read_config, run_tags, setup_logging
+from reglab.stages import (
+    mlflow_settings,
+    read_config,
+    run_tags,
+    search_arguments,
+    setup_logging,
+    with_user_tracking,
+)
 
 log = logging.getLogger("reglab")
 COMMANDS = ("train", "compose", "check", "tune", "exps", "plots-template")
 USAGE = f"usage: reglab {{{','.join(COMMANDS)}}} [options or hydra overrides...]"
 
 
-def train_job(cfg: DictConfig) -> float | None:
+def train_job(cfg: DictConfig, user: Mapping[str, str], tags: Mapping[str, str]) -> float | None:
     """One Hydra job: validate, train the chosen variant under each seed.
 
-    Returns the best validation data loss (of the first seed), which a Hydra
-    sweeper can minimise.
+    ``user`` and ``tags`` are the process's MLflow settings and run tags, read once
+    before the first job (MLflow rewrites some of those variables as runs start
+    and end). Returns the best validation data loss (of the first seed), which a
+    Hydra sweeper can minimise.
     """
     container = OmegaConf.to_container(cfg, resolve=True)
     variant = container.pop("variant")
     container.pop("hydra", None)
     try:
-        config = validate(container)
+        config = with_user_tracking(validate(container), user)
         config.variant(variant)  # an unknown variant fails before TensorFlow loads
         import keras
 
@@ -55,7 +65,7 @@ def train_job(cfg: DictConfig) -> float | None:
         results = []
         for seed in config.seeds:
             keras.backend.clear_session()  # multirun jobs share the process
-            results.append(train_variant(config, RunKey(variant, seed), run_tags=run_tags()))
+            results.append(train_variant(config, RunKey(variant, seed), run_tags=tags))
     except ReglabError as error:
         # Hydra would print a traceback; a user error is one line and exit code 2.
         print(f"error: {error}", file=sys.stderr)
@@ -114,29 +124,33 @@ def split_search(overrides: list[str]) -> tuple[str, list[str]]:
     return names[0], rest
 
 
-def tune_command(overrides: list[str]) -> dict[str, Any]:
+def tune_command(
+    overrides: list[str], user: Mapping[str, str], tags: Mapping[str, str]
+) -> dict[str, Any]:
     """`reglab tune search=<name> [overrides]`: search, then train and test the best variant.
 
     The outputs go where conf/tune_cli.yaml says (outputs/tune/...), so an ad-hoc
     search never writes over the pipeline's reports. Every check runs before Ray,
-    TensorFlow or any output.
+    TensorFlow or any output. ``user`` and ``tags`` as for :func:`train_job`.
     """
     name, rest = split_search(overrides)
-    config = validate(compose(rest, config_name="tune_cli"))
+    config = with_user_tracking(validate(compose(rest, config_name="tune_cli")), user)
+    arguments = search_arguments()
     from reglab.tune.search import check_inputs
 
-    check_inputs(config, name)
+    check_inputs(config, name, arguments["ray_address_env"])
     from reglab.tune.results import write_outputs
     from reglab.tune.search import run_search
 
-    outcome = run_search(config, name)
+    outcome = run_search(config, name, **arguments)
     out = Path(config.paths.tune, name)
     write_outputs(outcome, out)
     log.info("%s: wrote %s", name, out)
-    return {"search": name, "best": outcome.best.params, "runs": train_and_test_best(config, name)}
+    runs = train_and_test_best(config, name, tags)
+    return {"search": name, "best": outcome.best.params, "runs": runs}
 
 
-def train_and_test_best(config: Config, name: str) -> list[str]:
+def train_and_test_best(config: Config, name: str, tags: Mapping[str, str]) -> list[str]:
     """``<search>_best`` under each seed: trained like any variant, tested once."""
     from reglab.config.paths import run_key
     from reglab.train.run import train_and_evaluate
@@ -146,7 +160,7 @@ def train_and_test_best(config: Config, name: str) -> list[str]:
     config = with_best_variant(config, name)
     keys = [run_key(best_variant_name(name), seed) for seed in config.seeds]
     for key in keys:
-        train_and_evaluate(config, key, run_tags=run_tags())
+        train_and_evaluate(config, key, run_tags=tags)
     return keys
 
 
@@ -180,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     # `mlflow run` passes an empty `overrides` parameter as ''; it means none.
     command, rest = argv[0], [arg for arg in argv[1:] if arg.strip()]
+    user, tags = mlflow_settings(), run_tags()  # before any run (train_job)
     try:
         if command == "compose":
             sys.exit(compose_command(rest))
@@ -190,16 +205,18 @@ def main(argv: list[str] | None = None) -> None:
         if command == "plots-template":
             sys.exit(plots_template_command(rest))
         if command == "tune":
-            tune_command(rest)
+            tune_command(rest, user, tags)
             return
         if not {"-m", "--multirun"} & set(rest):
             precheck(rest)  # before Hydra makes a run folder for a run that cannot start
         import hydra
 
         register_schema()
-        app = hydra.main(config_path=str(conf_dir()), config_name="cli", version_base=None)(
-            train_job
-        )
+
+        def job(cfg: DictConfig) -> float | None:
+            return train_job(cfg, user, tags)
+
+        app = hydra.main(config_path=str(conf_dir()), config_name="cli", version_base=None)(job)
         sys.argv = [sys.argv[0], *rest]
         app()
     except ReglabError as error:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from reglab.config.checks import ConfigError, bounded, check
 from reglab.config.data import DataConfig
 from reglab.config.recipes import ModelConfig, RegularizerConfig
+from reglab.core.digest import digest
 
 log = logging.getLogger(__name__)
 
@@ -371,8 +370,7 @@ def as_dict(config: Config) -> dict[str, Any]:
 
 
 def config_hash(config: Config) -> str:
-    text = json.dumps(as_dict(config), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return digest(as_dict(config), 16)
 
 
 # Config keys that say which searches run and how, not how a run trains.
@@ -395,5 +393,4 @@ def pipeline_key(config: Config, git_commit: str) -> str:
     shared = dataclasses.asdict(config)
     for own in ("variants", "tracking", "seeds", *SEARCH_KEYS):
         shared.pop(own)
-    text = json.dumps(shared, sort_keys=True, default=str) + git_commit
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return digest({"config": shared, "git_commit": git_commit}, 16)

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from reglab.config.data import TEST_KEYS, TRAIN_KEYS, DataConfig, DataFile
-from reglab.core.io import file_sha256, writing_dir
+from reglab.core.digest import file_sha256
+from reglab.core.io import writing_dir
 from reglab.data.errors import DataError, IdxFormatError
 from reglab.data.idx import check_magic, parse_idx, read_content
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import logging
-import os
 import shutil
 import socket
 import ssl
@@ -50,15 +49,13 @@ _USER_AGENT = "reglab-data/1"
 
 
 def resolve_mirrors(
-    mirrors: Sequence[str],
-    extra_mirrors: Sequence[str] = (),
-    environ: Mapping[str, str] | None = None,
+    mirrors: Sequence[str], extra_mirrors: Sequence[str], environ: Mapping[str, str]
 ) -> list[str]:
     """The mirrors in the order they are tried: the environment's, the user's, the config's.
 
+    ``environ`` is the process's environment (the entry layer's to read), where
     ``REGLAB_DATA_MIRRORS`` is comma-separated. Duplicates are tried once.
     """
-    environ = os.environ if environ is None else environ
     from_env = [item.strip() for item in environ.get(MIRRORS_ENV, "").split(",")]
     ordered: list[str] = []
     for mirror in [*from_env, *extra_mirrors, *mirrors]:

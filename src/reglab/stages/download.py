@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from reglab.data.digits import export_digits
@@ -17,7 +18,7 @@ def main(argv: list[str]) -> None:
         return
     fetch_files(
         data.files,
-        resolve_mirrors(data.mirrors, data.extra_mirrors),
+        resolve_mirrors(data.mirrors, data.extra_mirrors, os.environ),
         raw,
         timeout_s=data.download.timeout_s,
         retries=data.download.retries,

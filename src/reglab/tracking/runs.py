@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import mlflow
 
-from reglab.tracking.store import TrackingLost, configure
+from reglab.tracking.store import TrackingLost, configure, server_errors
 
 log = logging.getLogger(__name__)
 
 PIPELINE_TAG = "reglab.pipeline"
+# MLflow's tag naming a run's parent.
+PARENT_TAG = "mlflow.parentRunId"
 
 
 # Tags that belong to one run, not to the pipeline that groups it.
@@ -27,11 +28,12 @@ def pipeline_parent(experiment_name: str, key: str, tags: Mapping[str, str]) -> 
 
     The key hashes what the runs share (data, model, training, code); a variant
     re-trained under the same key joins the same parent, so the group stays one
-    pipeline, with the variant's older run kept beside it. Under `mlflow run`,
-    the launcher's run (MLFLOW_RUN_ID) is the parent instead.
+    pipeline, with the variant's older run kept beside it. A parent that ``tags``
+    name already is the parent instead: under `mlflow run`, the entry layer tags
+    every run with the launcher's run (``reglab.stages.run_tags``).
     """
-    if os.environ.get("MLFLOW_RUN_ID"):
-        return os.environ["MLFLOW_RUN_ID"]
+    if tags.get(PARENT_TAG):
+        return tags[PARENT_TAG]
     tags = {name: value for name, value in tags.items() if name not in _OWN_TAGS}
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(experiment_name)
@@ -61,26 +63,35 @@ def pipeline_parent(experiment_name: str, key: str, tags: Mapping[str, str]) -> 
 def variant_run(
     name: str,
     tags: Mapping[str, str],
-    parent_run_id: str | None = None,
+    parent_run_id: str,
     log_system_metrics: bool = False,
     run_id: str | None = None,
 ) -> contextlib.AbstractContextManager[mlflow.ActiveRun]:
-    """A run for one variant, nested under its pipeline's parent run.
+    """A run for one variant, nested under ``parent_run_id`` and in that run's experiment:
+    its pipeline's parent run, a search's, or the launcher's of `mlflow run`.
 
-    Under `mlflow run`, MLFLOW_RUN_ID names the launcher's run; that run is the
-    parent instead (otherwise every variant would log into that one run).
-    ``run_id`` reopens an interrupted run of the same variant to resume it.
+    ``run_id`` reopens an interrupted run of the same variant to resume it. A new run
+    is made here, with the tags MLflow's run API gives a run (user, source, git
+    commit), and started by its id: given an id, ``mlflow.start_run`` ignores
+    MLFLOW_RUN_ID (set by `mlflow run` for the launcher's run), so the environment
+    is left as it is.
     """
-    tags = dict(tags)
-    parent_run_id = os.environ.pop("MLFLOW_RUN_ID", None) or parent_run_id
-    if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
-    if run_id:
-        active = mlflow.start_run(run_id=run_id, log_system_metrics=log_system_metrics)
-        mlflow.set_tags(tags)
-    else:
-        active = mlflow.start_run(run_name=name, tags=tags, log_system_metrics=log_system_metrics)
-    return ending_run(active)
+    from mlflow.tracking.context import registry
+
+    client = mlflow.MlflowClient()
+    tags = {**tags, PARENT_TAG: parent_run_id}
+    if run_id is None:
+        experiment_id = client.get_run(parent_run_id).info.experiment_id
+        made = client.create_run(experiment_id, run_name=name, tags=registry.resolve_tags(tags))
+        run_id, tags = made.info.run_id, {}
+    return ending_run(_start_run(client, run_id, tags=tags, log_system_metrics=log_system_metrics))
+
+
+def _start_run(client: mlflow.MlflowClient, run_id: str, **options: Any) -> mlflow.ActiveRun:
+    """``run_id`` as the active run. MLflow refuses to start a run of an experiment other
+    than its active one (``mlflow.set_experiment``): the run's own is made active."""
+    mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
+    return mlflow.start_run(run_id=run_id, **options)
 
 
 @contextlib.contextmanager
@@ -102,7 +113,11 @@ def ending_run(active: mlflow.ActiveRun) -> Iterator[mlflow.ActiveRun]:
         span_parent(active.info.run_id)
         raise
     except TrackingLost:
-        _forget_active_run()  # the server cannot hear it; the re-run finishes the run
+        # The server cannot hear the status (the re-run resumes and finishes the run),
+        # but the run must end: the process may start another one (a multirun). The
+        # request fails after MLflow's retries, bounded by tracking.server_wait_s.
+        with contextlib.suppress(*server_errors()):
+            mlflow.end_run("FAILED")
         raise
     except BaseException:
         mlflow.end_run("FAILED")
@@ -126,7 +141,7 @@ def span_parent(run_id: str) -> None:
     client = mlflow.MlflowClient()
     try:
         child = client.get_run(run_id)
-        parent_id = child.data.tags.get("mlflow.parentRunId")
+        parent_id = child.data.tags.get(PARENT_TAG)
         parent = client.get_run(parent_id) if parent_id else None
     except mlflow.exceptions.MlflowException as error:
         log.warning("could not read run %s or its parent: %s", run_id, error)
@@ -137,21 +152,6 @@ def span_parent(run_id: str) -> None:
         client.set_terminated(parent_id, "FINISHED", end_time=child.info.end_time)
 
 
-def _forget_active_run() -> None:
-    """Leave the active run without a request to a server that is gone.
-
-    ``mlflow.end_run`` would first wait the whole bounded retry again to set a
-    status nobody receives; MLflow has no public call that only leaves the run,
-    so this pops its active-run stack the way ``end_run`` does before its request.
-    """
-    from mlflow.tracking import fluent
-
-    stack = fluent._active_run_stack.get()
-    if stack:
-        stack.pop()
-    os.environ.pop("MLFLOW_RUN_ID", None)
-
-
 @contextlib.contextmanager
 def resumed_run(uri: str, run_id: str) -> Iterator[mlflow.ActiveRun]:
     """Log into an existing run (e.g. evaluate adding test metrics to the train run).
@@ -160,7 +160,7 @@ def resumed_run(uri: str, run_id: str) -> Iterator[mlflow.ActiveRun]:
     while resumed marks it FAILED so the UI never shows a half-logged run as fine.
     """
     configure(uri)
-    with mlflow.start_run(run_id=run_id) as run:
+    with _start_run(mlflow.MlflowClient(), run_id) as run:
         yield run
     span_parent(run_id)
 

@@ -9,6 +9,8 @@ is a variant run nested under it (:func:`reglab.train.run.train_variant` with
 Trials run in parallel processes. With a sqlite store they log through a local
 ``mlflow server`` that :func:`served_store` starts for the search and stops
 after it: one process writes the file, so no trial sees ``database is locked``.
+The search's driver uses its own client of the store (:func:`search_client`),
+and leaves the process's MLflow settings as they were.
 
 Not imported by :mod:`reglab.tracking` itself: only a search needs it.
 """
@@ -16,8 +18,11 @@ Not imported by :mod:`reglab.tracking` itself: only a search needs it.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,8 +33,10 @@ from typing import Any
 import mlflow
 
 from reglab.core.errors import ReglabError
+from reglab.core.io import write_atomic
 from reglab.core.net import free_port
 from reglab.tracking.records import data_inputs
+from reglab.tracking.store import check_store, ensure_experiment, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +46,12 @@ TRIAL_TAG = "reglab.trial_id"
 STATE_TAG = "reglab.trial_state"
 BEST_TAG = "reglab.best_trial"
 PARENT_FILE = "mlflow_parent_run_id"
+# The search's local tracking server, in its state folder: {"pid": ..., "port": ...}.
+SERVER_FILE = "tracking_server.json"
 
 
 class ServerFailed(ReglabError):
     """The local tracking server for a search did not start."""
-
-
-def _end_with_parent() -> None:
-    """In the child before exec: SIGTERM when the process that started it dies."""
-    import ctypes
-    import signal
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class ServedStore:
@@ -71,19 +71,32 @@ class ServedStore:
 
 
 @contextlib.contextmanager
-def served_store(uri: str, enabled: bool = True) -> Iterator[ServedStore]:
+def served_store(uri: str, state_dir: Path, enabled: bool = True) -> Iterator[ServedStore]:
     """A sqlite store served by a local ``mlflow server`` while the search runs
     (its http URI); any other store as it is. The server is started, not waited
     for: the caller does other slow work (connecting to Ray) until it needs it,
     and leaves the file to it until then (the server creates a new store's
-    tables). The server is stopped on the way out, whatever happened."""
-    prefix = "sqlite:///"
-    if not (enabled and uri.startswith(prefix)):
+    tables). The server is stopped on the way out, whatever happened.
+
+    It runs in its own process group (a Ctrl-C in the terminal reaches the search,
+    which records what it has and then stops the server), and the whole group is
+    stopped: ``mlflow server`` runs its workers as children. Its process group and
+    port are kept in ``state_dir``: a search killed with SIGKILL cannot stop its
+    server, so the next start of the search does, and serves the store on the
+    same port again when it is free. The trials' config holds the URI, so the
+    resumed trials find their checkpoints valid.
+    """
+    database = sqlite_path(uri)
+    if not enabled or database is None:
         yield ServedStore(uri)
         return
-    database = Path(uri[len(prefix) :])
-    port = free_port()
+    record = state_dir / SERVER_FILE
+    port = stop_left_server(record, uri)
+    if port is None or not _port_is_free(port):
+        port = free_port()
     command = [
+        # MLflow's job runner is not needed; its only setting is this variable.
+        "env", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false",
         sys.executable, "-m", "mlflow", "server",
         "--backend-store-uri", uri,
         # Where a local store's artifacts go anyway (./mlruns beside mlflow.db).
@@ -91,22 +104,77 @@ def served_store(uri: str, enabled: bool = True) -> Iterator[ServedStore]:
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
     server = subprocess.Popen(
-        command,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        # It ends with the search, even one killed with SIGKILL (Linux's parent-death signal).
-        preexec_fn=_end_with_parent,
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
+    write_atomic(record, json.dumps({"pid": server.pid, "port": port}))
     try:
         yield ServedStore(f"http://127.0.0.1:{port}", server, uri)
     finally:
-        server.terminate()
+        stop_group(server.pid, server)
+        write_atomic(record, json.dumps({"pid": None, "port": port}))
+
+
+def stop_left_server(record: Path, uri: str) -> int | None:
+    """Stop the server of ``uri`` that ``record`` names, if it still runs (a search
+    killed with SIGKILL left it); the port it served on (None: no record)."""
+    try:
+        left = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    pid = left.get("pid")
+    if pid and _serves(pid, uri):
+        log.info("stopping the tracking server (process group %d) left by a killed search", pid)
+        stop_group(pid)
+    return left.get("port")
+
+
+def _serves(group: int, uri: str) -> bool:
+    """Whether process group ``group`` is (still) the ``mlflow server`` of ``uri``."""
+    try:
+        os.killpg(group, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:
+        command = Path(f"/proc/{group}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        # The leader is gone, its workers are not: a group's id is not given to a
+        # new process while the group has members.
+        return Path("/proc/self").exists()
+    except OSError:
+        return False
+    return uri.encode() in command
+
+
+def stop_group(group: int, leader: subprocess.Popen | None = None, timeout_s: float = 20.0) -> None:
+    """SIGTERM to process group ``group``, SIGKILL to what is left of it after
+    ``timeout_s``; ``leader``, this process's child, is reaped."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if leader is not None:
+            leader.poll()
         try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGKILL)
+    if leader is not None:
+        leader.wait()
+
+
+def _port_is_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:``port`` now (as servers do, with
+    SO_REUSEADDR: the connections a stopped server left do not count)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 120.0) -> None:
@@ -123,24 +191,14 @@ def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 120.0) -
     raise ServerFailed(f"the search's MLflow server at {url} did not answer in {timeout_s:.0f} s")
 
 
-@contextlib.contextmanager
-def restored_tracking_uri(uri: str) -> Iterator[None]:
-    """``mlflow.set_tracking_uri`` also sets MLFLOW_TRACKING_URI; put both back after."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(uri)
-        if before is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = before
-
-
-def search_client(uri: str, experiment: str) -> tuple[mlflow.MlflowClient, str]:
-    """A client of the store the trials log to, and the id of the search's experiment."""
+def search_client(
+    uri: str, experiment: str, server_wait_s: float = 30.0
+) -> tuple[mlflow.MlflowClient, str]:
+    """A client of the store the trials log to (checked as a run's store is), and the
+    id of the search's experiment, made if it is new."""
+    check_store(uri, server_wait_s)
     client = mlflow.MlflowClient(uri)
-    return client, client.get_experiment_by_name(experiment).experiment_id
+    return client, ensure_experiment(client, experiment)
 
 
 def tag_trial(run_id: str, trial_id: str) -> None:

@@ -44,9 +44,8 @@ _KEY_VALUE = re.compile(
 _MIN_SECRET_LENGTH = 4
 
 
-def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
-    """The credential values set in the environment, longest first."""
-    environ = os.environ if environ is None else environ
+def secret_values(environ: Mapping[str, str]) -> list[str]:
+    """The credential values set in ``environ``, longest first."""
     values = {environ[name] for name in SECRET_VARIABLES if environ.get(name)}
     # A password inside a URI held in the environment is a secret too.
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "DATABASE_URL"):
@@ -56,11 +55,22 @@ def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
     return sorted((v for v in values if len(v) >= _MIN_SECRET_LENGTH), key=len, reverse=True)
 
 
+def environment_secrets() -> list[str]:
+    """The credential values set in this process's environment, longest first.
+
+    The one read of the environment outside the entry layer (a named exception in
+    tests/test_code_layout.py): credentials are masked in every process that logs,
+    a search's Ray workers included, which run no entry point of the project, and
+    in every log line, whichever library writes it; neither can be handed them.
+    """
+    return secret_values(os.environ)
+
+
 def redact(text: str, extra: Iterable[str] = ()) -> str:
     """``text`` with URI passwords, ``password=`` values and credential values masked."""
     text = _URI_PASSWORD.sub(lambda m: f"{m['head']}:{MASK}@", text)
     text = _KEY_VALUE.sub(lambda m: f"{m['head']}{MASK}", text)
-    for value in [*secret_values(), *extra]:
+    for value in [*environment_secrets(), *extra]:
         if value and len(value) >= _MIN_SECRET_LENGTH:
             text = text.replace(value, MASK)
     return text

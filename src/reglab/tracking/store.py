@@ -1,10 +1,16 @@
-"""Where runs are tracked: the tracking URI, the store's health, a server's bounded wait."""
+"""Where runs are tracked: the tracking URI, the store's health, a server's bounded wait.
+
+Nothing here reads or writes the process's environment. The entry layer
+(:mod:`reglab.stages`) puts the user's MLFLOW_TRACKING_URI in ``tracking.uri``
+and sets MLflow's HTTP retry variables from :func:`server_wait_settings`;
+``mlflow.set_tracking_uri`` (in :func:`configure`) exports its URI for
+subprocesses, as MLflow does.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,33 +23,29 @@ from reglab.tracking import secrets
 
 log = logging.getLogger(__name__)
 
-
-# ``mlflow.set_tracking_uri`` also writes its URI to MLFLOW_TRACKING_URI (for
-# subprocesses). What configure() left there, and what the variable held before:
-# a later job in the same process (a multirun over tracking.uri) must read the
-# user's setting, not the store an earlier job logged to.
-_exported: tuple[str | None, str | None] = (None, None)
+SQLITE_PREFIX = "sqlite:///"
 
 
-def user_tracking_uri() -> str | None:
-    """MLFLOW_TRACKING_URI as the user set it (None if unset), not as MLflow rewrote it."""
-    current = os.environ.get("MLFLOW_TRACKING_URI")
-    exported, before = _exported
-    return before if exported is not None and current == exported else current
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (as written: relative or absolute, no
+    query string); None for any other store and for an in-memory database."""
+    if not uri.startswith(SQLITE_PREFIX):
+        return None
+    path = uri[len(SQLITE_PREFIX) :].partition("?")[0]
+    return Path(path) if path and path != ":memory:" else None
 
 
-def resolve_uri(configured: str) -> str:
-    """MLFLOW_TRACKING_URI in the environment wins over the config.
+def resolve_uri(uri: str) -> str:
+    """``uri`` with a relative sqlite path made absolute.
 
-    A relative sqlite path is made absolute: the run records where its store
-    really is, and MLflow (which caches stores by URI) never mixes up two
-    projects' ``sqlite:///mlflow.db`` in one process.
+    The run records where its store really is, and MLflow (which caches stores by
+    URI) never mixes up two projects' ``sqlite:///mlflow.db`` in one process.
     """
-    uri = user_tracking_uri() or configured
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
-        uri = prefix + str(Path(uri[len(prefix) :]).resolve())
-    return uri
+    path = sqlite_path(uri)
+    if path is None or path.is_absolute():
+        return uri
+    query = uri.partition("?")[2]
+    return SQLITE_PREFIX + str(path.resolve()) + (f"?{query}" if query else "")
 
 
 class TrackingUnavailable(ReglabError):
@@ -74,8 +76,7 @@ def check_reachable(uri: str, timeout_s: float = 8.0) -> None:
 
 def check_sqlite_store(uri: str) -> None:
     """A damaged sqlite store is one line naming the file, not SQLAlchemy's traceback."""
-    prefix = "sqlite:///"
-    path = Path(uri[len(prefix) :]) if uri.startswith(prefix) else None
+    path = sqlite_path(uri)
     if path is None or not path.exists():
         return  # MLflow creates a new store
     import sqlite3
@@ -97,40 +98,42 @@ class TrackingLost(ReglabError):
     """The tracking server stopped answering while a run was being logged."""
 
 
-# The HTTP settings bound_server_wait() wrote: a later job in the same process (a
-# multirun, a test) gets its own wait, while a setting the user made still wins.
-_bounded: dict[str, str] = {}
+def request_timeout_s(wait_s: float) -> int:
+    """Seconds one request to a tracking server waits for an answer, for a wait of ``wait_s``."""
+    return max(1, min(10, int(wait_s)))
 
 
-def bound_server_wait(wait_s: float) -> None:
-    """MLflow's HTTP retries, bounded to about ``wait_s`` seconds (its defaults: minutes).
+def server_wait_settings(wait_s: float) -> dict[str, str]:
+    """MLflow's HTTP retry settings that bound a request's wait to about ``wait_s`` seconds
+    (its defaults: minutes), as environment variables: MLflow has no other setting for them.
 
     urllib3 sleeps backoff * 2**(n - 1) before the n-th retry; with backoff 2 the
-    retries fit in 2 * (2**retries - 1) seconds. Settings the user made win.
+    retries fit in 2 * (2**retries - 1) seconds.
     """
     retries = 1
     while 2 * (2 ** (retries + 1) - 1) <= wait_s:
         retries += 1
-    wanted = {
+    return {
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries),
         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
-        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, min(10, int(wait_s)))),
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(request_timeout_s(wait_s)),
     }
-    for name, value in wanted.items():
-        if os.environ.get(name) in (None, _bounded.get(name)):
-            os.environ[name] = _bounded[name] = value
+
+
+def server_errors() -> tuple[type[Exception], ...]:
+    """What a request to a tracking server that does not answer raises, past MLflow's retries."""
+    import requests
+
+    return requests.RequestException, ConnectionError, mlflow.exceptions.MlflowException
 
 
 @contextlib.contextmanager
 def lost_server_is(message: str) -> Iterator[None]:
     """Turn an error while the tracking server does not answer (after the bounded
     retries) into TrackingLost with ``message``; other errors pass unchanged."""
-    import requests
-    from mlflow.exceptions import MlflowException
-
     try:
         yield
-    except (requests.RequestException, ConnectionError, MlflowException) as error:
+    except server_errors() as error:
         uri = mlflow.get_tracking_uri()
         try:
             check_reachable(uri, timeout_s=2.0)
@@ -149,12 +152,11 @@ def initialize_sqlite_store(uri: str) -> None:
     first creates the tables and the others find them made. Writes after that
     are short transactions that SQLite serializes by itself.
     """
-    prefix = "sqlite:///"
-    if not uri.startswith(prefix) or uri.endswith(":memory:"):
+    database = sqlite_path(uri)
+    if database is None:
         return
     import fcntl
 
-    database = Path(uri[len(prefix) :].split("?")[0])
     database.parent.mkdir(parents=True, exist_ok=True)
     with open(database.with_name(database.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -164,26 +166,39 @@ def initialize_sqlite_store(uri: str) -> None:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def configure(uri: str, experiment: str | None = None, server_wait_s: float = 30.0) -> str:
-    """Point MLflow at the tracking store (and experiment); returns the URI in use."""
-    uri = resolve_uri(uri)
-    if uri.startswith(("http://", "https://")):
-        bound_server_wait(server_wait_s)
+def check_store(uri: str, server_wait_s: float = 30.0) -> None:
+    """The store at ``uri`` is ready: a server answers, a sqlite file is sound and has
+    its tables; log lines are masked from here on."""
     secrets.install_log_filter()
-    check_reachable(uri)
+    check_reachable(uri, timeout_s=request_timeout_s(server_wait_s))
     check_sqlite_store(uri)
     initialize_sqlite_store(uri)
-    global _exported
-    before = user_tracking_uri()
+
+
+def ensure_experiment(client: mlflow.MlflowClient, name: str) -> str:
+    """The id of experiment ``name``, made (and marked as model training) if it is new."""
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        with contextlib.suppress(mlflow.exceptions.MlflowException):  # made at the same moment
+            client.create_experiment(name)
+        found = client.get_experiment_by_name(name)
+    mark_model_training(found, client)
+    return found.experiment_id
+
+
+def configure(uri: str, experiment: str | None = None, server_wait_s: float = 30.0) -> str:
+    """Point MLflow's run API at the tracking store (and experiment); returns the URI in use.
+
+    ``uri`` is the store to use: the entry layer has put the user's MLFLOW_TRACKING_URI
+    there. A run nested under a run of another experiment (``mlflow run``'s launcher)
+    goes to that one's experiment (:func:`reglab.tracking.runs.variant_run`).
+    """
+    uri = resolve_uri(uri)
+    check_store(uri, server_wait_s)
     mlflow.set_tracking_uri(uri)
-    _exported = (os.environ.get("MLFLOW_TRACKING_URI"), before)
-    launcher = os.environ.get("MLFLOW_RUN_ID")
-    if launcher:
-        # Under `mlflow run`: nest in the launcher's experiment, where its run is.
-        experiment_id = mlflow.MlflowClient().get_run(launcher).info.experiment_id
+    if experiment:
+        experiment_id = ensure_experiment(mlflow.MlflowClient(uri), experiment)
         mlflow.set_experiment(experiment_id=experiment_id)
-    elif experiment:
-        mark_model_training(mlflow.set_experiment(experiment))
     return uri
 
 
@@ -192,7 +207,7 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
 
-def mark_model_training(experiment: Any) -> None:
+def mark_model_training(experiment: Any, client: mlflow.MlflowClient | None = None) -> None:
     """Tag the experiment as model training, so MLflow's UI opens it on its runs.
 
     The tag decides the experiment's kind and its runs tab; the UI's GenAI/model
@@ -201,7 +216,7 @@ def mark_model_training(experiment: Any) -> None:
     in the UI is kept.
     """
     if EXPERIMENT_KIND_TAG not in experiment.tags:
-        mlflow.MlflowClient().set_experiment_tag(
+        (client or mlflow.MlflowClient()).set_experiment_tag(
             experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
         )
 

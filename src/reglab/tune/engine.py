@@ -25,15 +25,20 @@ from reglab.tune.trial import run_trial, trial_dir
 log = logging.getLogger(__name__)
 
 
-def _runtime_env(config: Config, trial_uri: str) -> dict[str, Any]:
+def _runtime_env(
+    config: Config, trial_uri: str, worker_env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The trials' workers' environment, Ray's way to configure another process:
+    ``worker_env`` (settings the entry layer hands on), then the search's own."""
     threads = str(config.tune.threads_per_trial)
     return {
         "env_vars": {
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            **(worker_env or {}),
             # Read when TensorFlow is first imported in the worker.
             "TF_NUM_INTRAOP_THREADS": threads,
             "TF_NUM_INTEROP_THREADS": threads,
             "OMP_NUM_THREADS": threads,
-            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
             "MLFLOW_TRACKING_URI": trial_uri,
             "MLFLOW_ENABLE_ASYNC_LOGGING": "true",
             "RAY_CHDIR_TO_TRIAL_DIR": "0",
@@ -83,14 +88,21 @@ def experiment_name(state_dir: Path) -> str:
 
 
 @contextlib.contextmanager
-def ray_connected(config: Config, address: str | None, trial_uri: str) -> Iterator[None]:
-    """Connected to the Ray head at ``address`` (None: a local instance) until the end."""
+def ray_connected(
+    config: Config,
+    address: str | None,
+    trial_uri: str,
+    worker_env: Mapping[str, str] | None = None,
+) -> Iterator[None]:
+    """Connected to the Ray head at ``address`` (None: a local instance) until the end.
+
+    Ray's settings for the driver that it reads from the environment only (usage
+    statistics, Ray Tune's console output) are the entry layer's to set.
+    """
     import ray
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     init: dict[str, Any] = {
-        "runtime_env": _runtime_env(config, trial_uri),
+        "runtime_env": _runtime_env(config, trial_uri, worker_env),
         "logging_level": logging.WARNING,
         "log_to_driver": False,
     }

@@ -19,16 +19,15 @@ The Ray Tune run itself is in engine.py.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
-import os
 import shutil
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 
 from reglab.config.checks import ConfigError
 from reglab.config.schema import Config, SearchConfig, TuneConfig
+from reglab.core.digest import digest
 from reglab.core.errors import ReglabError
 from reglab.tune.engine import collect, ray_connected, run_ray
 from reglab.tune.outcome import SearchOutcome, best_trial, n_trials
@@ -47,12 +46,13 @@ def serves_store(search: SearchConfig, tune: TuneConfig) -> bool:
     return tune.tracking_server and min(tune.max_concurrent, n_trials(search, tune)) > 1
 
 
-def ray_address(configured: str | None) -> tuple[str | None, str]:
-    """The Ray head to use (None: a local instance) and the setting that named it."""
+def ray_address(configured: str | None, environment: str | None = None) -> tuple[str | None, str]:
+    """The Ray head to use (None: a local instance) and the setting that named it:
+    ``tune.address``, else ``environment`` (RAY_ADDRESS, read by the entry layer)."""
     if configured:
         return configured, "tune.address"
-    if os.environ.get("RAY_ADDRESS"):
-        return os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
+    if environment:
+        return environment, "RAY_ADDRESS"
     return None, "tune.address"
 
 
@@ -73,8 +73,9 @@ def check_address(address: str, setting: str, timeout_s: float = 3.0) -> None:
         ) from None
 
 
-def check_inputs(config: Config, name: str) -> SearchConfig:
-    """Everything a search needs, checked before Ray or TensorFlow is touched."""
+def check_inputs(config: Config, name: str, ray_address_env: str | None = None) -> SearchConfig:
+    """Everything a search needs, checked before Ray or TensorFlow is touched
+    (``ray_address_env``: RAY_ADDRESS, the head to use if ``tune.address`` is not set)."""
     search = config.search(name)
     search.check_params(name)
     if config.tune.sampler == "grid":
@@ -84,7 +85,7 @@ def check_inputs(config: Config, name: str) -> SearchConfig:
                     f"tune.sampler='grid' with search_spaces.{name}.params[{index}] "
                     f"({spec.key}) a range: a grid needs choices for every parameter"
                 )
-    address, setting = ray_address(config.tune.address)
+    address, setting = ray_address(config.tune.address, ray_address_env)
     if address:
         check_address(address, setting)
     manifest = Path(config.paths.processed, "manifest.json")
@@ -103,8 +104,7 @@ def fingerprint(config: Config, name: str) -> str:
     shared["tracking"] = {"experiment": config.tracking.experiment}
     shared["tune"].pop("address")
     shared["search"] = dataclasses.asdict(config.search_spaces[name])
-    text = json.dumps(shared, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return digest(shared, 16)
 
 
 # ----------------------------------------------------------------------- search
@@ -152,13 +152,24 @@ def _absolute(config: Config, state_dir: Path) -> Config:
     return dataclasses.replace(config, paths=dataclasses.replace(config.paths, **paths))
 
 
-def run_search(config: Config, name: str) -> SearchOutcome:
-    """Run (or resume) search ``name``; returns every trial and the best completed one."""
+def run_search(
+    config: Config,
+    name: str,
+    *,
+    ray_address_env: str | None = None,
+    worker_env: Mapping[str, str] | None = None,
+) -> SearchOutcome:
+    """Run (or resume) search ``name``; returns every trial and the best completed one.
+
+    ``ray_address_env`` is RAY_ADDRESS (the head to use if ``tune.address`` is not
+    set); ``worker_env``, settings of this process the trials' workers get too.
+    """
     from reglab import tracking
     from reglab.tracking import search as records
+    from reglab.tracking.store import server_wait_settings
 
-    search = check_inputs(config, name)
-    address, _ = ray_address(config.tune.address)
+    search = check_inputs(config, name, ray_address_env)
+    address, _ = ray_address(config.tune.address, ray_address_env)
     state_dir = Path(config.paths.tune_state, name)
     stamp = fingerprint(config, name)
     stamp_file = state_dir / "fingerprint"
@@ -171,13 +182,20 @@ def run_search(config: Config, name: str) -> SearchOutcome:
 
     uri = tracking.resolve_uri(config.tracking.uri)
     tracking.check_sqlite_store(uri)
-    with (
-        records.restored_tracking_uri(uri),
-        records.served_store(uri, serves_store(search, config.tune)) as store,
-    ):
-        with ray_connected(config, address, store.uri):  # while the server starts
-            trial_uri = tracking.configure(store.wait(), config.tracking.experiment)
-            client, experiment_id = records.search_client(trial_uri, config.tracking.experiment)
+    with records.served_store(uri, state_dir, serves_store(search, config.tune)) as store:
+        handed = dict(worker_env or {})
+        if store.uri.startswith(("http://", "https://")):
+            # The workers' MLflow retries, bounded as a run's are (a setting handed on wins).
+            handed = {**server_wait_settings(config.tracking.server_wait_s), **handed}
+        with ray_connected(config, address, store.uri, handed):  # while the server starts
+            trial_uri = store.wait()
+            client, experiment_id = records.search_client(
+                trial_uri, config.tracking.experiment, config.tracking.server_wait_s
+            )
+            # The trials log where the config says: to the search's server, if it has one.
+            config = dataclasses.replace(
+                config, tracking=dataclasses.replace(config.tracking, uri=trial_uri)
+            )
             parent = records.search_parent(
                 client,
                 experiment_id,
