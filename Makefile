@@ -5,10 +5,8 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 UV_VERSION := 0.13.9
 export PATH := $(BIN):$(PATH)
-# Keep TensorFlow's start-up chatter out of the logs.
-export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: run test setup dataset services stack params plots lint format bench clean
+.PHONY: run test test-fast setup dataset services stack params plots lint format bench clean
 
 run: setup dataset params  ## run the whole pipeline with DVC
 	dvc repro
@@ -19,8 +17,13 @@ run: setup dataset params  ## run the whole pipeline with DVC
 # modules with few, long tests such as the search tests last); the slowest listed.
 PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
-test: setup dataset services  ## run the test suite (with the data and services its tests use)
+test: setup dataset services  ## run the whole test suite (what CI runs), with its data and services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The everyday loop: units and small integrations, no pipelines, services or clusters
+# (tests marked `slow` are left out; docs/testing.md says which tier covers what).
+test-fast: setup dataset  ## the fast tier of the test suite
+	$(BIN)/python -m pytest -m "not slow" -n 2 --dist loadfile --durations=10
 
 setup: $(VENV)/.installed
 
