@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.workspace import clean_environment, copy_project
+from tests.project_copy import clean_environment, copy_project
 
 log = logging.getLogger("bench")
 

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.workspace import clean_environment, copy_project
+from tests.project_copy import clean_environment, copy_project
 
 log = logging.getLogger("bench.whole")
 

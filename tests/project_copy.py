@@ -1,24 +1,84 @@
-"""A copy of the project in a temporary folder, configured like a user would, under git.
+"""A copy of the project in a temporary folder, as a fresh clone with the local changes
+would be, configured like a user would, under git.
 
-The end-to-end tests run the real `dvc` and `mlflow` commands in such a copy,
-never in the checkout itself.
+The end-to-end tests (and bench/whole.py) run the real `dvc` and `mlflow` commands in
+such a copy, never in the checkout itself, so its own outputs are never touched.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from bench.workspace import clean_environment, copy_files
-
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 GIT_USER = ["-c", "user.name=t", "-c", "user.email=t@t"]
 
 
-def copy_project(root: Path) -> Path:
-    """The project's files in ``root``; configure it, then :func:`git_init`."""
-    return copy_files(root)
+def project_files() -> list[str]:
+    """Tracked and not-ignored files: what a fresh clone with local changes would hold."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    return [name for name in listed if name and (PROJECT_ROOT / name).is_file()]
+
+
+def clean_environment() -> dict[str, str]:
+    """The caller's environment without MLflow or DVC settings that would redirect runs,
+    with this interpreter's scripts (dvc, mlflow, reglab) first on PATH."""
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_"))
+    }
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """:func:`clean_environment` plus ``extra``."""
+    return {**clean_environment(), **extra}
+
+
+def copy_files(destination: Path) -> Path:
+    """The project's files (as :func:`project_files` lists them) in ``destination``, not
+    yet configured or under git (see :func:`select_experiment`, :func:`git_init`)."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in project_files():
+        target = destination / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PROJECT_ROOT / name, target)
+    return destination
+
+
+def copy_project(
+    destination: Path,
+    overrides: Sequence[str] = (),
+    files: Mapping[str, str] | None = None,
+) -> Path:
+    """The project in ``destination`` with ``files`` added or replaced (relative path ->
+    text), params.yaml composed with ``overrides``, all committed in a new git
+    repository (DVC experiments need a commit)."""
+    copy_files(destination)
+    for name, text in (files or {}).items():
+        (destination / name).parent.mkdir(parents=True, exist_ok=True)
+        (destination / name).write_text(text)
+    env = clean_environment()
+    commands = [
+        [sys.executable, "-m", "reglab", "compose", "--output", "params.yaml", *overrides],
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", *GIT_USER, "commit", "-qm", "copy"],
+    ]
+    for command in commands:
+        subprocess.run(command, cwd=destination, env=env, check=True, capture_output=True)
+    return destination
 
 
 def select_experiment(
@@ -48,11 +108,6 @@ def select_experiment(
     (root / "conf/config.yaml").write_text(
         config.replace("  - experiment: null", f"  - experiment: {name}")
     )
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without MLflow/DVC settings, the venv's tools first, plus ``extra``."""
-    return {**clean_environment(), **extra}
 
 
 def run(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.workspace import clean_environment, copy_project
+from tests.project_copy import clean_environment, copy_project
 
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.workspace import clean_environment, copy_project
 from tests.conftest import PROJECT_ROOT
+from tests.project_copy import clean_environment, copy_project
 
 pytestmark = pytest.mark.slow
 

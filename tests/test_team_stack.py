@@ -45,12 +45,12 @@ from tests.conftest import DIGITS
 from tests.project_copy import (
     clean_env,
     compose_params,
-    copy_project,
     git_commit_all,
     git_init,
     run,
     select_experiment,
 )
+from tests.project_copy import copy_files as copy_project
 from tests.services import (
     S3,
     S3_CREDENTIALS,

@@ -28,7 +28,7 @@ def test_dvc_exp_run_with_a_search_trains_and_tests_its_best(head, tmp_path):
     points: kernel.l2 = 1e38 overflows the penalty (the loss is not finite in the
     first epoch), so that trial fails; the search goes on, and its best is trained
     and tested."""
-    from bench.workspace import copy_project
+    from tests.project_copy import copy_project
     from tests.test_pipeline_e2e import stages_run
 
     root = tmp_path / "project"
