@@ -1,10 +1,11 @@
-"""The comparison on synthetic eval reports: order, significance, figures and their data."""
+"""The comparison on synthetic eval reports: order, the paired tests, figures and their data."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import math
 
 import numpy as np
 import pytest
@@ -12,19 +13,21 @@ import pytest
 from reglab.model.weights import kernel_record
 from reglab.report import (
     ReportError,
-    Stat,
     compare,
     compare_to_baseline,
     comparison_metrics,
+    comparison_tags,
+    holm,
     load_first_layer_kernels,
     load_history,
     load_reports,
+    seeds_for_power,
     strength_sweeps,
     summarize,
 )
 from reglab.report import figures as rf
 from reglab.report import render as rr
-from reglab.report.stats import mean_curve
+from reglab.report.stats import mean_curve, paired_power
 
 
 def make_report(variant, seed, accuracy, loss, **extra):
@@ -47,11 +50,13 @@ def make_report(variant, seed, accuracy, loss, **extra):
 
 
 def multi_seed_reports():
-    """baseline 0.81 ± 0.01; wide 0.82 ± 0.02 (inside the spread); clear 0.86 ± 0.01."""
+    """Seeds 1-3. Accuracy differences from the baseline, seed by seed: wide 0, +0.01, +0.02
+    (mean +0.01, sd 0.01); clear +0.05, +0.06, +0.04 (mean +0.05, sd 0.01). Data loss: wide
+    -0.01, +0.01, -0.03 (mean -0.01, sd 0.02); clear -0.20, -0.20, -0.23."""
     table = {
         "baseline": ([0.80, 0.81, 0.82], [0.60, 0.62, 0.64]),
-        "wide": ([0.80, 0.82, 0.84], [0.59, 0.61, 0.63]),
-        "clear": ([0.85, 0.86, 0.87], [0.40, 0.41, 0.42]),
+        "wide": ([0.80, 0.82, 0.84], [0.59, 0.63, 0.61]),
+        "clear": ([0.85, 0.87, 0.86], [0.40, 0.42, 0.41]),
     }
     return {
         variant: [
@@ -60,6 +65,23 @@ def multi_seed_reports():
         ]
         for variant, (acc, loss) in table.items()
     }
+
+
+# Student's t with 2 degrees of freedom (three paired seeds) has a closed form, so the
+# tests below compute p-values and quantiles from the formulas, not through scipy:
+#   CDF F(t) = 1/2 + t / (2 sqrt(2 + t^2)), so the two-sided p = 1 - |t| / sqrt(2 + t^2),
+#   quantile t_q = (2q - 1) sqrt(2 / (4 q (1 - q))).
+def p_two_sided_df2(t):
+    return 1 - abs(t) / math.sqrt(2 + t * t)
+
+
+def t_quantile_df2(q):
+    return (2 * q - 1) * math.sqrt(2 / (4 * q * (1 - q)))
+
+
+def test_the_closed_forms_for_two_degrees_of_freedom():
+    assert t_quantile_df2(0.975) == pytest.approx(4.302653, abs=1e-6)  # the printed tables
+    assert p_two_sided_df2(t_quantile_df2(0.975)) == pytest.approx(0.05)
 
 
 def test_single_seed_leaderboard_is_sorted_with_plain_differences():
@@ -87,28 +109,140 @@ def test_ties_sort_by_lower_data_loss_then_name():
     assert [row.variant for row in summarize(reports, baseline="a")] == ["c", "a", "b"]
 
 
-def test_significance_rule_with_several_seeds():
+def test_paired_tests_with_holm_over_several_seeds():
     rows = {row.variant: row for row in summarize(multi_seed_reports())}
     assert rows["baseline"].test_accuracy.mean == pytest.approx(0.81)
     assert rows["baseline"].test_accuracy.std == pytest.approx(0.01)
     wide = rows["wide"].accuracy_vs_baseline
-    assert wide.difference == pytest.approx(0.01)
-    assert wide.spread == pytest.approx(0.03)
-    assert wide.significant is False
     clear = rows["clear"].accuracy_vs_baseline
-    assert clear.difference == pytest.approx(0.05) and clear.significant is True
-    # Data loss: clear is 0.21 lower (spread 0.03): significant; wide 0.01 lower: not.
+    assert (wide.test, wide.n, clear.test, clear.n) == ("paired", 3, "paired", 3)
+    # t = mean / (sd / sqrt(n)): wide 0.01 / (0.01 / sqrt 3) = sqrt 3, clear 5 sqrt 3.
+    assert wide.difference == pytest.approx(0.01) and wide.difference_std == pytest.approx(0.01)
+    assert wide.statistic == pytest.approx(math.sqrt(3))
+    assert clear.statistic == pytest.approx(5 * math.sqrt(3))
+    p_wide, p_clear = p_two_sided_df2(math.sqrt(3)), p_two_sided_df2(5 * math.sqrt(3))
+    assert (p_wide, p_clear) == pytest.approx((0.225403, 0.013072), abs=1e-6)
+    assert wide.p_value == pytest.approx(p_wide) and clear.p_value == pytest.approx(p_clear)
+    # Holm over the two: the smaller p times 2, the larger times 1 (and never below it).
+    assert clear.p_holm == pytest.approx(2 * p_clear)
+    assert wide.p_holm == pytest.approx(p_wide)
+    assert clear.significant is True and wide.significant is False
+    # 95 % CI: mean ± t(0.975, 2) sd / sqrt 3.
+    half = t_quantile_df2(0.975) * 0.01 / math.sqrt(3)
+    assert (wide.ci_low, wide.ci_high) == pytest.approx((0.01 - half, 0.01 + half))
+    assert (clear.ci_low, clear.ci_high) == pytest.approx((0.05 - half, 0.05 + half))
     assert rows["clear"].data_loss_vs_baseline.significant is True
     assert rows["wide"].data_loss_vs_baseline.significant is False
+    assert rows["baseline"].accuracy_vs_baseline is None
 
 
-def test_rule_needs_two_seeds_on_both_sides():
-    one = Stat.of([0.9])
-    several = Stat.of([0.5, 0.6])
-    assert compare_to_baseline(several, one).significant is None
-    assert compare_to_baseline(one, several).significant is None
-    # Exactly at the spread counts as not significant (the rule is a strict >).
-    assert compare_to_baseline(Stat(0.3, 0.1, 3), Stat(0.1, 0.1, 3)).significant is False
+def test_pairing_tells_a_difference_the_unpaired_comparison_cannot():
+    """The seeds move the test data loss by ±0.1, the variant lowers it by about 0.02 on
+    every seed: paired, clearly significant; unpaired, lost in the seed-to-seed spread."""
+    baseline = {1: 0.60, 2: 0.70, 3: 0.80}
+    variant = {1: 0.580, 2: 0.682, 3: 0.778}
+    reports = {
+        "baseline": [make_report("baseline", s, 0.8, loss) for s, loss in baseline.items()],
+        "l2": [make_report("l2", s, 0.8, loss) for s, loss in variant.items()],
+    }
+    delta = summarize(reports)[0].data_loss_vs_baseline
+    # By hand: the differences are -0.020, -0.018, -0.022: mean -0.02, sd 0.002.
+    mean, sd, n = -0.02, 0.002, 3
+    t = mean / (sd / math.sqrt(n))
+    assert t == pytest.approx(-17.3205, abs=1e-4)
+    assert delta.test == "paired" and delta.n == 3
+    assert delta.difference == pytest.approx(mean)
+    assert delta.difference_std == pytest.approx(sd)
+    assert delta.statistic == pytest.approx(t)
+    assert delta.p_value == pytest.approx(p_two_sided_df2(t))
+    assert delta.p_value == pytest.approx(0.0033168, abs=1e-7)
+    half = t_quantile_df2(0.975) * sd / math.sqrt(n)
+    assert (delta.ci_low, delta.ci_high) == pytest.approx((mean - half, mean + half))
+    assert delta.ci_high < 0
+    assert delta.p_holm == pytest.approx(delta.p_value)  # one comparison: nothing to adjust
+    assert delta.significant is True
+
+    # The same numbers under seeds the baseline was not trained under: Welch's test.
+    unpaired = compare_to_baseline({4: 0.580, 5: 0.682, 6: 0.778}, baseline)
+    variance_v = ((0.580 - 0.68) ** 2 + (0.682 - 0.68) ** 2 + (0.778 - 0.68) ** 2) / 2
+    variance_b = (0.1**2 + 0 + 0.1**2) / 2
+    welch_t = -0.02 / math.sqrt(variance_v / 3 + variance_b / 3)
+    assert welch_t == pytest.approx(-0.2462, abs=1e-4)
+    assert unpaired.test == "welch" and unpaired.statistic == pytest.approx(welch_t)
+    # |t| < 0.25: two-sided p between the normal's 0.806 and the Cauchy's (1 df) 0.846.
+    assert 0.80 < unpaired.p_value < 0.85
+    assert unpaired.ci_low < 0 < unpaired.ci_high
+    assert unpaired.difference_std is None and unpaired.seeds_needed is None
+
+
+def test_mostly_shared_seeds_are_paired_on_the_shared_ones_only():
+    baseline = {1: 0.60, 2: 0.70, 3: 0.80}
+    # Seed 4 has no partner and is left out: the same test as over seeds 1-3.
+    four = compare_to_baseline({1: 0.580, 2: 0.682, 3: 0.778, 4: 0.1}, baseline)
+    three = compare_to_baseline({1: 0.580, 2: 0.682, 3: 0.778}, baseline)
+    assert four.test == "paired" and four.n == 3
+    assert four.p_value == pytest.approx(three.p_value)
+    # Two shared seeds of five: too few to pair, Welch over all of them.
+    few = compare_to_baseline({1: 0.58, 2: 0.68, 7: 0.7, 8: 0.6, 9: 0.9}, baseline)
+    assert few.test == "welch" and few.n == 5
+
+
+def test_holm_step_down_on_known_p_values():
+    # Sorted 0.01, 0.03, 0.04 times 3, 2, 1: 0.03, 0.06, 0.04 -> made non-decreasing: 0.06.
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([0.02]) == pytest.approx([0.02])
+    assert holm([]) == []
+
+
+def test_one_seed_gives_numbers_and_no_verdict():
+    one = compare_to_baseline({1: 0.9}, {1: 0.5, 2: 0.6})
+    assert one.difference == pytest.approx(0.35)
+    assert (one.test, one.p_value, one.ci_low, one.significant) == (None, None, None, None)
+    assert compare_to_baseline({1: 0.5, 2: 0.6}, {1: 0.9}).significant is None
+    reports = {
+        "baseline": [make_report("baseline", 1, 0.80, 0.6)],
+        "l2": [make_report("l2", 1, 0.81, 0.5)],
+    }
+    row = summarize(reports)[0]
+    assert row.data_loss_vs_baseline.difference == pytest.approx(-0.1)
+    assert row.data_loss_vs_baseline.significant is None
+    assert row.data_loss_vs_baseline.p_holm is None
+    text = rr.differences_markdown(summarize(reports))
+    assert "| l2 | – | 1 | -0.1000 | – | – | – | no verdict | – |" in text
+    assert "One seed (or no paired seeds): no estimate." in text
+
+
+def test_seeds_that_all_move_by_the_same_amount_have_no_noise_to_test_against():
+    same = compare_to_baseline({1: 0.5, 2: 0.6}, {1: 0.7, 2: 0.8})
+    assert same.difference == pytest.approx(-0.2)
+    assert (same.p_value, same.ci_low, same.ci_high) == pytest.approx((0.0, -0.2, -0.2))
+    none = compare_to_baseline({1: 0.7, 2: 0.8}, {1: 0.7, 2: 0.8})
+    assert none.p_value == 1.0 and none.seeds_needed is None
+
+
+def test_seeds_needed_for_80_percent_power():
+    # A two-sided paired t-test at alpha 0.05 and 80 % power needs 34 pairs for a
+    # standardized difference (mean / sd of the differences) of 0.5, 15 for 0.8 and
+    # 10 for 1.0 (Cohen's tables; G*Power gives the same).
+    assert seeds_for_power(0.5, 1.0) == 34
+    assert seeds_for_power(-0.008, 0.01) == 15
+    assert seeds_for_power(0.02, 0.02) == 10
+    assert paired_power(10, 1.0) == pytest.approx(0.803, abs=1e-3)
+    assert paired_power(9, 1.0) < 0.8
+    assert seeds_for_power(0.0, 0.01) is None
+    assert seeds_for_power(1e-6, 1.0) is None  # beyond 1,000 seeds
+    # From the reports: wide's accuracy moved +0.01 with sd 0.01 over 3 seeds: 10 needed.
+    rows = summarize(multi_seed_reports())
+    wide = next(row for row in rows if row.variant == "wide")
+    assert wide.accuracy_vs_baseline.seeds_needed == 10
+    text = rr.differences_markdown(rows)
+    assert "| wide | paired | 3 | +0.0100 |" in text and "| n.s. | 10 |" in text
+    assert (
+        "more seeds than were run needed to tell the observed difference: wide (34 seeds for "
+        "its test data loss difference of -0.0100, 10 seeds for its test accuracy difference "
+        "of +0.0100; 3 run)." in text
+    )
 
 
 def test_markdown_marks_not_significant_and_shows_mean_and_std():
@@ -122,9 +256,10 @@ def test_markdown_marks_not_significant_and_shows_mean_and_std():
     assert "Baseline test data loss: 0.6200 ± 0.0200." in loss_text
     assert "- clear: 0.4100 ± 0.0100 (lower, -0.2100" in loss_text
     assert (
-        "2 of 2 regularized variants have a lower test data loss than the baseline (1 of them"
-        in loss_text
+        "2 of 2 regularized variants have a lower test data loss than the baseline "
+        "(1 of them significantly)" in loss_text
     )
+    assert "- wide: 0.6100 ± 0.0200 (lower, -0.0100, -1.6%; not significant, Holm" in loss_text
 
 
 def test_baseline_best_is_said_plainly():
@@ -383,9 +518,32 @@ def test_compare_writes_figures_with_the_expected_series(tmp_path):
     assert sweep["sparsity"] == pytest.approx([0.02, 0.05])
     assert sweep["baseline_test_accuracy"] == pytest.approx(0.815)
 
+    # The figure: each variant's difference from the baseline with its 95 % CI over seeds.
     bars = result.series["test_metrics"]
-    assert bars["variant"] == ["l2", "dropout", "l2_small", "baseline"]
-    assert bars["test_data_loss"] == pytest.approx([0.5, 0.45, 0.55, 0.7])
+    assert bars["variant"] == ["l2", "dropout", "l2_small"]
+    assert bars["baseline"] == "baseline"
+    assert bars["test_data_loss_difference"] == pytest.approx([-0.2, -0.25, -0.15])
+    # Every seed lowered the data loss by the same amount: no spread, a zero-width interval.
+    expected = [-0.2, -0.25, -0.15]
+    assert np.asarray(bars["test_data_loss_ci"]) == pytest.approx(
+        np.repeat(expected, 2).reshape(3, 2)
+    )
+    assert bars["test_data_loss_significant"] == [True, True, True]
+    # l2's accuracy differences over seeds 1, 2: +0.031, +0.022; the interval is
+    # mean ± t(0.975, 1) sd / sqrt 2, t with 1 df being Cauchy: t_q = tan(pi (q - 1/2)).
+    differences = [0.031, 0.022]
+    mean, sd = np.mean(differences), np.std(differences, ddof=1)
+    half = math.tan(math.pi * (0.975 - 0.5)) * sd / math.sqrt(2)
+    assert half == pytest.approx(0.057178, abs=1e-6)
+    assert bars["test_accuracy_difference"][0] == pytest.approx(mean)
+    assert bars["test_accuracy_ci"][0] == pytest.approx([mean - half, mean + half])
+    # Two-sided p of t with 1 df: 1 - (2 / pi) atan |t|; Holm over the three variants
+    # (l2 the smallest p, times 3): none significant.
+    t = mean / (sd / math.sqrt(2))
+    l2 = result.summaries[0].accuracy_vs_baseline
+    assert l2.p_value == pytest.approx(1 - 2 / math.pi * math.atan(abs(t)))
+    assert l2.p_holm == pytest.approx(3 * l2.p_value)
+    assert bars["test_accuracy_significant"] == [False, False, False]
 
     curves_rows = list(csv.DictReader(io.StringIO(result.plot_data["val_data_loss.csv"])))
     assert len(curves_rows) == 4 * 3
@@ -402,10 +560,11 @@ def test_compare_writes_figures_with_the_expected_series(tmp_path):
 
     text = result.markdown
     table = [line for line in text.splitlines() if line.startswith("| ")]
-    assert table[1:] == [
-        "| 1 | l2 | 2 | 0.8415 ± 0.0007 | +0.0265 | 0.5000 ± 0.0000 | -0.2000 | 0.0500 ± 0.0000 "
-        "| 0.1000 ± 0.0000 | 0.0200 ± 0.0000 | 0.050 ± 0.000 | 1,000 | 10.0 ± 0.0 |",
-        "| 2 | dropout | 2 | 0.8300 ± 0.0000 | +0.0150 | 0.4500 ± 0.0000 | -0.2500 "
+    assert table[1:5] == [  # the leaderboard; the differences tables follow
+        "| 1 | l2 | 2 | 0.8415 ± 0.0007 | +0.0265 (n.s.) | 0.5000 ± 0.0000 | -0.2000 "
+        "| 0.0500 ± 0.0000 | 0.1000 ± 0.0000 | 0.0200 ± 0.0000 | 0.050 ± 0.000 | 1,000 "
+        "| 10.0 ± 0.0 |",
+        "| 2 | dropout | 2 | 0.8300 ± 0.0000 | +0.0150 (n.s.) | 0.4500 ± 0.0000 | -0.2500 "
         "| 0.0500 ± 0.0000 | 0.1000 ± 0.0000 | 0.0200 ± 0.0000 | 0.000 ± 0.000 | 1,000 "
         "| 10.0 ± 0.0 |",
         "| 3 | l2_small | 2 | 0.8200 ± 0.0000 | +0.0050 (n.s.) | 0.5500 ± 0.0000 | -0.1500 "
@@ -414,25 +573,39 @@ def test_compare_writes_figures_with_the_expected_series(tmp_path):
         "| 4 | **baseline** | 2 | 0.8150 ± 0.0071 | – | 0.7000 ± 0.0000 | – | 0.0500 ± 0.0000 "
         "| 0.1000 ± 0.0000 | 0.0200 ± 0.0000 | 0.010 ± 0.000 | 1,000 | 10.0 ± 0.0 |",
     ]
-    assert comparison_metrics(result) == pytest.approx(
-        {
-            "test_accuracy/l2": 0.8415,
-            "test_data_loss/l2": 0.5,
-            "test_accuracy/dropout": 0.83,
-            "test_data_loss/dropout": 0.45,
-            "test_accuracy/l2_small": 0.82,
-            "test_data_loss/l2_small": 0.55,
-            "test_accuracy/baseline": 0.815,
-            "test_data_loss/baseline": 0.7,
-            "best/test_accuracy": 0.8415,
-            "best/accuracy_vs_baseline": 0.0265,
-        }
-    )
+    metrics = comparison_metrics(result)
+    old_metrics = {
+        "test_accuracy/l2": 0.8415,
+        "test_data_loss/l2": 0.5,
+        "test_accuracy/dropout": 0.83,
+        "test_data_loss/dropout": 0.45,
+        "test_accuracy/l2_small": 0.82,
+        "test_data_loss/l2_small": 0.55,
+        "test_accuracy/baseline": 0.815,
+        "test_data_loss/baseline": 0.7,
+        "best/test_accuracy": 0.8415,
+        "best/accuracy_vs_baseline": 0.0265,
+    }
+    assert {key: metrics[key] for key in old_metrics} == pytest.approx(old_metrics)
+    assert metrics["test_accuracy_vs_baseline/l2"] == pytest.approx(mean)
+    assert metrics["test_accuracy_vs_baseline_ci_low/l2"] == pytest.approx(mean - half)
+    assert metrics["test_accuracy_vs_baseline_ci_high/l2"] == pytest.approx(mean + half)
+    assert metrics["test_accuracy_vs_baseline_p_holm/l2"] == pytest.approx(l2.p_holm)
+    assert metrics["test_accuracy_vs_baseline_significant/l2"] == 0.0
+    assert metrics["test_data_loss_vs_baseline_significant/dropout"] == 1.0
+    assert metrics["best/accuracy_vs_baseline_significant"] == 0.0
+    assert not any(key.endswith("/baseline") and "_vs_" in key for key in metrics)
+    assert comparison_tags(result) == {
+        "significant/test_accuracy": "none",
+        "significant/test_data_loss": "dropout,l2,l2_small",
+    }
     assert "Best: **l2**" in text
     assert "](figures/val_data_loss.png)" in text
     assert "- kernel.l2: l2_small, l2" in text
     assert result.series["strength_sweep"]["kernel.l2"]["parameters"] == ["kernel.l2"]
-    assert "significant only when it exceeds the sum of the two standard deviations" in text
+    assert "significant when its Holm-adjusted p-value is below 0.05" in text
+    assert "## Differences from the baseline" in text
+    assert "| l2 | paired | 2 | +0.0265 |" in text
 
 
 def test_compare_skips_and_removes_figures_that_no_longer_apply(tmp_path):
@@ -453,7 +626,15 @@ def test_compare_skips_and_removes_figures_that_no_longer_apply(tmp_path):
     )
     assert set(result.figures) == {"test_metrics"}
     assert not (figures / "strength_sweep.png").exists()
-    assert result.series["test_metrics"]["test_accuracy"] == pytest.approx([0.81, 0.8])
+    bars = result.series["test_metrics"]  # one seed: the difference, no interval, no verdict
+    assert bars["variant"] == ["l2"]
+    assert bars["test_accuracy_difference"] == pytest.approx([0.01])
+    assert bars["test_accuracy_ci"] == [None] and bars["test_accuracy_significant"] == [None]
+    assert comparison_tags(result) == {
+        "significant/test_accuracy": "no verdict",
+        "significant/test_data_loss": "no verdict",
+    }
+    assert "best/accuracy_vs_baseline_significant" not in comparison_metrics(result)
     assert set(result.plot_data) == {"leaderboard.csv"}
     assert "first_layer_weights" not in result.markdown
 

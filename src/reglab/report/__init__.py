@@ -1,11 +1,12 @@
-"""Comparison across variants: the leaderboard, the significance rule and the figures.
+"""Comparison across variants: the leaderboard, the significance test and the figures.
 
 Input is plain values: the eval reports (one per variant and seed, as written by
 the evaluate stage), the per-epoch histories, the first-layer kernels and the
 regularizer recipes. The work is split by concern:
 
 - :mod:`reglab.report.load`: reading the reports, histories and weights files;
-- :mod:`reglab.report.stats`: statistics over seeds, the significance rule, sweeps;
+- :mod:`reglab.report.stats`: statistics over seeds, the paired tests against the
+  baseline with Holm's correction, the seeds needed for power, sweeps;
 - :mod:`reglab.report.figures`: the PNGs, each returning the numbers it drew;
 - :mod:`reglab.report.render`: the Markdown summary and the DVC plot CSVs.
 
@@ -37,10 +38,14 @@ from reglab.report.load import (
 from reglab.report.render import leaderboard_csv, learning_curves_csv, summary_markdown
 from reglab.report.stats import (
     BASELINE,
+    Delta,
     Stat,
     Sweep,
     VariantSummary,
+    adjust,
     compare_to_baseline,
+    holm,
+    seeds_for_power,
     strength_sweeps,
     summarize,
 )
@@ -49,19 +54,24 @@ __all__ = [
     "BASELINE",
     "FIGURE_FILES",
     "Comparison",
+    "Delta",
     "ReportError",
     "Stat",
     "Sweep",
     "VariantSummary",
+    "adjust",
     "compare",
     "compare_to_baseline",
     "comparison_metrics",
+    "comparison_tags",
+    "holm",
     "load_dense_histograms",
     "load_first_layer_kernels",
     "load_histories",
     "load_history",
     "load_reports",
     "load_weights",
+    "seeds_for_power",
     "strength_sweeps",
     "summarize",
 ]
@@ -123,7 +133,7 @@ def compare(
 
     if histories:
         draw("validation_loss", fig.validation_loss_figure, histories)
-    draw("test_metrics", fig.accuracy_loss_figure, summaries)
+    draw("test_metrics", fig.accuracy_loss_figure, summaries, baseline=baseline)
     if baseline in kernels and len(kernels) > 1:
         draw("weight_histograms", fig.weight_histogram_figure, kernels, baseline=baseline)
     else:
@@ -154,14 +164,60 @@ def compare(
     return Comparison(summaries, markdown, figures, series, sweeps, plot_data)
 
 
+DELTA_METRICS = (
+    ("test_accuracy", "accuracy_vs_baseline"),
+    ("test_data_loss", "data_loss_vs_baseline"),
+)
+
+
 def comparison_metrics(comparison: Comparison) -> dict[str, float]:
-    """The compare run's headline metrics: every variant's means and the best variant's."""
+    """The compare run's headline metrics: every variant's means, its difference from the
+    baseline with the confidence interval, the Holm-adjusted p-value and the verdict (1 for
+    significant, 0 for not; left out with one seed), and the best variant's."""
     metrics = {}
     for row in comparison.summaries:
-        metrics[f"test_accuracy/{row.variant}"] = row.test_accuracy.mean
-        metrics[f"test_data_loss/{row.variant}"] = row.test_data_loss.mean
+        for key, attribute in DELTA_METRICS:
+            metrics[f"{key}/{row.variant}"] = getattr(row, key).mean
+            delta = getattr(row, attribute)
+            if delta is None:
+                continue
+            metrics[f"{key}_vs_baseline/{row.variant}"] = delta.difference
+            values = {
+                "ci_low": delta.ci_low,
+                "ci_high": delta.ci_high,
+                "p_holm": delta.p_holm,
+                "significant": None if delta.significant is None else float(delta.significant),
+            }
+            for name, value in values.items():
+                if value is not None:
+                    metrics[f"{key}_vs_baseline_{name}/{row.variant}"] = value
     best = comparison.best
     metrics["best/test_accuracy"] = best.test_accuracy.mean
     if best.accuracy_vs_baseline:
         metrics["best/accuracy_vs_baseline"] = best.accuracy_vs_baseline.difference
+        if best.accuracy_vs_baseline.significant is not None:
+            metrics["best/accuracy_vs_baseline_significant"] = float(
+                best.accuracy_vs_baseline.significant
+            )
     return {key: value for key, value in metrics.items() if math.isfinite(value)}
+
+
+def comparison_tags(comparison: Comparison) -> dict[str, str]:
+    """The compare run's verdict tags, per metric: the variants whose difference from the
+    baseline is significant (Holm-adjusted p < 0.05), comma-separated, "none", or "no
+    verdict" when no variant has two seeds on both sides."""
+    tags = {}
+    for key, attribute in DELTA_METRICS:
+        deltas = {
+            row.variant: getattr(row, attribute)
+            for row in comparison.summaries
+            if getattr(row, attribute) is not None
+        }
+        judged = {name: delta for name, delta in deltas.items() if delta.significant is not None}
+        if not deltas:
+            continue
+        significant = sorted(name for name, delta in judged.items() if delta.significant)
+        tags[f"significant/{key}"] = (
+            ",".join(significant) if significant else "none" if judged else "no verdict"
+        )
+    return tags

@@ -11,7 +11,7 @@ import numpy as np
 
 from reglab.core.io import atomic_path
 from reglab.report.load import ReportError
-from reglab.report.stats import BASELINE, Sweep, VariantSummary, mean_curve
+from reglab.report.stats import BASELINE, CONFIDENCE, Sweep, VariantSummary, mean_curve
 from reglab.report.weight_figures import agg_figure
 
 BASELINE_COLOUR = "0.3"  # dark grey: the reference every figure compares against
@@ -88,36 +88,72 @@ def validation_loss_figure(
     return series
 
 
-def accuracy_loss_figure(summaries: Sequence[VariantSummary], path: Path) -> dict[str, Any]:
-    """Test accuracy and test data loss per variant: points with ± std bars over seeds.
+def accuracy_loss_figure(
+    summaries: Sequence[VariantSummary], path: Path, baseline: str = BASELINE
+) -> dict[str, Any]:
+    """Each variant's difference from the baseline in test accuracy and test data loss.
+
+    A point at the mean paired difference over the seeds with its 95 % confidence
+    interval (Student's t, :func:`reglab.report.stats.compare_to_baseline`) as the bar,
+    against the baseline's zero line; a filled point is significant (Holm-adjusted
+    p < 0.05), a hollow one is not. One seed: the difference alone, no bar. Without a
+    baseline among the variants: each variant's mean, no bar.
 
     Points rather than bars: the differences are small, so the axis cannot start at zero.
     """
     plt = _pyplot()
-    names = [row.variant for row in summaries]
-    several = any(row.test_accuracy.std is not None for row in summaries)
-    series: dict[str, Any] = {"variant": names}
+    by_name = {row.variant: row for row in summaries}
+    against = baseline in by_name
+    rows = [row for row in summaries if row.variant != baseline] if against else list(summaries)
+    names = [row.variant for row in rows]
+    series: dict[str, Any] = {"variant": names, "baseline": baseline if against else None}
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     positions = np.arange(len(names))
-    colours = variant_colours(names)
-    for axis, key in zip(axes, ("test_accuracy", "test_data_loss"), strict=True):
-        stats = [getattr(row, key) for row in summaries]
-        series[key] = [stat.mean for stat in stats]
-        series[f"{key}_std"] = [stat.std for stat in stats]
-        for index, stat in enumerate(stats):
-            axis.errorbar(
-                positions[index],
-                stat.mean,
-                yerr=stat.std or 0.0,
-                fmt="o",
-                capsize=5 if stat.std else 0,
-                color=colours[names[index]],
-            )
+    colours = variant_colours(list(by_name), baseline)
+    metrics = (
+        ("test_accuracy", "accuracy_vs_baseline"),
+        ("test_data_loss", "data_loss_vs_baseline"),
+    )
+    for axis, (key, attribute) in zip(axes, metrics, strict=True):
+        title = key.replace("_", " ")
+        if not against:
+            series[key] = [getattr(row, key).mean for row in rows]
+            for index, value in enumerate(series[key]):
+                axis.plot(positions[index], value, "o", color=colours[names[index]])
+            axis.set_title(f"{title} (mean over seeds)")
+        else:
+            deltas = [getattr(row, attribute) for row in rows]
+            series[f"{key}_difference"] = [delta.difference for delta in deltas]
+            series[f"{key}_ci"] = [
+                None if delta.ci_low is None else [delta.ci_low, delta.ci_high] for delta in deltas
+            ]
+            series[f"{key}_significant"] = [delta.significant for delta in deltas]
+            for index, delta in enumerate(deltas):
+                colour = colours[names[index]]
+                bar = None
+                if delta.ci_low is not None:
+                    bar = [[delta.difference - delta.ci_low], [delta.ci_high - delta.difference]]
+                axis.errorbar(
+                    positions[index],
+                    delta.difference,
+                    yerr=bar,
+                    fmt="o",
+                    capsize=5 if bar else 0,
+                    color=colour,
+                    markerfacecolor=colour if delta.significant else "white",
+                )
+            axis.axhline(0.0, color=BASELINE_COLOUR, linestyle="--", linewidth=1)
+            judged = any(delta.ci_low is not None for delta in deltas)
+            suffix = f", {CONFIDENCE * 100:.0f} % CI over seeds" if judged else ""
+            axis.set_title(f"{title} − {baseline}{suffix}", fontsize=10)
         axis.set_xticks(positions, names, rotation=30)
         axis.set_xlim(-0.5, len(names) - 0.5)
-        suffix = " (mean ± std over seeds)" if several else ""
-        axis.set_title(key.replace("_", " ") + suffix)
         axis.grid(axis="y", alpha=0.3)
+    if against:
+        figure.suptitle(
+            "Difference from the baseline (filled: significant, Holm-adjusted p < 0.05)",
+            fontsize=10,
+        )
     figure.tight_layout()
     _save(figure, path)
     return series

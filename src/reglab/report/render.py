@@ -11,7 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from reglab.report.stats import (
+    ALPHA,
     BASELINE,
+    CONFIDENCE,
+    MAX_SEEDS,
+    POWER,
     SIGNIFICANCE_RULE,
     Delta,
     Stat,
@@ -54,10 +58,108 @@ def leaderboard_markdown(summaries: Sequence[VariantSummary], baseline: str = BA
     return "\n".join(lines)
 
 
+def _p(value: float | None) -> str:
+    if value == 0:
+        return "0 (no spread)"  # every seed moved by the same amount
+    return "–" if value is None else f"{value:.2g}"
+
+
 def _verdict(delta: Delta | None) -> str:
     if delta is None or delta.significant is None:
         return "single seed, no noise estimate"
-    return "significant" if delta.significant else "not significant"
+    word = "significant" if delta.significant else "not significant"
+    return f"{word}, Holm-adjusted p = {_p(delta.p_holm)}"
+
+
+def _seeds_needed(delta: Delta) -> str:
+    if delta.test != "paired":
+        return "–"
+    if delta.seeds_needed is None:
+        return "no difference" if delta.difference == 0 else f"> {MAX_SEEDS:,}"
+    return str(delta.seeds_needed)
+
+
+def _needs_more_seeds(delta: Delta) -> bool:
+    """Whether a difference not found significant would need more seeds than were run for a
+    paired test to tell it."""
+    if delta.test != "paired" or delta.significant is not False or delta.difference == 0:
+        return False
+    return delta.seeds_needed is None or delta.seeds_needed > delta.n
+
+
+DIFFERENCE_METRICS = (
+    ("test data loss", "data_loss_vs_baseline", "test_data_loss"),
+    ("test accuracy", "accuracy_vs_baseline", "test_accuracy"),
+)
+
+
+def differences_markdown(summaries: Sequence[VariantSummary], baseline: str = BASELINE) -> str:
+    """Per metric, each variant's difference from the baseline: the paired mean difference
+    and its confidence interval, the p-values, the verdict and the seeds a paired t-test
+    would need to tell a difference of the observed size."""
+    rows = [row for row in summaries if row.variant != baseline and row.data_loss_vs_baseline]
+    if not rows:
+        return f"No {baseline!r} variant and another to compare with it."
+    level = f"{CONFIDENCE * 100:.0f} % CI"
+    parts = []
+    for title, attribute, key in DIFFERENCE_METRICS:
+        parts += [
+            f"**{title}** (variant − baseline)",
+            "",
+            f"| variant | test | seeds | Δ | {level} | p | Holm p | verdict "
+            f"| seeds for {POWER * 100:.0f} % power |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        best_first = -1 if key == "test_accuracy" else 1
+        for row in sorted(rows, key=lambda row: best_first * getattr(row, key).mean):
+            delta = getattr(row, attribute)
+            interval = (
+                "–" if delta.ci_low is None else f"[{delta.ci_low:+.4f}, {delta.ci_high:+.4f}]"
+            )
+            verdict = {True: "significant", False: "n.s.", None: "no verdict"}[delta.significant]
+            cells = [
+                row.variant,
+                delta.test or "–",
+                str(delta.n),
+                f"{delta.difference:+.4f}",
+                interval,
+                _p(delta.p_value),
+                _p(delta.p_holm),
+                verdict,
+                _seeds_needed(delta),
+            ]
+            parts.append("| " + " | ".join(cells) + " |")
+        parts.append("")
+    paired = any(
+        getattr(row, attribute).test == "paired"
+        for row in rows
+        for _, attribute, _ in DIFFERENCE_METRICS
+    )
+    short = []
+    for row in rows:
+        needs = [
+            f"{_seeds_needed(delta)} seeds for its {title} difference of {delta.difference:+.4f}"
+            for title, attribute, _ in DIFFERENCE_METRICS
+            if _needs_more_seeds(delta := getattr(row, attribute))
+        ]
+        if needs:
+            short.append(f"{row.variant} ({', '.join(needs)}; {len(row.seeds)} run)")
+    parts.append(
+        f"Paired: over the seeds both were trained under; Welch: the seeds differ. "
+        f"The interval is Student's t; Holm's correction is per metric, across the "
+        f"variants. Seeds for {POWER * 100:.0f} % power: how many seeds a two-sided paired "
+        f"t-test at α = {ALPHA} (before the correction) needs to tell a difference of the "
+        "observed size, given the observed standard deviation of the paired differences."
+    )
+    if short:
+        parts[-1] += (
+            " Not significant, and more seeds than were run needed to tell the observed "
+            "difference: " + "; ".join(short) + ". Add seeds before reading such an “n.s.” "
+            "as no effect."
+        )
+    elif not paired:
+        parts[-1] += " One seed (or no paired seeds): no estimate."
+    return "\n".join(parts)
 
 
 def best_variant_text(summaries: Sequence[VariantSummary], baseline: str = BASELINE) -> str:
@@ -104,7 +206,7 @@ def data_loss_text(summaries: Sequence[VariantSummary], baseline: str = BASELINE
     lower = [row for row in others if row.data_loss_vs_baseline.difference < 0]
     clear = [row for row in lower if row.data_loss_vs_baseline.significant]
     judged = all(row.data_loss_vs_baseline.significant is not None for row in others)
-    spread = f"{len(clear)} of them beyond the seeds' spread" if judged else "one seed, no verdict"
+    spread = f"{len(clear)} of them significantly" if judged else "one seed, no verdict"
     lines += [
         "",
         f"{len(lower)} of {len(others)} regularized variants have a lower test data loss than "
@@ -136,6 +238,10 @@ def summary_markdown(
         "## Best variant",
         "",
         best_variant_text(summaries, baseline),
+        "",
+        "## Differences from the baseline",
+        "",
+        differences_markdown(summaries, baseline),
         "",
         "## Does regularization lower the test data loss?",
         "",
