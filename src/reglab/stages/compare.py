@@ -37,7 +37,11 @@ def main(argv: list[str]) -> None:
         tracking.resolve_uri(config.tracking.uri),
         config.tracking.experiment,
         run_ids=[run_id for row in comparison.summaries for run_id in row.mlflow_run_ids],
-        tags={"reglab.stage": "compare", "best_variant": comparison.best.variant},
+        tags={
+            "reglab.stage": "compare",
+            "best_variant": comparison.best.variant,
+            **report.comparison_tags(comparison),
+        },
         metrics=report.comparison_metrics(comparison),
         summary=comparison.markdown,
         leaderboard=[row.as_dict() for row in comparison.summaries],
