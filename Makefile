@@ -83,14 +83,14 @@ format: setup
 	$(BIN)/ruff check --fix src tests bench
 	$(BIN)/ruff format src tests bench
 
-# The performance benchmark (bench/README.md): bare Keras against the project's training.
-# BENCH_ARGS=--with-repro also times the default `dvc repro` in a temporary copy.
+# The benchmark (bench/README.md): the train stage and the pipeline against tutorial
+# scripts. BENCH_ARGS passes options, e.g. BENCH_ARGS="--stage --repeats 5".
 bench: setup dataset
-	$(BIN)/python -m bench.benchmark $(BENCH_ARGS)
+	$(BIN)/python -m bench.whole $(BENCH_ARGS)
 
 .PHONY: bench-tiny
-bench-tiny: setup dataset  ## the benchmark's smoke version (seconds; what the tests run)
-	$(BIN)/python -m bench.benchmark --tiny $(BENCH_ARGS)
+bench-tiny: setup dataset  ## the benchmark's smoke version (a few minutes; what the tests run)
+	$(BIN)/python -m bench.whole --tiny $(BENCH_ARGS)
 
 clean:
 	rm -rf data models reports mlruns mlflow.db

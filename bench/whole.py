@@ -1,27 +1,34 @@
-"""Whole processes against the tutorials' script, as ratios measured in one run.
+"""The product against the tutorials' script, whole processes, as ratios measured in one run.
 
-- ``stage``: ``python -m reglab.stages.train <variant>@<seed>`` (everything the
-  stage does: imports, config, tracking, training, outputs, logging) against
-  ``bench/tutorial.py`` on the same data, model, epochs and validation set.
-- ``pipeline``: ``dvc repro -f`` of the default pipeline against the tutorial
+``python -m bench.whole`` (``make bench``) times, in a copy of the project:
+
+- ``--stage``: ``python -m reglab.stages.train <variant>@<seed>`` (everything the
+  stage does: imports, config, tracking, training, outputs, the test-set
+  evaluation) against ``bench/tutorial.py`` on the same data, model, epochs,
+  validation and test sets;
+- ``--pipeline``: ``dvc repro -f`` of the default pipeline against the tutorial
   script once per variant (five by default), one after another.
 
-Both run in a copy of the project (:func:`bench.workspace.copy_project`) whose
-own ``src`` is first on the path. The two sides alternate (bare first, then
-the project first, ...) so a change in the machine's load hits both alike; the
-report gives each pair's ratio and the ratio of the medians, with the load
-average before and after every sample.
+With neither, both. The copy (:func:`tests.project_copy.copy_project`) has its
+own ``src`` first on the path. The two sides alternate (bare first, then the
+project first, ...) so a change in the machine's load hits both alike; the
+report gives each pair's ratio and the ratio of the medians, each side's CPU
+time, and the load average before and after every sample. ``--tiny`` is the
+smoke version the tests run (``experiment=tiny``, one pair of each).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +37,8 @@ from tests.project_copy import clean_environment, copy_project
 
 log = logging.getLogger("bench.whole")
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUTPUT = PROJECT_ROOT / "bench" / "results" / "whole.json"
 TUTORIAL = Path(__file__).with_name("tutorial.py")
 # The issue's targets: a train stage within 1.10x of the tutorial script, the
 # default pipeline within 1.3x of one tutorial script per variant.
@@ -60,7 +69,10 @@ def timed(command: list[str], cwd: Path, env: dict[str, str], log_path: Path) ->
         completed = subprocess.run(command, cwd=cwd, env=env, stdout=output, stderr=output)
     elapsed = time.perf_counter() - start
     if completed.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited with {completed.returncode}; {log_path}")
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+        raise RuntimeError(
+            f"{' '.join(command)} exited with {completed.returncode}; {log_path}:\n{tail}"
+        )
     return {
         "wall_s": elapsed,
         "cpu_s": children_cpu_s() - cpu_before,
@@ -106,6 +118,18 @@ def tutorial_specs(copy: Path, env: dict[str, str]) -> dict[str, Path]:
     return specs
 
 
+def choose_experiment(experiment: str | None) -> dict[str, str]:
+    """conf/config.yaml with ``experiment`` chosen, as a user picks a preset (the
+    check stage refuses a params.yaml composed with overrides that conf/ lacks)."""
+    if experiment is None:
+        return {}
+    config = (PROJECT_ROOT / "conf" / "config.yaml").read_text()
+    chosen = config.replace("  - experiment: null", f"  - experiment: {experiment}")
+    if chosen == config:
+        raise ValueError("conf/config.yaml has no `- experiment: null` default to replace")
+    return {"conf/config.yaml": chosen}
+
+
 def ratios(bare: list[float], project: list[float]) -> dict[str, Any]:
     pairs = [p / b for b, p in zip(bare, project, strict=True)]
     return {
@@ -118,9 +142,16 @@ def ratios(bare: list[float], project: list[float]) -> dict[str, Any]:
     }
 
 
-def measure(mode: str, workspace: Path, repeats: int, variant: str = "baseline") -> dict[str, Any]:
-    """``repeats`` alternating pairs of ``mode`` (``stage`` or ``pipeline``) in a fresh copy."""
-    copy = copy_project(workspace / "project")
+def measure(
+    mode: str,
+    workspace: Path,
+    repeats: int,
+    variant: str = "baseline",
+    experiment: str | None = None,
+) -> dict[str, Any]:
+    """``repeats`` alternating pairs of ``mode`` (``stage`` or ``pipeline``) in a fresh
+    copy, on the default config or the preset ``experiment`` chosen in its conf/."""
+    copy = copy_project(workspace / "project", files=choose_experiment(experiment))
     env = project_environment(copy)
     log_path = workspace / f"{mode}.log"
     log.info("setting up %s: dvc repro preprocess", copy)
@@ -221,3 +252,50 @@ def format_result(result: dict[str, Any]) -> str:
             f"ratio of medians {cpu['ratio_of_medians']:.3f}",
         ]
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.whole", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--stage", action="store_true", help="a train stage against one script")
+    parser.add_argument(
+        "--pipeline", action="store_true", help="dvc repro -f against one script per variant"
+    )
+    parser.add_argument("--repeats", type=int, help="alternating pairs of each (3; --tiny: 1)")
+    parser.add_argument("--variant", default="baseline", help="the stage's variant (baseline)")
+    parser.add_argument(
+        "--tiny", action="store_true", help="experiment=tiny, one pair: the tests' smoke run"
+    )
+    parser.add_argument("--experiment", help="a preset of conf/experiment/ (none: the default)")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="the JSON report")
+    parser.add_argument("--workdir", type=Path, help="run and keep the copies and logs here")
+    args = parser.parse_args(argv)
+    modes = [mode for mode in ("stage", "pipeline") if getattr(args, mode)] or [
+        "stage",
+        "pipeline",
+    ]
+    repeats = args.repeats or (1 if args.tiny else 3)
+    experiment = args.experiment or ("tiny" if args.tiny else None)
+    workspace = (args.workdir or Path(tempfile.mkdtemp(prefix="reglab-bench-"))).resolve()
+    results = []
+    try:
+        for mode in modes:
+            results.append(measure(mode, workspace / mode, repeats, args.variant, experiment))
+            print(format_result(results[-1]), flush=True)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workspace, ignore_errors=True)
+    command = " ".join(["python -m bench.whole", *(argv if argv is not None else sys.argv[1:])])
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(
+        json.dumps({"command": command, "experiment": experiment, "results": results}, indent=2)
+        + "\n"
+    )
+    print(f"JSON: {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
