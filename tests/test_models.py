@@ -190,6 +190,7 @@ def test_describe_model_lists_each_layer_with_its_regularization():
     assert text.rstrip().endswith("model cnn: 225,034 parameters (225,034 trainable)")
 
 
+@pytest.mark.slow
 def test_a_model_with_every_technique_saves_and_loads_back(tmp_path: Path, images):
     recipe = every_technique()
     for model_config in (DIGITS_MODEL, ModelConfig(name="mlp", conv_filters=[], dense_units=[32])):

@@ -153,6 +153,7 @@ def test_the_issue_s_command_line_examples():
     assert variants["dropout"].dropout.dense_rate == 0.3
 
 
+@pytest.mark.slow
 def test_dvc_composes_the_presets_the_same_way(tmp_path: Path):
     """DVC writes params.yaml with hydra.compose + OmegaConf.resolve + OmegaConf.to_yaml."""
     from dvc.utils.hydra import compose_and_dump

@@ -99,6 +99,7 @@ def import_tensorflow(**env: str) -> str:
     ).stderr  # fmt: skip
 
 
+@pytest.mark.slow
 def test_tensorflow_loads_quietly_unless_debug():
     quiet = [line for line in import_tensorflow().splitlines() if line.strip()]
     assert quiet and all(LOADER_LINES.match(line) for line in quiet), quiet

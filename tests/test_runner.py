@@ -28,6 +28,9 @@ from reglab.train.fit import TrainingDiverged
 from reglab.train.run import train_variant
 from tests.conftest import DIGITS, config_for
 
+# The full tier: real trainings in subprocesses (kill and resume, determinism).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def project(tmp_path, data_dir, monkeypatch):

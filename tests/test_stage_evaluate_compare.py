@@ -22,6 +22,9 @@ from reglab.stages import compare as compare_stage
 from reglab.stages import evaluate as evaluate_stage
 from tests.conftest import digits_splits
 
+# The full tier: the real train, evaluate and compare stages in subprocesses.
+pytestmark = pytest.mark.slow
+
 EXPERIMENT = "reglab-stage-test"
 VARIANTS = ("baseline", "l2")
 SEED = 42

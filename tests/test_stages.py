@@ -13,6 +13,9 @@ import pytest
 from reglab.core.errors import ReglabError
 from reglab.stages import run_stage
 
+# The full tier: the real stages in subprocesses.
+pytestmark = pytest.mark.slow
+
 
 def run_failing(error: BaseException, capsys) -> tuple[int, str]:
     def stage(argv: list[str]) -> None:
