@@ -190,8 +190,10 @@ def configure(uri: str, experiment: str | None = None, server_wait_s: float = 30
     """Point MLflow's run API at the tracking store (and experiment); returns the URI in use.
 
     ``uri`` is the store to use: the entry layer has put the user's MLFLOW_TRACKING_URI
-    there. A run nested under a run of another experiment (``mlflow run``'s launcher)
-    goes to that one's experiment (:func:`reglab.tracking.runs.variant_run`).
+    there. ``server_wait_s`` bounds the health check as it bounds every request (the
+    entry layer sets MLflow's retries from it). A run nested under a run of another
+    experiment (``mlflow run``'s launcher) goes to that one's experiment
+    (:func:`reglab.tracking.runs.variant_run`).
     """
     uri = resolve_uri(uri)
     check_store(uri, server_wait_s)
