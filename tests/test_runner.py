@@ -391,31 +391,17 @@ def test_a_store_left_mid_transaction_by_a_killed_writer_is_not_called_damaged(t
         assert store.execute("SELECT count(*) FROM t").fetchone() == (3000,)
 
 
-def test_the_evaluation_beside_the_runs_last_logging_reports_what_one_after_it_does(
-    project, monkeypatch
-):
-    import threading
+def test_a_trained_model_tested_again_alone_reports_what_the_train_stage_did(project):
+    from reglab.train.run import evaluate_run, train_and_evaluate
 
-    from reglab.stages import evaluate as evaluate_stage
-
-    threads = []
-    evaluation_of = evaluate_stage.evaluation_of
-
-    def recorded(config, key):
-        threads.append(threading.current_thread())
-        return evaluation_of(config, key)
-
-    monkeypatch.setattr(evaluate_stage, "evaluation_of", recorded)
     config = config_for("train.epochs=2")
-    evaluate_stage.train_and_evaluate(config, "dropout@42")
+    train_and_evaluate(config, "dropout@42")
     outputs = ["reports/eval/dropout@42.json", "reports/weights/dropout@42.json"]
-    beside = [(project / name).read_text() for name in outputs]
-    assert threads[0] is not threading.current_thread()  # on the worker thread
+    first = [(project / name).read_text() for name in outputs]
     keras.backend.clear_session()
-    evaluate_stage.evaluate_run(config, "dropout@42")  # again, alone, after everything
-    assert threads[1] is threading.current_thread()
-    assert [(project / name).read_text() for name in outputs] == beside
-    report = json.loads(beside[0])
+    evaluate_run(config, "dropout@42")  # again, alone, after everything
+    assert [(project / name).read_text() for name in outputs] == first
+    report = json.loads(first[0])
     run = store(project).get_run(report["mlflow_run_id"])
     assert run.data.metrics["test/accuracy"] == pytest.approx(report["test_accuracy"])
     assert run.data.metrics["epochs_trained"] == 2  # the run's own last logging
@@ -425,7 +411,6 @@ def test_a_run_failing_in_its_last_logging_raises_its_own_error_and_reports_no_t
     project, monkeypatch
 ):
     from reglab.core.errors import ReglabError
-    from reglab.stages import evaluate as evaluate_stage
     from reglab.train import run as runner
 
     def lost(*args, **kwargs):
@@ -433,6 +418,6 @@ def test_a_run_failing_in_its_last_logging_raises_its_own_error_and_reports_no_t
 
     monkeypatch.setattr(runner, "finish_logging", lost)
     with pytest.raises(ReglabError, match="the tracking server did not answer"):
-        evaluate_stage.train_and_evaluate(config_for("train.epochs=1"), "baseline@42")
+        runner.train_and_evaluate(config_for("train.epochs=1"), "baseline@42")
     assert (project / "models/baseline@42/model.keras").exists()  # trained and written
     assert not (project / "reports/eval").exists()

@@ -7,9 +7,10 @@ import os
 
 import mlflow
 
+from reglab.config.tracking import server_wait_settings
 from reglab.stages import mlflow_settings, run_tags, with_user_tracking
 from reglab.tracking import configure
-from reglab.tracking.store import resolve_uri, server_wait_settings, sqlite_path
+from reglab.tracking.store import resolve_uri, sqlite_path
 from tests.conftest import config_for
 
 

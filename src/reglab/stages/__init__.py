@@ -95,7 +95,7 @@ def with_user_tracking(
     """
     uri = user.get("MLFLOW_TRACKING_URI") or config.tracking.uri
     if uri.startswith(("http://", "https://")):
-        from reglab.tracking.store import server_wait_settings
+        from reglab.config.tracking import server_wait_settings
 
         for name, value in server_wait_settings(config.tracking.server_wait_s).items():
             if name not in user:

@@ -17,6 +17,7 @@ from typing import Any
 
 import mlflow
 
+from reglab.config.tracking import request_timeout_s
 from reglab.core import digest
 from reglab.core.errors import ReglabError
 from reglab.tracking import secrets
@@ -96,28 +97,6 @@ def check_sqlite_store(uri: str) -> None:
 
 class TrackingLost(ReglabError):
     """The tracking server stopped answering while a run was being logged."""
-
-
-def request_timeout_s(wait_s: float) -> int:
-    """Seconds one request to a tracking server waits for an answer, for a wait of ``wait_s``."""
-    return max(1, min(10, int(wait_s)))
-
-
-def server_wait_settings(wait_s: float) -> dict[str, str]:
-    """MLflow's HTTP retry settings that bound a request's wait to about ``wait_s`` seconds
-    (its defaults: minutes), as environment variables: MLflow has no other setting for them.
-
-    urllib3 sleeps backoff * 2**(n - 1) before the n-th retry; with backoff 2 the
-    retries fit in 2 * (2**retries - 1) seconds.
-    """
-    retries = 1
-    while 2 * (2 ** (retries + 1) - 1) <= wait_s:
-        retries += 1
-    return {
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries),
-        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
-        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(request_timeout_s(wait_s)),
-    }
 
 
 def server_errors() -> tuple[type[Exception], ...]:

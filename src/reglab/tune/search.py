@@ -165,8 +165,8 @@ def run_search(
     set); ``worker_env``, settings of this process the trials' workers get too.
     """
     from reglab import tracking
+    from reglab.config.tracking import server_wait_settings
     from reglab.tracking import search as records
-    from reglab.tracking.store import server_wait_settings
 
     search = check_inputs(config, name, ray_address_env)
     address, _ = ray_address(config.tune.address, ray_address_env)
