@@ -115,6 +115,7 @@ LONGEST_FIRST = (
     "test_pipeline_e2e.py",
     "test_tune.py",
     "test_tune_pipeline.py",
+    "test_path_with_space.py",
     "test_runner.py",
     "test_tracking_server.py",
     "test_mlflow_ui.py",

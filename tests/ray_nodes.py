@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -35,6 +36,22 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def ray_cli(temp_dir: Path) -> list[str]:
+    """This interpreter's `ray` command, run from a path that needs no shell quoting.
+
+    A node's processes run Ray's own files from the interpreter's folder: its client
+    server through `bash -c` with the path unquoted, its jemalloc through LD_PRELOAD
+    (split on spaces). From a venv in a folder such as "my proj" `ray start --block`
+    stops at once, so such a venv is run through a symlink in ``temp_dir``.
+    """
+    python = Path(sys.executable)
+    if shlex.quote(sys.prefix) != sys.prefix:
+        alias = temp_dir / "venv"
+        alias.symlink_to(sys.prefix, target_is_directory=True)
+        python = alias / python.relative_to(sys.prefix)
+    return [str(python), "-m", "ray.scripts.scripts"]
+
+
 class RayNode:
     """`ray start --block`, in its own session: a head, or a node joining ``join``."""
 
@@ -43,7 +60,8 @@ class RayNode:
         self.address = join or f"127.0.0.1:{self.port}"
         self.temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: socket paths
         where = [f"--address={join}"] if join else ["--head", f"--port={self.port}"]
-        command = [str(BIN / "ray"), "start", "--block", *where, f"--num-cpus={num_cpus}"]
+        command = [*ray_cli(Path(self.temp_dir)), "start", "--block", *where]
+        command += [f"--num-cpus={num_cpus}"]
         command += ["--node-ip-address=127.0.0.1", f"--temp-dir={self.temp_dir}"]
         if not join:
             command += ["--include-dashboard=false"]

@@ -262,3 +262,25 @@ def test_only_parallel_trials_on_sqlite_are_served_through_a_tracking_server():
     assert not served("tune.max_concurrent=1")  # one writer at a time
     assert not served("tune.max_concurrent=4", "tune.n_trials=1")
     assert not served("tune.max_concurrent=4", "tune.tracking_server=false")
+
+
+@pytest.mark.parametrize(
+    ("address", "quoted"),
+    [(None, True), ("127.0.0.1:6379", True), ("localhost:6379", True), ("10.1.2.3:6379", False)],
+)
+def test_a_search_quotes_its_interpreter_for_ray_workers_on_this_machine(
+    monkeypatch, address, quoted
+):
+    """Ray runs a job's workers as `bash -c "exec <py_executable> ..."`: a venv in a
+    folder with a space gets its path quoted where the workers run it (a local instance,
+    a head on the loopback); a remote cluster's nodes keep their own interpreter."""
+    from reglab.tune.engine import _runtime_env
+
+    config = config_for()
+    monkeypatch.setattr(sys, "executable", "/home/me/my proj/.venv/bin/python")
+    runtime_env = _runtime_env(config, "sqlite:///mlflow.db", address=address)
+    assert runtime_env["env_vars"]["MLFLOW_TRACKING_URI"] == "sqlite:///mlflow.db"
+    expected = "'/home/me/my proj/.venv/bin/python'" if quoted else None
+    assert runtime_env.get("py_executable") == expected
+    monkeypatch.setattr(sys, "executable", "/home/me/proj/.venv/bin/python")
+    assert "py_executable" not in _runtime_env(config, "sqlite:///mlflow.db", address=address)

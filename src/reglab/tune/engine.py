@@ -14,6 +14,8 @@ import contextlib
 import logging
 import math
 import os
+import shlex
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,12 +28,17 @@ log = logging.getLogger(__name__)
 
 
 def _runtime_env(
-    config: Config, trial_uri: str, worker_env: Mapping[str, str] | None = None
+    config: Config,
+    trial_uri: str,
+    worker_env: Mapping[str, str] | None = None,
+    address: str | None = None,
 ) -> dict[str, Any]:
     """The trials' workers' environment, Ray's way to configure another process:
-    ``worker_env`` (settings the entry layer hands on), then the search's own."""
+    ``worker_env`` (settings the entry layer hands on), then the search's own; and
+    the interpreter, quoted where it must be (:func:`_worker_python`)."""
     threads = str(config.tune.threads_per_trial)
     return {
+        **_worker_python(address),
         "env_vars": {
             "TF_CPP_MIN_LOG_LEVEL": "2",
             **(worker_env or {}),
@@ -43,8 +50,21 @@ def _runtime_env(
             "MLFLOW_ENABLE_ASYNC_LOGGING": "true",
             "RAY_CHDIR_TO_TRIAL_DIR": "0",
             "PYTHONHASHSEED": "0",
-        }
+        },
     }
+
+
+def _worker_python(address: str | None) -> dict[str, str]:
+    """Ray 2.60 starts a worker of a job with a runtime_env as ``bash -c "exec <python>
+    <args>"``, the interpreter's path unquoted: with a venv in a folder whose name has a
+    space ("my proj") no worker ever starts. Ray's ``py_executable`` is a shell command,
+    so it gets the quoted path where the workers can run this very interpreter: a local
+    instance, or a head on the loopback (every node of it is on this machine). A remote
+    cluster's nodes keep their own interpreter."""
+    quoted = shlex.quote(sys.executable)
+    host = (address or "").rpartition(":")[0].strip("[]")
+    on_this_machine = address is None or host in ("localhost", "::1") or host.startswith("127.")
+    return {"py_executable": quoted} if quoted != sys.executable and on_this_machine else {}
 
 
 def _sampler(search: SearchConfig, kind: str) -> Any:
@@ -102,7 +122,7 @@ def ray_connected(
     import ray
 
     init: dict[str, Any] = {
-        "runtime_env": _runtime_env(config, trial_uri, worker_env),
+        "runtime_env": _runtime_env(config, trial_uri, worker_env, address),
         "logging_level": logging.WARNING,
         "log_to_driver": False,
     }
