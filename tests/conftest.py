@@ -21,7 +21,8 @@ TINY = ["experiment=tiny"]
 
 @pytest.fixture
 def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh sqlite MLflow store for one test; MLFLOW_TRACKING_URI wins over the config."""
+    """A fresh sqlite MLflow store for one test, in MLFLOW_TRACKING_URI (which the entry
+    layer puts in tracking.uri) and as MLflow's current URI for the test's own calls."""
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
