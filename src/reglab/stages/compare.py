@@ -10,7 +10,7 @@ from pathlib import Path
 from reglab import report, tracking
 from reglab.core.errors import ReglabError
 from reglab.core.io import write_atomic
-from reglab.stages import read_config, run_stage
+from reglab.stages import read_config, run_stage, run_tags
 from reglab.tune.best import with_best_variants
 
 
@@ -41,6 +41,7 @@ def main(argv: list[str]) -> None:
             "reglab.stage": "compare",
             "best_variant": comparison.best.variant,
             **report.comparison_tags(comparison),
+            **run_tags(),  # a DVC experiment's name; under `mlflow run`, the launcher
         },
         metrics=report.comparison_metrics(comparison),
         summary=comparison.markdown,

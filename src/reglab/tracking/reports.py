@@ -15,7 +15,7 @@ import numpy as np
 from reglab.evaluate.evaluation import report_json
 from reglab.evaluate.metrics import TEST_METRICS
 from reglab.report.figures import confusion_figure
-from reglab.tracking.runs import resumed_run, span_parent
+from reglab.tracking.runs import PARENT_TAG, resumed_run, span_parent
 from reglab.tracking.store import configure
 
 log = logging.getLogger(__name__)
@@ -63,14 +63,27 @@ def log_comparison(
     leaderboard: list[dict[str, Any]],
     figures: list[Path],
 ) -> str:
-    """A run named "compare" in ``experiment``: metrics, summary.md, leaderboard.json and the
-    figures. Nested under the parent of ``run_ids`` when they share one. Returns its run id."""
+    """A run named "compare": metrics, summary.md, leaderboard.json and the figures.
+
+    Nested under the parent of ``run_ids`` when they share one (the pipeline's run,
+    or the launcher's of `mlflow run`, which ``tags`` may name too), in that run's
+    experiment; otherwise in ``experiment``. The run is made here and started by its
+    id, so a launcher's MLFLOW_RUN_ID is never resumed. Returns its run id."""
+    from mlflow.tracking.context import registry
+
     configure(uri, experiment)
+    client = mlflow.MlflowClient()
     tags = dict(tags)
     parent = parent_of(run_ids) if run_ids else None
+    parent = parent or tags.get(PARENT_TAG)
     if parent:
-        tags["mlflow.parentRunId"] = parent
-    with mlflow.start_run(run_name="compare", tags=tags) as run:
+        tags[PARENT_TAG] = parent
+        experiment_id = client.get_run(parent).info.experiment_id
+    else:
+        experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    made = client.create_run(experiment_id, run_name="compare", tags=registry.resolve_tags(tags))
+    mlflow.set_experiment(experiment_id=experiment_id)
+    with mlflow.start_run(run_id=made.info.run_id) as run:
         mlflow.log_metrics(dict(metrics))
         mlflow.log_text(summary, "summary.md")
         mlflow.log_dict(leaderboard, "leaderboard.json")
