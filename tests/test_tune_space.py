@@ -284,3 +284,49 @@ def test_a_search_quotes_its_interpreter_for_ray_workers_on_this_machine(
     assert runtime_env.get("py_executable") == expected
     monkeypatch.setattr(sys, "executable", "/home/me/proj/.venv/bin/python")
     assert "py_executable" not in _runtime_env(config, "sqlite:///mlflow.db", address=address)
+
+
+def test_a_stored_search_is_reused_only_for_the_same_space_data_trials_and_store():
+    """Another store or another number of trials is another search: starting fresh names
+    what changed (a search resumed into another store would report trials whose runs
+    are not in the store the user named)."""
+    import json
+
+    from reglab.tune.search import changed_parts, fingerprint
+
+    config = config_for()
+    stored = json.dumps(fingerprint(config, "l2_strength", "sqlite:////a/mlflow.db"))
+    same = fingerprint(config_for(), "l2_strength", "sqlite:////a/mlflow.db")
+    assert changed_parts(stored, same) == []
+    other_store = fingerprint(config, "l2_strength", "sqlite:////b/other.db")
+    assert changed_parts(stored, other_store) == ["tracking store"]
+    fewer = fingerprint(config_for("tune.n_trials=6"), "l2_strength", "sqlite:////a/mlflow.db")
+    assert changed_parts(stored, fewer) == ["trial settings"]
+    longer = fingerprint(
+        config_for("search_spaces.l2_strength.epochs=5"), "l2_strength", "sqlite:////a/mlflow.db"
+    )
+    assert changed_parts(stored, longer) == ["space"]
+    assert changed_parts("0123abcd", same) == list(same)  # a stamp of an older version
+
+
+def test_a_search_keeps_ray_and_optuna_notices_out_unless_debug(monkeypatch):
+    import logging
+
+    import optuna
+
+    from reglab import stages
+
+    token = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    monkeypatch.setattr(token, "level", logging.NOTSET)
+    monkeypatch.setenv("REGLAB_LOG_LEVEL", "DEBUG")
+    stages.quiet_search_libraries()
+    assert token.level == logging.NOTSET  # DEBUG: every line shows
+    monkeypatch.delenv("REGLAB_LOG_LEVEL")
+    before = optuna.logging.get_verbosity()
+    try:
+        stages.quiet_search_libraries()
+        assert not token.isEnabledFor(logging.WARNING) and token.isEnabledFor(logging.ERROR)
+        assert optuna.logging.get_verbosity() == optuna.logging.WARNING
+        assert logging.getLogger("optuna").isEnabledFor(logging.WARNING)  # real warnings
+    finally:
+        optuna.logging.set_verbosity(before)

@@ -132,12 +132,31 @@ def search_arguments() -> dict[str, Any]:
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    quiet_search_libraries()
     return {
         "ray_address_env": os.environ.get("RAY_ADDRESS") or None,
         "worker_env": {
             name: value for name, value in os.environ.items() if name.startswith(WORKER_SETTINGS)
         },
     }
+
+
+# Info a search's driver gets from its libraries that is not the project's: Ray's
+# notice that a local instance enables token authentication (a warning by level, but
+# about Ray's defaults, not this search), and Optuna's "A new study created in memory".
+SEARCH_NOTICES = {"ray._private.authentication.authentication_token_setup": logging.ERROR}
+
+
+def quiet_search_libraries() -> None:
+    """Ray's and Optuna's notices out of a search's log, by their loggers' levels, unless
+    REGLAB_LOG_LEVEL=DEBUG; their real warnings and errors still show."""
+    if debug_logging():
+        return
+    for name, level in SEARCH_NOTICES.items():
+        logging.getLogger(name).setLevel(level)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def setup_logging() -> None:

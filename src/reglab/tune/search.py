@@ -19,6 +19,7 @@ The Ray Tune run itself is in engine.py.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import socket
@@ -96,15 +97,33 @@ def check_inputs(config: Config, name: str, ray_address_env: str | None = None) 
     return search
 
 
-def fingerprint(config: Config, name: str) -> str:
-    """What a search's trials depend on; stored state made for another one starts over."""
+def fingerprint(config: Config, name: str, store: str) -> dict[str, str]:
+    """What a search's trials depend on, by part: its space (and objective), the data and
+    training settings, the trial settings (sampler, budget, scheduler) and the tracking
+    store its trial runs are in. Stored state made for another search starts over."""
     shared = dataclasses.asdict(config)
-    for other in ("variants", "searches", "search_spaces", "paths"):
+    for other in ("variants", "searches", "search_spaces", "paths", "tracking", "tune"):
         shared.pop(other)
-    shared["tracking"] = {"experiment": config.tracking.experiment}
-    shared["tune"].pop("address")
-    shared["search"] = dataclasses.asdict(config.search_spaces[name])
-    return digest(shared, 16)
+    tune = dataclasses.asdict(config.tune)
+    tune.pop("address")
+    return {
+        "space": digest(dataclasses.asdict(config.search_spaces[name]), 16),
+        "data and training": digest(shared, 16),
+        "trial settings": digest(tune, 16),
+        "experiment": digest(config.tracking.experiment, 16),
+        "tracking store": digest(store, 16),
+    }
+
+
+def changed_parts(stored: str, stamp: Mapping[str, str]) -> list[str]:
+    """The parts of ``stamp`` that differ from a stored fingerprint (all, if unreadable)."""
+    try:
+        before = json.loads(stored)
+    except ValueError:
+        return list(stamp)
+    if not isinstance(before, dict):
+        return list(stamp)
+    return [part for part, value in stamp.items() if before.get(part) != value]
 
 
 # ----------------------------------------------------------------------- search
@@ -167,20 +186,26 @@ def run_search(
     from reglab import tracking
     from reglab.config.tracking import server_wait_settings
     from reglab.tracking import search as records
+    from reglab.tracking import secrets
 
     search = check_inputs(config, name, ray_address_env)
     address, _ = ray_address(config.tune.address, ray_address_env)
     state_dir = Path(config.paths.tune_state, name)
-    stamp = fingerprint(config, name)
+    uri = tracking.resolve_uri(config.tracking.uri)
+    stamp = fingerprint(config, name, uri)
     stamp_file = state_dir / "fingerprint"
-    if stamp_file.exists() and stamp_file.read_text() != stamp:
-        log.info("%s: the search changed since its stored state; starting over", name)
+    resumed = stamp_file.exists()
+    if resumed and (changed := changed_parts(stamp_file.read_text(), stamp)):
+        log.info(
+            "%s: a stored search with another %s is in %s; starting a fresh search",
+            name, " and ".join(changed), state_dir,
+        )  # fmt: skip
         shutil.rmtree(state_dir)
+        resumed = False
     state_dir.mkdir(parents=True, exist_ok=True)
-    stamp_file.write_text(stamp)
+    stamp_file.write_text(json.dumps(stamp, indent=2) + "\n")
     config = _absolute(config, state_dir)
 
-    uri = tracking.resolve_uri(config.tracking.uri)
     tracking.check_sqlite_store(uri)
     with records.served_store(uri, state_dir, serves_store(search, config.tune)) as store:
         handed = dict(worker_env or {})
@@ -204,6 +229,12 @@ def run_search(
                 search_params(name, search, config),
                 config.paths.processed,
             )
+            if resumed:
+                done = records.trial_runs(client, experiment_id, parent)
+                log.info(
+                    "%s: %d trials of the stored search so far, their runs in %s under run %s",
+                    name, len(done), secrets.redact(uri), parent,
+                )  # fmt: skip
             results = run_ray(config, name, search, state_dir, parent)
         runs = records.trial_runs(client, experiment_id, parent)
         trials = collect(runs, search, results)
