@@ -106,6 +106,7 @@ def run_check(root: Path, **env: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_the_check_stage_refuses_a_hand_edited_params_yaml_naming_the_key(tmp_path):
     (tmp_path / "conf").symlink_to(PROJECT_ROOT / "conf")
     params = tmp_path / "params.yaml"
@@ -149,6 +150,7 @@ def test_freshness_is_checked_where_asked_and_validation_always(tmp_path):
         load_params(params)
 
 
+@pytest.mark.slow
 def test_the_check_stage_says_how_to_get_back_from_a_rejected_value(tmp_path):
     (tmp_path / "conf").symlink_to(PROJECT_ROOT / "conf")
     (tmp_path / "params.yaml").write_text(to_yaml(compose()).replace("epochs: 20", "epochs: -1"))

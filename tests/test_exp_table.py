@@ -8,6 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# The full tier: real DVC experiments.
+pytestmark = pytest.mark.slow
+
 DVC = str(Path(sys.executable).with_name("dvc"))
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
 

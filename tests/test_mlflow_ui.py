@@ -19,6 +19,9 @@ import pytest
 from reglab import tracking
 from reglab.core.net import free_port
 
+# The full tier: MLflow runs and its UI in headless Chromium.
+pytestmark = pytest.mark.slow
+
 
 def pipeline_with_two_variants(uri: str) -> tuple[str, list[str]]:
     tracking.configure(uri, "reglab")

@@ -15,6 +15,9 @@ from reglab.config.compose import compose, to_yaml
 from reglab.report.offline_plots import template
 from tests.conftest import DIGITS, PROJECT_ROOT
 
+# The full tier: a page in headless Chromium.
+pytestmark = pytest.mark.slow
+
 LEADERBOARD = """\
 variant,test_accuracy,test_accuracy_low,test_accuracy_high,test_data_loss,generalization_gap,seeds
 baseline,0.801,0.790,0.812,0.62,0.135,3

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import mlflow
+import pytest
 
 from reglab.config.tracking import server_wait_settings
 from reglab.stages import mlflow_settings, run_tags, with_user_tracking
@@ -14,6 +15,7 @@ from reglab.tracking.store import resolve_uri, sqlite_path
 from tests.conftest import config_for
 
 
+@pytest.mark.slow
 def test_each_job_logs_to_its_own_configured_store(tmp_path, monkeypatch):
     """MLflow writes the first job's URI to MLFLOW_TRACKING_URI; the second job's config
     still decides where the second job logs (`reglab train -m tracking.uri=A,B`)."""
@@ -27,6 +29,7 @@ def test_each_job_logs_to_its_own_configured_store(tmp_path, monkeypatch):
     assert os.environ["MLFLOW_TRACKING_URI"] == first  # MLflow's export, not read back
 
 
+@pytest.mark.slow
 def test_the_users_mlflow_tracking_uri_wins_in_every_job(tmp_path, monkeypatch):
     chosen = f"sqlite:///{tmp_path / 'chosen.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", chosen)
@@ -59,6 +62,7 @@ def test_the_server_wait_is_a_bounded_retry():
     assert server_wait_settings(90) == dict(zip(HTTP_SETTINGS, ("5", "2", "10"), strict=True))
 
 
+@pytest.mark.slow
 def test_each_job_waits_for_a_server_as_its_own_config_says():
     """`tracking.server_wait_s` sets MLflow's HTTP retries per job, not once per process;
     a retry setting the user made wins in every job; a local store sets nothing."""

@@ -15,6 +15,9 @@ from reglab.data.prepare import load_manifest, load_splits
 from reglab.data.sources import MIRRORS_ENV
 from reglab.stages import download, preprocess, run_stage
 
+# The full tier: the real data stages in subprocesses.
+pytestmark = pytest.mark.slow
+
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
