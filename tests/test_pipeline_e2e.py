@@ -308,6 +308,17 @@ def test_a_second_pipeline_at_the_same_time_refuses(project):
     assert "l2" in (root / "reports/summary.md").read_text()
 
 
+def runs_under_the_launcher(root: Path, experiment_name: str) -> list:
+    """The runs nested under the one launcher run `mlflow run` made in ``experiment_name``
+    (which ended FINISHED)."""
+    mlflow_client = client(root)
+    experiment = mlflow_client.get_experiment_by_name(experiment_name)
+    runs = mlflow_client.search_runs([experiment.experiment_id])
+    launcher = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(launcher) == 1 and launcher[0].info.status == "FINISHED"
+    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == launcher[0].info.run_id]
+
+
 def test_mlflow_run_trains_one_variant_with_overrides(project):
     root, env, _ = project
     run(
@@ -329,12 +340,7 @@ def test_mlflow_run_trains_one_variant_with_overrides(project):
         root,
         {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"},
     )
-    mlflow_client = client(root)
-    experiment = mlflow_client.get_experiment_by_name("adhoc")
-    runs = mlflow_client.search_runs([experiment.experiment_id])
-    launcher = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(launcher) == 1 and launcher[0].info.status == "FINISHED"
-    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == launcher[0].info.run_id]
+    nested = runs_under_the_launcher(root, "adhoc")
     assert [r.info.run_name for r in nested] == ["l2@42"]
     assert nested[0].data.params["train.epochs"] == "1"
     assert nested[0].data.metrics["val/accuracy"] > 0.1
@@ -352,12 +358,7 @@ def test_mlflow_run_of_the_pipeline_nests_its_runs_under_the_launchers(project):
         root,
         {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"},
     )
-    mlflow_client = client(root)
-    experiment = mlflow_client.get_experiment_by_name("launched")
-    runs = mlflow_client.search_runs([experiment.experiment_id])
-    launcher = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(launcher) == 1 and launcher[0].info.status == "FINISHED"
-    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == launcher[0].info.run_id]
+    nested = runs_under_the_launcher(root, "launched")
     assert "l2@42" in {r.info.run_name for r in nested}
     trained = next(r for r in nested if r.info.run_name == "l2@42")
     assert trained.data.params["regularizer.kernel.l2"] == "0.002"
