@@ -312,8 +312,8 @@ def test_command_line_multirun_tracks_each_job(tmp_path, data_dir):
     runs = client.search_runs([experiment.experiment_id], "tags.variant != ''")
     assert sorted(r.info.run_name for r in runs) == ["baseline@42", "l2@42"]
     assert all(r.info.status == "FINISHED" for r in runs)
-    # Logged in the background, all in the store when the process has ended (it skips
-    # the interpreter's teardown only after MLflow's exit callbacks: reglab.process).
+    # Logged in the background, all in the store when the process has ended (MLflow's
+    # own exit callbacks drain its queue).
     for r in runs:
         assert [m.step for m in client.get_metric_history(r.info.run_id, "val/data_loss")] == [1]
         assert r.data.metrics["epochs_trained"] == 1
