@@ -1,4 +1,4 @@
-"""The checkpoint written on a worker thread: what it restores, and its commit point."""
+"""The checkpoint: what it restores, and its commit point."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_a_checkpoint_restores_every_variable_bit_for_bit(tmp_path):
     # The next epoch changes the variables while (or after) the thread writes.
     for variable in trained.trainable_variables:
         variable.assign(variable + 1.0)
-    loaded = checkpoint.load()  # waits for the write
+    loaded = checkpoint.load()
     assert loaded.epoch == 2 and loaded.history == state.history
     fresh = dropout_model(99)  # other initial weights and seed states
     checkpoint.restore_model(fresh, loaded.epoch)

@@ -224,8 +224,5 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
 
 
-run = main  # the ``reglab`` console script
-
-
 if __name__ == "__main__":
     main()
