@@ -136,15 +136,19 @@ def test_arrays_and_manifest_hold_what_training_needs(synthetic, tmp_path):
     splits = load_splits(output)
 
     train_x, train_y = splits["train"]
-    assert train_x.dtype == np.float32 and train_x.shape == (500, SIDE, SIDE, 1)
+    # Stored as the raw uint8 pixels, memory-mapped; read as float32 / pixel_max.
+    assert isinstance(train_x.stored, np.memmap) and train_x.stored.dtype == np.uint8
+    assert train_x.shape == (500, SIDE, SIDE, 1) and train_x.pixel_max == 255.0
     assert train_y.dtype == np.int64 and train_y.shape == (500,)
-    assert float(train_x.min()) >= 0.0 and float(train_x.max()) <= 1.0
     # The first three pixels spell each image's serial number in the raw file:
-    # every processed image is its raw image scaled by exactly 1/255.
-    digits = np.round(train_x[:, 0, :3, 0] * 255).astype(np.int64)
+    # every processed image is its raw image, and reads as it scaled by exactly 1/255.
+    digits = train_x.stored[:, 0, :3, 0].astype(np.int64)
     serials = digits[:, 0] + 256 * digits[:, 1] + 65536 * digits[:, 2]
     raw_train = synthetic.arrays["train_images"][serials]
-    np.testing.assert_array_equal(train_x[..., 0], raw_train.astype(np.float32) / np.float32(255))
+    np.testing.assert_array_equal(train_x.stored[..., 0], raw_train)
+    scaled = train_x[:]
+    assert scaled.dtype == np.float32
+    assert scaled[..., 0].tobytes() == (raw_train.astype(np.float32) / np.float32(255)).tobytes()
     np.testing.assert_array_equal(train_y, synthetic.arrays["train_labels"][serials])
     assert np.all(np.diff(serials) > 0)  # original order kept
 
@@ -168,6 +172,10 @@ def test_arrays_and_manifest_hold_what_training_needs(synthetic, tmp_path):
         manifest["class_counts"]["test"]
         == np.bincount(synthetic.arrays["test_labels"], minlength=10).tolist()
     )
+    assert manifest["pixel_max"] == 255 and manifest["format_version"] == 2
+    assert manifest["arrays"]["train_x.npy"]["dtype"] == "uint8"
+    assert manifest["arrays"]["train_x.npy"]["shape"] == [500, SIDE, SIDE, 1]
+    assert manifest["arrays"]["train_y.npy"]["dtype"] == "int64"
     for name, entry in manifest["arrays"].items():
         assert entry["sha256"] == hashlib.sha256((output / name).read_bytes()).hexdigest()
     x_sha = manifest["arrays"]["val_x.npy"]["sha256"]

@@ -65,8 +65,9 @@ def test_digits_download_and_preprocess_end_to_end(project: Path):
     assert [sum(counts) for counts in manifest["class_counts"].values()] == [360, 1137, 300]
     splits = load_splits(processed)
     train_x, train_y = splits["train"]
-    assert train_x.shape == (1137, 8, 8, 1) and train_x.dtype == np.float32
-    assert float(train_x.max()) == 1.0 and float(train_x.min()) == 0.0
+    assert train_x.shape == (1137, 8, 8, 1) and train_x.stored.dtype == np.uint8
+    assert int(train_x.stored.max()) == 16 and int(train_x.stored.min()) == 0
+    assert train_x.pixel_max == 16.0 and train_x[:].dtype == np.float32
     assert train_y.dtype == np.int64 and set(np.unique(train_y)) == set(range(10))
     # The 1,797 digits are all distinct images, so no test image may appear elsewhere.
     test_rows = {image.tobytes() for image in splits["test"][0]}

@@ -8,7 +8,9 @@
   so changing ``split_seed`` never moves a test image into training.
 - Each split keeps the original order of its images (the chosen indices are
   sorted): the split depends on the seed alone, not on how sampling walks.
-- Images become float32 in [0, 1] with a channel axis (NHWC); labels int64.
+- Images are stored as their uint8 pixels with a channel axis (NHWC), other
+  inputs as float32; labels int64. The manifest's pixel_max scales them as they
+  are read (:mod:`reglab.data.inputs`), never in the files.
 - The output folder is written in a temporary sibling and swapped in whole,
   with a manifest whose checksums and split digests make the data a run used
   identifiable later (MLflow shows the digests as the run's inputs).
@@ -33,12 +35,15 @@ from reglab.core.digest import file_sha256
 from reglab.core.io import writing_dir
 from reglab.data.errors import DataError, IdxFormatError
 from reglab.data.idx import check_magic, parse_idx, read_content
+from reglab.data.inputs import STORED_DTYPES, ModelInputs, open_stored, stored_dtype
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
+# 2: images stored as uint8 pixels, scaled by pixel_max as they are read (1 stored
+# float32 in [0, 1]; reading those as version 2 would divide them again).
+MANIFEST_VERSION = 2
 
 # Independent random streams per purpose, so that e.g. changing train_size does
 # not change which images go to validation.
@@ -215,15 +220,22 @@ def _check_fits(key: str, size: int, available: int) -> None:
 def to_model_inputs(
     images: np.ndarray, labels: np.ndarray, image_shape: Sequence[int], pixel_max: float
 ) -> Split:
-    """float32 images in [0, 1] with a channel axis (NHWC), and int64 labels."""
-    if images.size and float(images.max()) > pixel_max:
+    """The arrays as stored: images with a channel axis (NHWC), and int64 labels.
+
+    uint8 pixels stay uint8 (a quarter of float32's bytes); anything else, such
+    as a feature table, becomes float32. Nothing is scaled here: the input
+    pipeline divides by ``pixel_max`` (:func:`reglab.data.inputs.scale`), which the
+    manifest records. Pixels (integer arrays) above ``pixel_max`` are refused;
+    float features, standardized or not, are not pixels and pass.
+    """
+    pixels = np.issubdtype(images.dtype, np.integer)
+    if pixels and images.size and float(images.max()) > pixel_max:
         raise DataError(
             f"pixel values reach {images.max()}, above data.pixel_max={pixel_max:g}; "
             "the config does not describe this data"
         )
-    scaled = images.reshape(len(images), *image_shape).astype(np.float32)
-    scaled /= np.float32(pixel_max)
-    return scaled, labels.astype(np.int64)
+    shaped = images.reshape(len(images), *image_shape)
+    return shaped.astype(stored_dtype(shaped), copy=False), labels.astype(np.int64)
 
 
 def preprocess(
@@ -284,7 +296,23 @@ def write_processed(
     description: Mapping[str, Any],
     num_classes: int,
 ) -> dict[str, Any]:
-    """Write ``<split>_x.npy``, ``<split>_y.npy`` and the manifest; swap the folder in whole."""
+    """Write ``<split>_x.npy``, ``<split>_y.npy`` and the manifest; swap the folder in whole.
+
+    The x arrays are written as :func:`to_model_inputs` gives them (uint8 pixels
+    or float32 features); ``description`` must hold the ``pixel_max`` that turns
+    them into model inputs.
+    """
+    if not float(description.get("pixel_max") or 0) > 0:
+        raise ValueError(
+            f"description: pixel_max={description.get('pixel_max')!r}; the manifest must say "
+            "what the stored x arrays are divided by"
+        )
+    for split in SPLITS:
+        dtype = np.asarray(splits[split][0][:0]).dtype
+        if dtype.name not in STORED_DTYPES:
+            raise ValueError(
+                f"{split}_x: {dtype} arrays are not stored; to_model_inputs gives uint8 or float32"
+            )
     with writing_dir(output_dir) as staging:
         arrays: dict[str, dict[str, Any]] = {}
         for split in SPLITS:
@@ -298,12 +326,14 @@ def write_processed(
                 }
         manifest = {
             **description,
+            "format_version": MANIFEST_VERSION,
             "sizes": {split: len(splits[split][1]) for split in SPLITS},
             "class_counts": {
                 split: np.bincount(splits[split][1], minlength=num_classes).tolist()
                 for split in SPLITS
             },
             "arrays": arrays,
+            "model_input": "float32(x) / float32(pixel_max), in the input pipeline",
             # Short, as MLflow wants a dataset digest (its store keeps 36 characters).
             "digests": {
                 split: hashlib.sha256(
@@ -326,7 +356,15 @@ def load_manifest(directory: str | Path) -> dict[str, Any]:
         raise DataError(
             f"{path}: missing; run `python -m reglab.stages.preprocess` (or `dvc repro`)"
         )
-    return json.loads(path.read_text(encoding="utf-8"))
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    version = manifest.get("format_version")
+    if version != MANIFEST_VERSION:
+        raise DataError(
+            f"{path}: format_version {version}, this version of reglab reads "
+            f"{MANIFEST_VERSION} (uint8 pixels scaled as they are read); run "
+            "`python -m reglab.stages.preprocess` (or `dvc repro`) again"
+        )
+    return manifest
 
 
 def prepared_for(manifest: Mapping[str, Any]) -> dict[str, Any]:
@@ -381,14 +419,19 @@ def load_splits(
     *,
     verify: bool = True,
     splits: Sequence[str] = SPLITS,
-) -> dict[str, Split]:
+    mmap_mode: str | None = "r",
+) -> dict[str, tuple[ModelInputs, np.ndarray]]:
     """``splits`` (all by default: {"train": (x, y), "val": ..., "test": ...}) from a
     preprocess output folder.
 
-    With ``data``, the manifest must say the arrays were prepared for that data
-    config (:func:`check_prepared`). With ``verify`` every array read is checked
-    against the manifest's SHA-256 first, so a stage never trains or evaluates
-    on arrays that changed behind its back.
+    Each x is :class:`~reglab.data.inputs.ModelInputs` over the stored array,
+    memory-mapped by default (``mmap_mode=None`` reads it into memory): slicing it
+    gives scaled float32 model inputs, and nothing reads a whole split at once.
+    The labels are memory-mapped too. With ``data``, the manifest must say the
+    arrays were prepared for that data config (:func:`check_prepared`). With
+    ``verify`` every array read is checked against the manifest's SHA-256 first
+    (hashed in chunks, never read whole), so a stage never trains or evaluates on
+    arrays that changed behind its back.
     """
     directory = Path(directory)
     manifest = load_manifest(directory)
@@ -407,10 +450,11 @@ def load_splits(
                     f"{path}: SHA-256 differs from {directory / MANIFEST}; "
                     "run the preprocess stage again"
                 )
+    pixel_max = float(manifest["pixel_max"])
     return {
         split: (
-            np.load(directory / f"{split}_x.npy", allow_pickle=False),
-            np.load(directory / f"{split}_y.npy", allow_pickle=False),
+            ModelInputs(open_stored(directory / f"{split}_x.npy", mmap_mode), pixel_max),
+            open_stored(directory / f"{split}_y.npy", mmap_mode),
         )
         for split in splits
     }

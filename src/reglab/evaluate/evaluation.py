@@ -28,6 +28,7 @@ from sklearn.metrics import confusion_matrix
 from reglab.config.paths import RunKey, RunKeyError
 from reglab.core.errors import ReglabError
 from reglab.core.io import read_json_object, write_atomic
+from reglab.data.inputs import ModelInputs, as_inputs
 from reglab.evaluate.metrics import accuracy, cross_entropy, softmax
 from reglab.model import weights
 
@@ -148,9 +149,22 @@ def load_model(path: Path) -> Any:
     return keras.saving.load_model(path, safe_mode=True)
 
 
-def predict_logits(model: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Logits in inference mode (``predict`` runs with training=False: dropout off)."""
-    return np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
+def predict_logits(model: Any, images: np.ndarray | ModelInputs, batch_size: int) -> np.ndarray:
+    """Logits in inference mode (dropout off), a batch at a time.
+
+    Each batch is read (and scaled) from ``images`` on its own, so a memory-mapped
+    split is never read whole; ``predict_on_batch`` runs the same compiled
+    function on the same batches as ``model.predict(images, batch_size)``.
+    """
+    inputs = as_inputs(images)
+    if not len(inputs):
+        return np.zeros((0, 0))
+    return np.concatenate(
+        [
+            np.asarray(model.predict_on_batch(batch), dtype=np.float64)
+            for batch in inputs.batches(batch_size)
+        ]
+    )
 
 
 @dataclass
@@ -169,8 +183,8 @@ class Evaluation:
 
 def evaluate_model(
     model: Any,
-    test: tuple[np.ndarray, np.ndarray],
-    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray | ModelInputs, np.ndarray],
+    train: tuple[np.ndarray | ModelInputs, np.ndarray],
     *,
     class_names: Sequence[str],
     batch_size: int,
@@ -222,7 +236,7 @@ def evaluate_model(
 
 def evaluate_variant(
     model_dir: Path,
-    splits: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    splits: Mapping[str, tuple[np.ndarray | ModelInputs, np.ndarray]],
     *,
     class_names: Sequence[str],
     batch_size: int,

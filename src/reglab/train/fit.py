@@ -34,10 +34,14 @@ import keras
 import numpy as np
 
 from reglab.core.errors import ReglabError
+from reglab.data.inputs import ModelInputs, as_inputs, scale_tensor
 from reglab.evaluate.metrics import HISTORY_COLUMNS, accuracy, cross_entropy
 from reglab.train.checkpoint import Checkpoint, TrainingState
 
 log = logging.getLogger(__name__)
+
+# Model inputs: float32 arrays, or stored arrays read (and scaled) a slice at a time.
+Inputs = np.ndarray | ModelInputs
 
 # Images the activity penalty is measured on at the end of each epoch.
 PENALTY_SAMPLE = 256
@@ -117,13 +121,12 @@ def penalty(model: keras.Model, sample: np.ndarray | None = None) -> float:
     return float(sum(losses))
 
 
-def seeded_subset(
-    x: np.ndarray, y: np.ndarray, size: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def seeded_subset(x: Inputs, y: np.ndarray, size: int, seed: int) -> tuple[Inputs, np.ndarray]:
+    """``size`` rows drawn by ``seed`` (read from ``x``, scaled), or all of them."""
     if size <= 0 or size >= len(x):
         return x, y
     index = np.sort(np.random.default_rng(seed).choice(len(x), size=size, replace=False))
-    return x[index], y[index]
+    return x[index], np.asarray(y[index])
 
 
 class LossDecomposition(keras.callbacks.Callback):
@@ -135,8 +138,8 @@ class LossDecomposition(keras.callbacks.Callback):
 
     def __init__(
         self,
-        train_probe: tuple[np.ndarray, np.ndarray],
-        validation: tuple[np.ndarray, np.ndarray],
+        train_probe: tuple[Inputs, np.ndarray],
+        validation: tuple[Inputs, np.ndarray],
         label: str,
         batch_size: int,
     ):
@@ -178,7 +181,7 @@ class LossDecomposition(keras.callbacks.Callback):
             }
         )
 
-    def _data_loss_and_accuracy(self, x: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    def _data_loss_and_accuracy(self, x: Inputs, labels: np.ndarray) -> tuple[float, float]:
         """Plain cross-entropy and accuracy with dropout and noise off (training=False).
 
         ``predict_on_batch`` reuses the compiled predict function; ``predict``
@@ -260,26 +263,56 @@ def epoch_order(size: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
 
 
 def epoch_batches(
-    x: np.ndarray, y: np.ndarray, seed: int, epochs: range, batch_size: int, shuffle: bool
+    x: Inputs,
+    y: np.ndarray,
+    seed: int,
+    epochs: range,
+    batch_size: int,
+    shuffle: bool,
+    num_classes: int | None = None,
 ) -> Any:
     """A ``tf.data`` pipeline of the training batches of ``epochs``, in :func:`epoch_order`.
 
     Each epoch is batched on its own, so no batch straddles two epochs and the
-    last one may be short, as with ``model.fit`` on arrays. The images stay in
-    memory as tensors; a batch is a gather, prepared ahead while the previous
-    one trains.
+    last one may be short, as with ``model.fit`` on arrays. The arrays are never
+    copied whole: each batch's rows are gathered from ``x``'s stored array (a
+    memory map in the training process) and ``y``, cast and scaled in the
+    pipeline (:func:`~reglab.data.inputs.scale_tensor`), prepared ahead while the
+    previous batch trains; each epoch's order is drawn when the epoch starts.
+    With ``num_classes`` the labels become one-hot there too.
     """
     import tensorflow as tf
 
-    orders = np.stack([epoch_order(len(x), seed, epoch, shuffle) for epoch in epochs])
-    images, labels = tf.constant(x), tf.constant(y)
+    inputs = as_inputs(x)
+    labels = y if isinstance(y, np.ndarray) else np.asarray(y)
+    size = len(inputs)
+    x_dtype = tf.as_dtype(inputs.stored.dtype)
+    y_dtype = tf.as_dtype(labels.dtype)
+
+    def order(epoch: np.ndarray) -> np.ndarray:
+        return epoch_order(size, seed, int(epoch), shuffle).astype(np.int64)
+
+    def gather(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return inputs.take(index), np.asarray(labels[index])
+
+    def read(index: Any) -> tuple[Any, Any]:
+        batch_x, batch_y = tf.numpy_function(gather, [index], (x_dtype, y_dtype), stateful=False)
+        batch_x.set_shape((None, *inputs.shape[1:]))
+        batch_y.set_shape((None, *labels.shape[1:]))
+        batch_x = scale_tensor(batch_x, inputs.pixel_max)
+        if num_classes is not None:
+            batch_y = tf.one_hot(batch_y, num_classes, dtype=tf.float32)
+        return batch_x, batch_y
+
+    def epoch_orders(epoch: Any) -> Any:
+        indices = tf.numpy_function(order, [epoch], tf.int64, stateful=False)
+        indices.set_shape((size,))
+        return tf.data.Dataset.from_tensor_slices(indices).batch(batch_size)
+
     return (
-        tf.data.Dataset.from_tensor_slices(orders.astype(np.int32))
-        .flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size))
-        .map(
-            lambda index: (tf.gather(images, index), tf.gather(labels, index)),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
+        tf.data.Dataset.from_tensor_slices(np.asarray(list(epochs), dtype=np.int64))
+        .flat_map(epoch_orders)
+        .map(read, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )
 
@@ -325,8 +358,8 @@ class _EpochEnd(keras.callbacks.Callback):
 
 def fit(
     model: keras.Model,
-    train: tuple[np.ndarray, np.ndarray],
-    validation: tuple[np.ndarray, np.ndarray],
+    train: tuple[Inputs, np.ndarray],
+    validation: tuple[Inputs, np.ndarray],
     state: TrainingState | None = None,
     *,
     num_classes: int,
@@ -377,12 +410,7 @@ def fit(
     if start < epochs and not state.stopped_early:
         model.fit(
             epoch_batches(
-                x_train,
-                one_hot(y_train, num_classes),
-                seed,
-                range(start, epochs),
-                batch_size,
-                shuffle,
+                x_train, y_train, seed, range(start, epochs), batch_size, shuffle, num_classes
             ),
             initial_epoch=start,
             epochs=epochs,
