@@ -134,7 +134,7 @@ def test_dropout_sits_after_each_conv_block_and_before_the_classifier():
     tutorial = build_model(
         ModelConfig(name="tutorial_cnn", dense_units=[]), recipe, FASHION_SHAPE, 10, seed=0
     )
-    assert layer_names(tutorial)[-3:] == ["flatten", "dropout_dense", "logits"]
+    assert layer_names(tutorial)[-3:] == ["flatten", "dropout_before_logits", "logits"]
 
 
 def test_kernel_penalties_sit_on_every_conv_and_dense_kernel():
@@ -185,15 +185,18 @@ def test_describe_model_lists_each_layer_with_its_regularization():
     assert "L2(l2=0.001) + OrthogonalRegularizer(factor=0.1, mode='columns')" in dense
     assert "L1(l1=1e-05)" in dense  # the activity penalty
     assert "204,928" in dense
-    assert "rate=0.2" in rows["spatial_dropout_1"]
+    assert "rate=0.2" in rows["spatial_dropout_conv_1"]
     assert "stddev=0.1" in rows["input_noise"]
     assert text.rstrip().endswith("model cnn: 225,034 parameters (225,034 trainable)")
 
 
 @pytest.mark.slow
 def test_a_model_with_every_technique_saves_and_loads_back(tmp_path: Path, images):
-    recipe = every_technique()
-    for model_config in (DIGITS_MODEL, ModelConfig(name="mlp", conv_filters=[], dense_units=[32])):
+    dense_only = every_technique()
+    dense_only.group_lasso.conv = 0.0
+    dense_only.spatial_dropout.rate = 0.0
+    mlp = ModelConfig(name="mlp", conv_filters=[], dense_units=[32])
+    for model_config, recipe in ((DIGITS_MODEL, every_technique()), (mlp, dense_only)):
         model = build_model(model_config, recipe, images.shape[1:], 10, seed=5)
         model.compile(
             keras.optimizers.Adam(1e-3),
@@ -250,13 +253,20 @@ def test_a_too_small_input_is_a_config_error_not_a_keras_traceback():
     assert build_model(DIGITS_MODEL, RegularizerConfig(), (8, 8, 1), 10, seed=0)
 
 
-def test_conv_only_settings_on_the_mlp_are_reported(caplog):
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("spatial_dropout.rate", 0.2), ("dropout.conv_rate", 0.3), ("group_lasso.conv", 1e-4)],
+)
+def test_a_conv_only_setting_on_the_mlp_is_refused_in_one_line(setting, value):
     recipe = RegularizerConfig()
-    recipe.spatial_dropout.rate = 0.2
+    group, key = setting.split(".")
+    setattr(getattr(recipe, group), key, value)
     mlp = ModelConfig(name="mlp", conv_filters=[], dense_units=[8])
-    with caplog.at_level("WARNING", logger="reglab.model.build"):
+    with pytest.raises(ConfigError) as error:
         build_model(mlp, recipe, (8, 8, 1), 10, seed=0)
-    assert "spatial_dropout.rate=0.2 has no effect: model 'mlp' has no conv layers" in caplog.text
+    message = str(error.value)
+    assert message.startswith(f"{setting}={value}: acts on conv layers, and model 'mlp' has none")
+    assert "\n" not in message
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,9 @@ def composed_keys(node: dict, prefix: str = "") -> set[str]:
     keys: set[str] = set()
     for name, value in node.items():
         key = f"{prefix}{name}"
-        keys |= composed_keys(value, f"{key}.") if isinstance(value, dict) else {key}
+        # An empty mapping (custom.arguments: {}) is a leaf, as in the schema.
+        nested = isinstance(value, dict) and value
+        keys |= composed_keys(value, f"{key}.") if nested else {key}
     return keys
 
 
@@ -134,15 +136,46 @@ def test_every_recipe_key_can_be_overridden_without_a_plus():
         "early_stopping.patience": 5, "early_stopping.min_delta": 0.5,
         "early_stopping.restore_best_weights": False,
         "weight_decay": 0.5, "label_smoothing": 0.5,
+        "layers.types": ["dense"], "layers.include": "dense_.*", "layers.exclude": "dense_9",
+        "layers.output": True,
+        "custom.name": "examples.models.CenteredL2",
+        "custom.arguments": {}, "custom.on": "bias",
     }  # fmt: skip
     assert set(values) == RECIPE_KEYS
-    overrides = [f"variants.l2.{key}={value}" for key, value in values.items()]
+
+    def override(value: object) -> str:
+        if isinstance(value, dict):
+            return "{" + ",".join(f"{k}:{v}" for k, v in value.items()) + "}"
+        if isinstance(value, list):
+            return "[" + ",".join(map(str, value)) + "]"
+        return str(value)
+
+    overrides = [f"variants.l2.{key}={override(value)}" for key, value in values.items()]
     recipe = OmegaConf.to_container(validate(compose(overrides)) and compose(overrides))
     for key, value in values.items():
         node = recipe["variants"]["l2"]
         for part in key.split("."):
             node = node[part]
         assert node == value, key
+
+
+def test_a_users_arguments_are_added_with_a_plus():
+    """A builder's kwargs and a regularizer's arguments are the user's own keys: Hydra
+    adds a key that the schema does not have with ``+``."""
+    config = validate(
+        compose(
+            [
+                "model=keras",
+                "model.builder=examples.models.dense",
+                "+model.kwargs.width=64",
+                "variants.l2.custom.name=examples.models.CenteredL2",
+                "+variants.l2.custom.arguments.strength=0.5",
+            ]
+        )
+    )
+    assert config.model.kwargs == {"width": 64}
+    assert config.model.builder_arguments() == {"width": 64}
+    assert config.variants["l2"].custom.arguments == {"strength": 0.5}
 
 
 def test_the_issue_s_command_line_examples():

@@ -8,10 +8,14 @@ importing TensorFlow.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import re
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
-from reglab.config.checks import bounded
+from reglab.config.checks import ConfigError, bounded
 
 LayerType = Literal["conv", "dense"]
 LAYER_TYPES: tuple[str, ...] = ("conv", "dense")
@@ -135,8 +139,55 @@ class EarlyStoppingConfig:
 
 
 @dataclass
+class LayerSelection:
+    """Which layers of the model a recipe's penalties, constraints and dropout act on.
+
+    ``types``: ``dense`` (Dense) and ``conv`` (Conv1D/2D/3D, SeparableConv1D/2D,
+    DepthwiseConv1D/2D); ``include`` / ``exclude``: regular expressions matched
+    against the whole layer name. The output layer takes part only with
+    ``output: true``; ``null`` leaves it to the model (``model.regularize_output``).
+    """
+
+    types: list[str] = field(default_factory=lambda: list(LAYER_TYPES))
+    include: str = ".*"
+    exclude: str | None = None
+    output: bool | None = None
+
+    def validate(self) -> None:
+        unknown = [kind for kind in self.types if kind not in LAYER_TYPES]
+        if unknown or not self.types:
+            raise ValueError(f"layers.types={self.types}: give one or more of {list(LAYER_TYPES)}")
+        for key in ("include", "exclude"):
+            pattern = getattr(self, key)
+            if pattern is None:
+                continue
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(
+                    f"layers.{key}={pattern!r}: not a regular expression ({error})"
+                ) from None
+
+
+@dataclass
+class CustomRegularizerConfig:
+    """A regularizer of the user's own: ``name`` is its import path
+    (``package.module.ClassName``, registered with
+    ``keras.saving.register_keras_serializable`` so the saved model loads), built
+    with ``arguments`` and added to the kernels (or biases, or activities) of the
+    selected layers."""
+
+    name: str | None = None
+    arguments: dict[str, Any] = field(default_factory=dict)
+    on: str = bounded("kernel", choices=["kernel", "bias", "activity"])
+
+
+@dataclass
 class RegularizerConfig:
     """One regularization recipe. Every technique defaults to off."""
+
+    layers: LayerSelection = field(default_factory=LayerSelection)
+    custom: CustomRegularizerConfig = field(default_factory=CustomRegularizerConfig)
 
     kernel: PenaltyConfig = field(default_factory=PenaltyConfig)
     bias: PenaltyConfig = field(default_factory=PenaltyConfig)
@@ -155,6 +206,10 @@ class RegularizerConfig:
     label_smoothing: float = bounded(0.0, ge=0, lt=1)
 
     def validate(self) -> None:
+        if self.custom.name is None and self.custom.arguments:
+            raise ValueError(
+                f"custom.arguments={self.custom.arguments}: name the regularizer (custom.name)"
+            )
         # Both would sit in the same place after each conv block; stacking them is
         # almost never meant, so ask the user to pick one.
         if self.dropout.conv_rate > 0 and self.spatial_dropout.rate > 0:
@@ -167,13 +222,39 @@ class RegularizerConfig:
 
 # -------------------------------------------------------------------- model
 
-MODEL_NAMES: tuple[str, ...] = ("cnn", "tutorial_cnn", "mlp")
+# The architectures reglab ships, as builders of the same kind as a user's own.
+BUILTIN_BUILDERS: dict[str, str] = {
+    name: f"reglab.model.builders.{name}" for name in ("cnn", "tutorial_cnn", "mlp")
+}
+MODEL_NAMES: tuple[str, ...] = tuple(BUILTIN_BUILDERS)
 ACTIVATIONS: tuple[str, ...] = ("relu", "elu", "gelu", "selu", "swish", "tanh")
 
 
 @dataclass
 class ModelConfig:
-    name: str = bounded("cnn", choices=MODEL_NAMES)
+    """The model: a builder function (built-in or the user's) or a saved ``.keras`` file.
+
+    ``builder`` is ``package.module.function`` (or ``package.module:function``),
+    called as ``builder(input_shape, num_classes, **kwargs)`` (plus ``seed=`` if it
+    takes one) and returning a plain, unregularized ``keras.Model``. Naming it
+    runs that code, like an import. The built-in builders take the typed keys below
+    (``conv_filters`` ... ``activation``); a user's builder takes ``kwargs``.
+    ``file``: a saved model instead, re-initialized from the seed unless
+    ``keep_weights``. ``source``: the file or folder of the model's code (or the
+    ``.keras`` file) that DVC tracks, so editing it re-runs the train stages.
+    """
+
+    name: str = "cnn"
+    # null: the built-in builder of that name (cnn, tutorial_cnn, mlp).
+    builder: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    file: str | None = None
+    keep_weights: bool = False
+    source: str = "src/reglab/model/builders.py"
+    # Whether the recipes' penalties act on the output layer too when the recipe
+    # does not say (regularizer.layers.output: null). The built-ins penalize their
+    # classifier, as the Keras tutorials they follow do; model=keras does not.
+    regularize_output: bool = True
     # One conv block per entry: Conv2D(filters) -> MaxPool(2). Empty for the MLP.
     conv_filters: list[int] = field(default_factory=lambda: [32, 64])
     kernel_size: int = bounded(3, ge=1)
@@ -184,13 +265,108 @@ class ModelConfig:
     dense_units: list[int] = field(default_factory=lambda: [128])
     activation: str = bounded("relu", choices=ACTIVATIONS)
 
+    @property
+    def builder_path(self) -> str | None:
+        """The builder to call: ``builder``, or the built-in named ``name``."""
+        if self.file is not None:
+            return None
+        return self.builder or BUILTIN_BUILDERS.get(self.name)
+
+    @property
+    def builtin(self) -> str | None:
+        """The built-in architecture this config builds, or None for the user's own."""
+        for name, path in BUILTIN_BUILDERS.items():
+            if self.builder_path == path:
+                return name
+        return None
+
+    def builder_arguments(self) -> dict[str, Any]:
+        """The keyword arguments the builder is called with."""
+        if self.builtin is None:
+            return dict(self.kwargs)
+        return {
+            "conv_filters": list(self.conv_filters),
+            "kernel_size": self.kernel_size,
+            "padding": self.padding,
+            "dense_units": list(self.dense_units),
+            "activation": self.activation,
+        }
+
+    def module_name(self) -> str | None:
+        """The module of the builder (None for a saved file)."""
+        path = self.builder_path
+        if path is None:
+            return None
+        module, sep, _ = path.partition(":")
+        return module if sep else path.rpartition(".")[0]
+
+    def check_source(self, root: Path) -> None:
+        """``source`` exists and holds the model's code (the builder's module, when it
+        lies in the project folder ``root``, or the saved file), so that DVC tracks
+        what the train stages run. The built-ins' code is the package's own."""
+        if self.builtin is not None:
+            return
+        source = (root / self.source).resolve()
+        if not source.exists():
+            raise ConfigError(
+                f"model.source={self.source}: no such file or folder; name the file or "
+                "folder of your model's code, which DVC tracks"
+            )
+        if self.file is not None:
+            code = (root / self.file).resolve()
+            key = f"model.file={self.file}"
+        else:
+            name = str(self.module_name())
+            try:
+                spec = importlib.util.find_spec(name)
+            except (ImportError, ValueError) as error:
+                spec, problem = None, str(error)
+            else:
+                problem = "no such module"
+            if spec is None:
+                raise ConfigError(
+                    f"model.builder={self.builder_path}: module {name!r} is not found "
+                    f"({problem}); put it in the project folder (run from there) or "
+                    "install its package"
+                )
+            if spec.origin is None or not Path(spec.origin).exists():
+                return
+            code = Path(spec.origin).resolve()
+            key = f"model.builder={self.builder_path}"
+            if not code.is_relative_to(root.resolve()):
+                return  # an installed package: its version is in the run's environment
+        if code != source and not code.is_relative_to(source):
+            raise ConfigError(
+                f"model.source={self.source}: does not hold {os.path.relpath(code, root)}"
+                f", the code of {key}; set model.source to it (or its folder) so that "
+                "editing it re-runs the train stages"
+            )
+
     def validate(self) -> None:
+        if self.builder is not None and self.file is not None:
+            raise ValueError(f"builder={self.builder!r}, file={self.file!r}: give one of them")
+        if self.builder_path is None and self.file is None:
+            raise ValueError(
+                f"builder=null: model {self.name!r} is not a built-in ({', '.join(MODEL_NAMES)}); "
+                "name your builder (-S model.builder=examples.models.resnet) or a saved "
+                "model (-S model.file=path/to/model.keras)"
+            )
+        if self.keep_weights and self.file is None:
+            raise ValueError("keep_weights=true: only a saved model (model.file) has weights")
+        builtin = self.builtin
+        if builtin is None:
+            return
+        if self.kwargs:
+            raise ValueError(
+                f"kwargs={self.kwargs}: the built-in {builtin!r} takes the typed keys "
+                "(conv_filters, kernel_size, padding, dense_units, activation)"
+            )
         for key, sizes in (("conv_filters", self.conv_filters), ("dense_units", self.dense_units)):
             if any(size < 1 for size in sizes):
                 raise ValueError(f"{key}={sizes}: every size must be >= 1")
-        if self.name == "mlp" and self.conv_filters:
+        if builtin == "mlp" and self.conv_filters:
             raise ValueError(
                 f"conv_filters={self.conv_filters}: the mlp has no conv layers; set it to []"
             )
-        if self.name != "mlp" and not self.conv_filters:
-            raise ValueError(f"conv_filters=[]: model {self.name!r} needs at least one conv block")
+        if builtin != "mlp" and not self.conv_filters:
+            raise ValueError(f"conv_filters=[]: model {builtin!r} needs at least one conv block")

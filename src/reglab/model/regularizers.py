@@ -165,12 +165,14 @@ def kernel_regularizer(
 
 
 def kernel_constraint(
-    recipe: RegularizerConfig, layer_type: LayerType
+    recipe: RegularizerConfig, layer_type: LayerType, rank: int | None = None
 ) -> keras.constraints.Constraint | None:
-    """MaxNorm over each output unit's incoming weights (all axes but the last)."""
+    """MaxNorm over each output unit's incoming weights (all axes but the last of a
+    kernel of ``rank``; a Conv2D kernel's by default for ``"conv"``)."""
     if recipe.max_norm.max_value is None:
         return None
-    axis: int | list[int] = [0, 1, 2] if layer_type == "conv" else 0
+    rank = rank or (4 if layer_type == "conv" else 2)
+    axis: int | list[int] = 0 if rank == 2 else list(range(rank - 1))
     return keras.constraints.MaxNorm(max_value=recipe.max_norm.max_value, axis=axis)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -10,14 +11,29 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def weight_arrays(model: Any, kinds: tuple[str, ...] = ("kernel", "bias")) -> dict[str, np.ndarray]:
-    """Trainable kernels and biases by '<layer>/<kind>' (e.g. 'conv_1/kernel'), in layer order."""
-    arrays: dict[str, np.ndarray] = {}
+def all_layers(model: Any) -> Iterator[Any]:
+    """Every layer, inside nested models too, in the model's order."""
     for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from all_layers(layer)
+
+
+# The attributes that hold each kind of weight: separable and depthwise convolutions
+# keep their kernels under their own names.
+_ATTRIBUTES = {"kernel": ("kernel", "depthwise_kernel", "pointwise_kernel"), "bias": ("bias",)}
+
+
+def weight_arrays(model: Any, kinds: tuple[str, ...] = ("kernel", "bias")) -> dict[str, np.ndarray]:
+    """Trainable kernels and biases by '<layer>/<attribute>' (e.g. 'conv_1/kernel'), in
+    layer order, inside nested models too, whatever the layers are named."""
+    arrays: dict[str, np.ndarray] = {}
+    for layer in all_layers(model):
         for kind in kinds:
-            variable = getattr(layer, kind, None)
-            if variable is not None and hasattr(variable, "numpy"):
-                arrays[f"{layer.name}/{kind}"] = np.asarray(variable.numpy())
+            for attribute in _ATTRIBUTES.get(kind, (kind,)):
+                variable = getattr(layer, attribute, None)
+                if variable is not None and hasattr(variable, "numpy"):
+                    arrays[f"{layer.name}/{attribute}"] = np.asarray(variable.numpy())
     return arrays
 
 

@@ -54,6 +54,7 @@ def main(argv: list[str]) -> None:
             "wait for it to finish or stop it, then run again; nothing was changed"
         )
     config = read_config(check_fresh=True)
+    config.model.check_source(Path.cwd())
     # The same text for every valid config: the stages after this one re-run for
     # their own params, never because this file changed.
     write_atomic(Path(config.paths.check), "params.yaml is valid and the composition of conf/\n")

@@ -18,11 +18,19 @@ from reglab.tracking.store import flatten
 log = logging.getLogger(__name__)
 
 
-def log_run_setup(params: Mapping[str, Any], model_summary: str, processed_dir: str) -> None:
-    """What a new run records before its first epoch: enough to re-create it from MLflow alone."""
+def log_run_setup(
+    params: Mapping[str, Any],
+    model_summary: str,
+    processed_dir: str,
+    model_code: Sequence[Path] = (),
+) -> None:
+    """What a new run records before its first epoch: enough to re-create it from MLflow
+    alone, the user's model code (under ``code/``) included."""
     mlflow.log_params(flatten(params))
     mlflow.log_text(secrets.redact(json.dumps(params, indent=2, default=str)), "config.json")
     mlflow.log_text(model_summary, "model_summary.txt")
+    for path in model_code:  # relative to the project folder
+        mlflow.log_artifact(str(path), Path("code", path.parent).as_posix())
     mlflow.log_text(secrets.redact(installed_packages()), "environment/requirements.txt")
     log_data_inputs(processed_dir)
 

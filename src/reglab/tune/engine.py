@@ -39,6 +39,7 @@ def _runtime_env(
     threads = str(config.tune.threads_per_trial)
     return {
         **_worker_python(address),
+        **_user_modules(config),
         "env_vars": {
             "TF_CPP_MIN_LOG_LEVEL": "2",
             **(worker_env or {}),
@@ -52,6 +53,17 @@ def _runtime_env(
             "PYTHONHASHSEED": "0",
         },
     }
+
+
+def _user_modules(config: Config) -> dict[str, list[str]]:
+    """The user's model package (the top-level folder of ``model.builder`` in the
+    project folder), shipped to every worker with Ray's ``py_modules``, so a trial
+    imports it on any node of a cluster, as the driver does."""
+    module = config.model.module_name()
+    if config.model.builtin is not None or module is None:
+        return {}
+    package = Path(module.split(".")[0]).resolve()
+    return {"py_modules": [str(package)]} if package.is_dir() else {}
 
 
 def _worker_python(address: str | None) -> dict[str, str]:
