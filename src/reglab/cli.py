@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -192,6 +193,11 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE, file=sys.stderr)
         sys.exit(2)
     setup_logging()
+    # A user's model module lives in the project folder (model.builder=examples.models.
+    # resnet): `python -m reglab` and the stages import from there, as Python puts the
+    # working folder first on the path for `-m`; the `reglab` console script does the same.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     # `mlflow run` passes an empty `overrides` parameter as ''; it means none.
     command, rest = argv[0], [arg for arg in argv[1:] if arg.strip()]
     user, tags = mlflow_settings(), run_tags()  # before any run (train_job)

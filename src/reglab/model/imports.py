@@ -6,9 +6,12 @@ Naming one runs its module's code, as an import does.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from reglab.config.checks import ConfigError
+from reglab.config.recipes import ModelConfig, RegularizerConfig
 
 
 def split_path(path: str) -> tuple[str, str]:
@@ -34,4 +37,23 @@ def import_object(path: str, key: str) -> Any:
     found = getattr(module, name, None)
     if found is None:
         raise ConfigError(f"{key}={path!r}: module {module_name!r} has no {name!r}")
+    return found
+
+
+def user_modules(model: ModelConfig, recipes: Sequence[RegularizerConfig] = ()) -> list[str]:
+    """The modules of the user's builder and regularizers."""
+    paths = [model.builder_path] if model.builtin is None and model.builder_path else []
+    paths += [recipe.custom.name for recipe in recipes if recipe.custom.name is not None]
+    return sorted({split_path(str(path))[0] for path in paths})
+
+
+def user_packages(modules: Sequence[str], root: Path) -> list[Path]:
+    """The top-level folders (or files) of ``modules`` in the project folder ``root``:
+    what a logged model or a cluster's workers need to import them."""
+    found = []
+    for module in modules:
+        top = module.split(".")[0]
+        for candidate in (root / top, root / f"{top}.py"):
+            if candidate.exists() and candidate not in found:
+                found.append(candidate)
     return found

@@ -16,7 +16,7 @@ import keras
 from reglab.config.checks import ConfigError
 from reglab.config.recipes import ModelConfig, RegularizerConfig
 from reglab.core.digest import file_sha256, tree_digest
-from reglab.model.imports import import_object, split_path
+from reglab.model.imports import import_object, split_path, user_modules, user_packages  # noqa: F401
 from reglab.model.recipe import find_output, functional
 
 

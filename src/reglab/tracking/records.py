@@ -119,17 +119,27 @@ def log_trained_model(
     registered_model_name: str | None = None,
     class_names: Sequence[str] | None = None,
     keras_file: Path | None = None,
+    user_code: Sequence[Path] = (),
+    user_modules: Sequence[str] = (),
 ) -> None:
     """After training: the pending epochs, the kernel histograms (the images drawn
     during training), the model (with an input example, when given one;
     it predicts probabilities of ``class_names``; from ``keras_file`` when the model
-    is saved there already) and the epoch count."""
+    is saved there already; with the user's code it needs) and the epoch count."""
     mlflow.flush_async_logging()
     # Epochs whose asynchronous logging failed while the server was away.
     log_missing_epochs(mlflow.active_run().info.run_id, history)
     log_weight_histograms(histograms)
     if example_inputs is not None:
-        log_keras_model(model, example_inputs, registered_model_name, class_names, keras_file)
+        log_keras_model(
+            model,
+            example_inputs,
+            registered_model_name,
+            class_names,
+            keras_file,
+            user_code=user_code,
+            user_modules=user_modules,
+        )
     mlflow.log_metrics({"epochs_trained": len(history)})
 
 
@@ -154,8 +164,15 @@ def log_keras_model(
     registered_model_name: str | None = None,
     class_names: Sequence[str] | None = None,
     keras_file: Path | None = None,
+    *,
+    user_code: Sequence[Path] = (),
+    user_modules: Sequence[str] = (),
 ) -> str:
     """Log the model MLflow serves: class probabilities with the class names.
+
+    ``user_code`` (the user's packages the model's custom objects come from) is
+    shipped with it as MLflow's ``code_paths``, and ``user_modules`` are imported
+    when it loads, so that the model loads in safe mode anywhere.
 
     The Keras model (logits, as training and evaluation use it) goes in as the
     ``keras_model`` artifact of :mod:`reglab.tracking.served_model`, a pyfunc model from
@@ -195,7 +212,8 @@ def log_keras_model(
                 name="model",
                 python_model=str(Path(served_model.__file__)),
                 artifacts={"keras_model": str(keras_file)},
-                model_config={"class_names": names},
+                model_config={"class_names": names, "modules": list(user_modules)},
+                code_paths=[str(path) for path in user_code] or None,
                 signature=infer_signature(np.asarray(example_inputs), probabilities),
                 pip_requirements=[
                     f"tensorflow=={tf.__version__}",

@@ -7,10 +7,12 @@ model config. ``mlflow.pyfunc.load_model("runs:/<id>/model").predict(images)``
 returns a DataFrame whose rows are softmax probabilities (summing to 1) and
 whose columns are the class names. The file is copied into the logged model,
 so it imports nothing from reglab but the project's registered regularizers,
-when present, which a model that uses them needs to load.
+when present, which a model that uses them needs to load, and the user's modules
+that register theirs (logged with the model as its code paths).
 """
 
 import contextlib
+import importlib
 from typing import Any
 
 import mlflow
@@ -34,6 +36,9 @@ class ClassProbabilities(PythonModel):
 
         with contextlib.suppress(ImportError):  # registers the project's regularizers
             import reglab.model.regularizers  # noqa: F401
+        # The user's modules (shipped as the model's code paths) register theirs.
+        for module in context.model_config.get("modules", []):
+            importlib.import_module(module)
         self.model = keras.models.load_model(context.artifacts["keras_model"], compile=False)
         self.class_names = [str(name) for name in context.model_config["class_names"]]
         self.batch_size = int(context.model_config.get("batch_size", 512))

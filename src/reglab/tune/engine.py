@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from reglab.config.schema import Config, SearchConfig
+from reglab.model.imports import user_modules, user_packages
 from reglab.tune.outcome import Trial, n_trials
 from reglab.tune.trial import run_trial, trial_dir
 
@@ -56,14 +57,13 @@ def _runtime_env(
 
 
 def _user_modules(config: Config) -> dict[str, list[str]]:
-    """The user's model package (the top-level folder of ``model.builder`` in the
+    """The user's model and regularizer packages (their top-level folders in the
     project folder), shipped to every worker with Ray's ``py_modules``, so a trial
-    imports it on any node of a cluster, as the driver does."""
-    module = config.model.module_name()
-    if config.model.builtin is not None or module is None:
-        return {}
-    package = Path(module.split(".")[0]).resolve()
-    return {"py_modules": [str(package)]} if package.is_dir() else {}
+    imports them on any node of a cluster, as the driver does."""
+    recipes = [config.variant(name) for name in config.variants]
+    modules = user_modules(config.model, recipes)
+    packages = user_packages(modules, Path.cwd())
+    return {"py_modules": [str(path.resolve()) for path in packages]} if packages else {}
 
 
 def _worker_python(address: str | None) -> dict[str, str]:
