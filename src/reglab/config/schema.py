@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from reglab.config.checks import ConfigError, bounded, check
 from reglab.config.data import DataConfig
@@ -266,6 +266,10 @@ class Config:
     tune: TuneConfig = field(default_factory=TuneConfig)
 
     def validate(self) -> None:
+        try:
+            self.data.check_source(self.paths.raw)
+        except ValueError as error:
+            raise ConfigError(f"data: {error}") from None
         if not self.seeds:
             raise ConfigError("seeds=[]: give at least one training seed, e.g. seeds=[42]")
         if len(set(self.seeds)) != len(self.seeds) or any(seed < 0 for seed in self.seeds):
@@ -315,6 +319,8 @@ def _one_line(error: OmegaConfBaseException) -> str:
     """OmegaConf errors span several lines; keep the key and the reason."""
     reason = str(error).splitlines()[0].strip()
     key = getattr(error, "full_key", None)
+    if key and isinstance(error, MissingMandatoryValue):
+        return f"{key}: required, and not set; set it (e.g. `-S '{key}=...'` or in conf/)"
     value = getattr(error, "value", None)
     if key:
         shown = f"{key}={value!r}" if value is not None else key

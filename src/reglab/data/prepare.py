@@ -30,12 +30,17 @@ from typing import Any
 
 import numpy as np
 
-from reglab.config.data import TEST_KEYS, TRAIN_KEYS, DataConfig, DataFile
+from reglab.config.data import TEST_KEYS, TRAIN_KEYS, USER_FORMATS, DataConfig, DataFile
 from reglab.core.digest import file_sha256
 from reglab.core.io import writing_dir
 from reglab.data.errors import DataError, IdxFormatError
 from reglab.data.idx import check_magic, parse_idx, read_content
+from reglab.data.image_folder import read_image_folder
+from reglab.data.image_folder import source_files as image_files
 from reglab.data.inputs import STORED_DTYPES, ModelInputs, open_stored, stored_dtype
+from reglab.data.npz import read_npz
+from reglab.data.table import read_csv_table, standardize
+from reglab.data.userdata import FEATURES, IMAGES, UserData, digests_of, listing_digest
 
 log = logging.getLogger(__name__)
 
@@ -246,16 +251,49 @@ def preprocess(
     data_format: str,
     files: Mapping[str, DataFile],
     image_shape: Sequence[int],
-    num_classes: int,
+    num_classes: int | None,
     class_names: Sequence[str],
     pixel_max: float,
     plan: SplitPlan,
+    image_size: Sequence[int] | None = None,
+    color_mode: str | None = None,
+    label_column: str | None = None,
 ) -> dict[str, Any]:
     """Read ``raw_dir``, split, scale, and write arrays plus manifest to ``output_dir``.
 
-    Returns the manifest.
+    ``raw_dir`` is data.path: the download's folder for the bundled sets, the
+    user's image folder, CSV file or .npz file for ``data_format`` in USER_FORMATS
+    (``image_size``, ``color_mode`` and ``label_column`` are for those). Returns
+    the manifest.
     """
     started = time.perf_counter()
+    if data_format in USER_FORMATS:
+        user = read_user_data(
+            data_format,
+            raw_dir,
+            image_size=image_size,
+            color_mode=color_mode,
+            label_column=label_column,
+            num_classes=num_classes,
+            class_names=class_names,
+        )
+        splits, description = prepare_user_data(
+            user,
+            raw_dir,
+            name=name,
+            data_format=data_format,
+            image_shape=image_shape,
+            pixel_max=pixel_max,
+            plan=plan,
+            options={
+                "image_size": None if image_size is None else list(image_size),
+                "color_mode": color_mode,
+                "label_column": label_column,
+            },
+        )
+        return _write(output_dir, splits, description, started)
+    if num_classes is None:
+        raise DataError(f"data.num_classes: required for data.format={data_format}")
     raw = read_raw(raw_dir, files, image_shape, num_classes)
     cut, test_source = make_splits(raw, plan)
     splits = {
@@ -278,16 +316,144 @@ def preprocess(
         "scaling": f"float32(raw pixel) / {pixel_max:g}",
         "pixel_max": pixel_max,
     }
-    manifest = write_processed(output_dir, splits, description, num_classes)
+    return _write(output_dir, splits, description, started)
+
+
+def _write(
+    output_dir: Path, splits: Mapping[str, Split], description: Mapping[str, Any], started: float
+) -> dict[str, Any]:
+    manifest = write_processed(output_dir, splits, description, description["num_classes"])
     log.info(
         "%s: wrote %s into %s in %.1f s (test: %s)",
-        name,
+        description["dataset"],
         ", ".join(f"{split} {size}" for split, size in manifest["sizes"].items()),
         output_dir,
         time.perf_counter() - started,
-        test_source,
+        description["source"]["test_split"],
     )
     return manifest
+
+
+def read_user_data(
+    data_format: str,
+    path: Path,
+    *,
+    image_size: Sequence[int] | None,
+    color_mode: str | None,
+    label_column: str | None,
+    num_classes: int | None,
+    class_names: Sequence[str],
+) -> UserData:
+    """Read the user's image folder, CSV file or .npz file (``data_format``) at ``path``."""
+    if data_format == "image_folder":
+        data = read_image_folder(
+            path, image_size=image_size, color_mode=color_mode, class_names=class_names
+        )
+    elif data_format == "csv":
+        if not label_column:
+            raise DataError("data.label_column: required for data.format=csv; name the column")
+        data = read_csv_table(path, label_column, class_names)
+    elif data_format == "npz":
+        data = read_npz(path, num_classes, class_names)
+    else:
+        raise DataError(f"data.format={data_format!r}: not one of {list(USER_FORMATS)}")
+    if num_classes is not None and len(data.class_names) != num_classes:
+        raise DataError(
+            f"data.num_classes={num_classes}, but {path} has {len(data.class_names)} classes "
+            f"{data.class_names}; set data.num_classes=null to take it from the data"
+        )
+    return data
+
+
+def source_digests(data_format: str, path: Path) -> dict[str, str]:
+    """SHA-256 of every source file of the user's data at ``path``, by relative path."""
+    if data_format == "image_folder":
+        return digests_of(path, image_files(path))
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (data.path)")
+    return digests_of(path, [path.name])
+
+
+def prepare_user_data(
+    user: UserData,
+    path: Path,
+    *,
+    name: str,
+    data_format: str,
+    image_shape: Sequence[int],
+    pixel_max: float,
+    plan: SplitPlan,
+    options: Mapping[str, Any],
+) -> tuple[dict[str, Split], dict[str, Any]]:
+    """Split the user's data (holding a test set out unless it has its own), standardize
+    a table's features on the training split alone; the arrays and manifest entries."""
+    shape = list(user.splits["train"][0].shape[1:])
+    if image_shape and list(image_shape) != shape:
+        raise DataError(
+            f"data.image_shape={list(image_shape)}, but {path} gives inputs of shape {shape}; "
+            "set data.image_shape=[] to take it from the data"
+        )
+    if user.inputs == FEATURES and pixel_max != 1:
+        raise DataError(
+            f"data.pixel_max={pixel_max:g}: {path} holds features, which are not scaled; "
+            "set data.pixel_max=1"
+        )
+    if "test" in user.splits and plan.test_holdout_size is not None:
+        raise DataError(
+            f"data.test_holdout_size={plan.test_holdout_size}: {path} has its own train/ and "
+            "test/ folders (an official test split); set data.test_holdout_size=null"
+        )
+    cut, test_source = make_splits(user.splits, plan)
+    extra: dict[str, Any] = {}
+    if data_format == "csv":
+        cut, statistics = standardize(cut)
+        extra["standardization"] = {
+            "fitted_on": "train",
+            "columns": user.feature_names,
+            **statistics,
+        }
+    if user.inputs == IMAGES:
+        for split, (images, _) in cut.items():
+            if images.size and int(images.max()) > pixel_max:
+                raise DataError(
+                    f"data.pixel_max={pixel_max:g}, but the {split} images of {path} reach "
+                    f"{int(images.max())}; set data.pixel_max to the largest pixel value"
+                )
+    splits = {
+        split: (
+            inputs if inputs.dtype == np.uint8 else inputs.astype(np.float32),
+            labels.astype(np.int64),
+        )
+        for split, (inputs, labels) in cut.items()
+    }
+    description = {
+        "format_version": MANIFEST_VERSION,
+        "dataset": name,
+        "source": {
+            "format": data_format,
+            "path": str(path),
+            **options,
+            "files": {},
+            "file_count": len(user.file_digests),
+            "files_digest": listing_digest(user.file_digests),
+            "file_digests": dict(sorted(user.file_digests.items())),
+            "test_split": test_source,
+        },
+        "split_seed": plan.split_seed,
+        "split_plan": asdict(plan),
+        "num_classes": len(user.class_names),
+        "class_names": list(user.class_names),
+        "inputs": user.inputs,
+        "image_shape": shape,
+        "scaling": (
+            f"float32(raw pixel) / {pixel_max:g}"
+            if user.inputs == IMAGES
+            else "none (features as stored)"
+        ),
+        "pixel_max": float(pixel_max) if user.inputs == IMAGES else 1.0,
+        **extra,
+    }
+    return splits, description
 
 
 def write_processed(
@@ -367,23 +533,52 @@ def load_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
+# The source keys of the user's formats that change what preprocess writes.
+_USER_SOURCE_KEYS = ("path", "image_size", "color_mode", "label_column")
+
+
 def prepared_for(manifest: Mapping[str, Any]) -> dict[str, Any]:
     """The data keys a manifest's arrays were prepared with, named as in the config."""
     keys = {"data.name": manifest.get("dataset"), "data.pixel_max": manifest.get("pixel_max")}
     keys.update({f"data.{key}": value for key, value in manifest.get("split_plan", {}).items()})
-    for key, entry in manifest.get("source", {}).get("files", {}).items():
+    source = manifest.get("source", {})
+    for key, entry in source.get("files", {}).items():
         keys[f"data.files.{key}.sha256"] = entry["sha256"]
+    if source.get("format") in USER_FORMATS:
+        keys["data.format"] = source["format"]
+        keys.update({f"data.{key}": source.get(key) for key in _USER_SOURCE_KEYS})
+    if manifest.get("class_names"):
+        keys["data.class_names"] = list(manifest["class_names"])
+    if manifest.get("num_classes") is not None:
+        keys["data.num_classes"] = manifest["num_classes"]
     return keys
 
 
 def described(data: DataConfig) -> dict[str, Any]:
-    """The manifest entries that say which data config arrays were prepared for."""
-    return {
+    """The manifest entries that say which data config arrays were prepared for.
+
+    The user's formats add their source keys; class names and the number of
+    classes are there only when the config gives them (else the data says).
+    """
+    entries: dict[str, Any] = {
         "dataset": data.name,
         "pixel_max": data.pixel_max,
         "split_plan": asdict(split_plan(data)),
         "source": {"files": {key: asdict(entry) for key, entry in data.files.items()}},
     }
+    if data.format in USER_FORMATS:
+        entries["source"].update(
+            format=data.format,
+            path=data.path,
+            image_size=None if data.image_size is None else list(data.image_size),
+            color_mode=data.color_mode,
+            label_column=data.label_column,
+        )
+    if data.class_names:
+        entries["class_names"] = list(data.class_names)
+    if data.num_classes is not None:
+        entries["num_classes"] = data.num_classes
+    return entries
 
 
 def check_prepared(directory: Path, manifest: Mapping[str, Any], data: DataConfig) -> None:
@@ -402,6 +597,64 @@ def check_prepared(directory: Path, manifest: Mapping[str, Any], data: DataConfi
                 f"{setting}; prepare it for this config with `dvc exp run -S '{setting}'` "
                 f"(or `make params && dvc repro preprocess` after changing conf/)"
             )
+    if data.format in USER_FORMATS:
+        _check_source_files(directory, manifest["source"], data.format, Path(data.path))
+
+
+def _check_source_files(
+    directory: Path, source: Mapping[str, Any], data_format: str, path: Path
+) -> None:
+    """The user's files must be those the arrays were made from, byte for byte."""
+    if not path.exists():
+        raise DataError(
+            f"{path} (data.path): missing; {directory} was prepared from it, and the files are "
+            "needed to check that they did not change"
+        )
+    current = source_digests(data_format, path)
+    if listing_digest(current) == source.get("files_digest"):
+        return
+    before = source.get("file_digests", {})
+    changed = sorted(
+        name for name in set(current) | set(before) if current.get(name) != before.get(name)
+    )
+    first = changed[0]
+    what = "added" if first not in before else "removed" if first not in current else "changed"
+    raise DataError(
+        f"{directory} was prepared from other files than {path} holds now ({len(changed)} "
+        f"differ, e.g. {first}: {what}); run the preprocess stage again (`dvc repro preprocess`)"
+    )
+
+
+@dataclass(frozen=True)
+class DatasetClasses:
+    """The classes of the prepared data: label i is ``names[i]``."""
+
+    names: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+
+def dataset_classes(processed_dir: str | Path, data: DataConfig) -> DatasetClasses:
+    """The class names (and their number) of the data in ``processed_dir``.
+
+    The manifest is the source: for the user's formats only the data knows them.
+    Values the config gives must agree with it.
+    """
+    manifest = load_manifest(processed_dir)
+    names = [str(name) for name in manifest["class_names"]]
+    if data.class_names and list(data.class_names) != names:
+        raise DataError(
+            f"{processed_dir} holds data with class_names={names}, not data.class_names="
+            f"{list(data.class_names)}; run the preprocess stage again (`dvc repro preprocess`)"
+        )
+    if data.num_classes is not None and data.num_classes != len(names):
+        raise DataError(
+            f"{processed_dir} holds data with {len(names)} classes, not data.num_classes="
+            f"{data.num_classes}; run the preprocess stage again (`dvc repro preprocess`)"
+        )
+    return DatasetClasses(names)
 
 
 def _override(value: Any) -> str:

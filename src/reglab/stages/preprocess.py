@@ -12,7 +12,8 @@ def main(argv: list[str]) -> None:
     config = read_config()
     data = config.data
     preprocess(
-        Path(config.paths.raw),
+        # The download's folder (paths.raw) for the bundled sets, else the user's data.
+        Path(data.path),
         Path(config.paths.processed),
         name=data.name,
         data_format=data.format,
@@ -22,6 +23,9 @@ def main(argv: list[str]) -> None:
         class_names=data.class_names,
         pixel_max=data.pixel_max,
         plan=split_plan(data),
+        image_size=data.image_size,
+        color_mode=data.color_mode,
+        label_column=data.label_column,
     )
 
 

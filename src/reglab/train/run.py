@@ -28,7 +28,7 @@ from reglab.config.recipes import EarlyStoppingConfig, RegularizerConfig
 from reglab.config.schema import Config, config_hash, pipeline_key, run_params
 from reglab.core.digest import digest, tree_digest
 from reglab.core.io import remove_leftovers, write_atomic, writing_dir
-from reglab.data.prepare import load_splits
+from reglab.data.prepare import dataset_classes, load_splits
 from reglab.evaluate import evaluation
 from reglab.evaluate.metrics import HISTORY_COLUMNS
 from reglab.model import weights
@@ -83,7 +83,7 @@ def train_variant(
         log_epoch = epoch_logger(model, config.evaluation.sparsity_threshold, uri)
         state = fit(
             model, train, validation, state,
-            num_classes=config.data.num_classes,
+            num_classes=dataset_classes(config.paths.processed, config.data).num_classes,
             epochs=config.train.epochs,
             batch_size=config.train.batch_size,
             shuffle=config.train.shuffle,
@@ -124,7 +124,7 @@ def evaluate_run(config: Config, key: str | RunKey) -> dict[str, Any]:
     result = evaluation.evaluate_variant(
         model_dir(paths.models, key),
         load_splits(paths.processed, config.data, splits=("train", "test")),
-        class_names=config.data.class_names,
+        class_names=dataset_classes(paths.processed, config.data).names,
         batch_size=config.evaluation.batch_size,
         calibration_bins=config.evaluation.calibration_bins,
         sparsity_threshold=config.evaluation.sparsity_threshold,
@@ -173,7 +173,7 @@ def finish_logging(
             state.history,
             example_inputs=example_inputs if config.tracking.log_model else None,
             registered_model_name=config.tracking.registered_model_name,
-            class_names=config.data.class_names,
+            class_names=dataset_classes(config.paths.processed, config.data).names,
             keras_file=outputs[0] / "model.keras",  # the model folder, written already
         )
 
@@ -226,7 +226,8 @@ def prepare_model(
     keras.backend.clear_session()
     seed_everything(seed, config.train.deterministic)
     keras.mixed_precision.set_global_policy(config.train.precision)
-    model = build_model(config.model, recipe, input_shape, config.data.num_classes, seed)
+    num_classes = dataset_classes(config.paths.processed, config.data).num_classes
+    model = build_model(config.model, recipe, input_shape, num_classes, seed)
     optimizer = make_optimizer(
         config.optimizer.name,
         config.optimizer.learning_rate,
