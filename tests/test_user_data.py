@@ -198,6 +198,9 @@ def test_processed_data_from_other_files_or_another_path_is_refused(tmp_path):
     data = folder_config(root, "data.color_mode=grayscale")
     run_preprocess(data, tmp_path / "processed")
     assert load_splits(tmp_path / "processed", data)["train"][1].shape == (21,)
+    # The same folder, written another way, is the same source.
+    same = folder_config(f"{root}/", "data.color_mode=grayscale")
+    assert load_splits(tmp_path / "processed", same)["train"][1].shape == (21,)
 
     moved = write_folder(tmp_path / "copy")
     with pytest.raises(DataError, match=r"data.path=.*copy"):

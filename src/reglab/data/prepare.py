@@ -569,7 +569,7 @@ def described(data: DataConfig) -> dict[str, Any]:
     if data.format in USER_FORMATS:
         entries["source"].update(
             format=data.format,
-            path=data.path,
+            path=str(Path(data.path)),
             image_size=None if data.image_size is None else list(data.image_size),
             color_mode=data.color_mode,
             label_column=data.label_column,
