@@ -31,7 +31,7 @@ from reglab.core.io import remove_leftovers, write_atomic, writing_dir
 from reglab.data.prepare import dataset_classes, load_splits
 from reglab.evaluate import evaluation
 from reglab.evaluate.metrics import HISTORY_COLUMNS
-from reglab.model import weights
+from reglab.model import source, weights
 from reglab.model.build import build_model, describe_model, save_model
 from reglab.report.weight_figures import HistogramImages
 from reglab.tracking import secrets
@@ -79,7 +79,8 @@ def train_variant(
         open_run(config, key, state.run_id, parent_run_id, run_tags) as run,
         EpochProgress(str(key), config.train.epochs, state.epoch) as progress,
     ):
-        begin_logging(run.info.run_id, state, params, model, config.paths.processed)
+        code = source.code_files(config.model, Path.cwd())
+        begin_logging(run.info.run_id, state, params, model, config.paths.processed, code)
         log_epoch = epoch_logger(model, config.evaluation.sparsity_threshold, uri)
         state = fit(
             model, train, validation, state,
@@ -119,7 +120,9 @@ def train_and_evaluate(
 def evaluate_run(config: Config, key: str | RunKey) -> dict[str, Any]:
     """Test ``models/<key>``, write its reports and log them to its training run."""
     key = RunKey.parse(key)
-    config.run_recipe(key.variant, key.seed)  # an unknown variant or seed fails before any work
+    recipe = config.run_recipe(key.variant, key.seed)  # an unknown one fails before any work
+    # The user's registered Keras objects, so that the saved model loads in safe mode.
+    source.import_user_modules(config.model, [recipe])
     paths = config.paths
     result = evaluation.evaluate_variant(
         model_dir(paths.models, key),
@@ -159,6 +162,7 @@ def finish_logging(
     """Log what comes after the epochs. The outputs are written first: if the server
     is gone, the training is kept and the re-run logs the rest without retraining."""
     written = " and ".join(str(path) for path in outputs)
+    modules = source.user_modules(config.model, [config.run_recipe(key.variant, key.seed)])
     lost = (
         f"{key} is trained and written to {written}, but the tracking server "
         f"{tracking.resolve_uri(config.tracking.uri)} did not answer within "
@@ -175,6 +179,8 @@ def finish_logging(
             registered_model_name=config.tracking.registered_model_name,
             class_names=dataset_classes(config.paths.processed, config.data).names,
             keras_file=outputs[0] / "model.keras",  # the model folder, written already
+            user_code=source.user_packages(modules, Path.cwd()),
+            user_modules=modules,
         )
 
 
@@ -197,13 +203,18 @@ def open_run(
 
 
 def begin_logging(
-    run_id: str, state: TrainingState, params: Mapping[str, Any], model: keras.Model, data: str
+    run_id: str,
+    state: TrainingState,
+    params: Mapping[str, Any],
+    model: keras.Model,
+    data: str,
+    model_code: Sequence[Path] = (),
 ) -> None:
     """A new run records its setup; a resumed one logs the epochs its checkpoint holds
     but the tracking store missed (their metrics were still queued at the kill)."""
     if state.run_id is None:
         state.run_id = run_id
-        tracking.log_run_setup(params, describe_model(model), data)
+        tracking.log_run_setup(params, describe_model(model), data, model_code)
     else:
         tracking.log_missing_epochs(run_id, state.history)
 
@@ -324,14 +335,17 @@ def history_csv(rows: list[dict[str, float]]) -> str:
     return buffer.getvalue()
 
 
-def fingerprint(params: Mapping[str, Any], processed_dir: str) -> dict[str, str]:
+def fingerprint(
+    params: Mapping[str, Any], processed_dir: str, model_code: str = ""
+) -> dict[str, str]:
     """What a checkpoint is valid for: the config (where outputs go aside), the code
-    of the package, the data's digests. A change in any of them starts over."""
+    of the package and of the user's model, the data's digests. A change in any of
+    them starts over."""
     from reglab.data.prepare import load_manifest
 
     return {
         "config": digest({key: value for key, value in params.items() if key != "paths"}),
-        "code": tree_digest(Path(reglab.__file__).parent),
+        "code": tree_digest(Path(reglab.__file__).parent) + model_code,
         "data": digest(load_manifest(processed_dir)["digests"]),
     }
 
@@ -341,8 +355,10 @@ def load_state(
 ) -> tuple[Checkpoint, TrainingState]:
     """The run's checkpoint (tied to its params, code and data) and its state, or a
     fresh one; a discarded checkpoint's run ends KILLED."""
+    model_code = source.code_digest(config.model, Path.cwd())
     checkpoint = Checkpoint(
-        Path(config.paths.checkpoints, str(key)), fingerprint(params, config.paths.processed)
+        Path(config.paths.checkpoints, str(key)),
+        fingerprint(params, config.paths.processed, model_code),
     )
     state = checkpoint.load()
     if checkpoint.discarded_run_id:
