@@ -1,8 +1,9 @@
 """The tutorials' script, as a user would write it: the comparison for a whole process.
 
 ``python bench/tutorial.py SPEC.json`` loads the preprocess stage's arrays with
-``np.load``, builds the default CNN as a ``keras.Sequential`` (with the
-variant's kernel penalties and dropout, as the Keras examples add them), fits
+``np.load`` and scales the uint8 pixels by the manifest's ``pixel_max``, builds
+the default CNN as a ``keras.Sequential`` (with the variant's kernel penalties
+and dropout, as the Keras examples add them), fits
 it with ``validation_data`` and, as the tutorials end, evaluates it once on the
 held-out test set (the train stage does too): nothing else, no tracking, no
 outputs. :mod:`bench.whole` times the whole process, from start to exit; the
@@ -23,8 +24,14 @@ def main(spec_path: str) -> None:
     with open(spec_path) as handle:
         spec = json.load(handle)
     folder = spec["processed"]
-    x_train, y_train = np.load(f"{folder}/train_x.npy"), np.load(f"{folder}/train_y.npy")
-    x_val, y_val = np.load(f"{folder}/val_x.npy"), np.load(f"{folder}/val_y.npy")
+    with open(f"{folder}/manifest.json") as handle:
+        pixel_max = np.float32(json.load(handle)["pixel_max"])
+
+    def images(split: str) -> np.ndarray:
+        return np.load(f"{folder}/{split}_x.npy").astype(np.float32) / pixel_max
+
+    x_train, y_train = images("train"), np.load(f"{folder}/train_y.npy")
+    x_val, y_val = images("val"), np.load(f"{folder}/val_y.npy")
     keras.utils.set_random_seed(spec["seed"])
     penalty = None
     if spec["l1"] or spec["l2"]:
@@ -60,7 +67,7 @@ def main(spec_path: str) -> None:
         verbose=0,
     )
     started = time.perf_counter()
-    x_test, y_test = np.load(f"{folder}/test_x.npy"), np.load(f"{folder}/test_y.npy")
+    x_test, y_test = images("test"), np.load(f"{folder}/test_y.npy")
     model.evaluate(x_test, y_test, verbose=0)
     with open(spec["timings"], "a") as timings:
         timings.write(f"{time.perf_counter() - started}\n")

@@ -69,6 +69,14 @@ def fit_digits(model, splits, *, seed: int, label: str, epochs: int, state=None,
     )
 
 
+def served_inputs(processed: Path):
+    """The test split of a processed folder as model inputs (uint8 pixels scaled as the
+    input pipeline scales them): what a served model takes."""
+    from reglab.data.prepare import load_splits
+
+    return load_splits(processed, splits=("test",))["test"][0]
+
+
 # Scikit-learn's digits through the real stages, shrunk: seconds per variant.
 DIGITS = [
     "data=digits",

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, served_inputs
 from tests.project_copy import clean_environment, copy_project
 
 pytestmark = pytest.mark.slow
@@ -133,7 +133,7 @@ def test_logged_model_predicts_on_test_images(project):
         model = mlflow.pyfunc.load_model(f"runs:/{report['mlflow_run_id']}/model")
     finally:
         os.chdir(cwd)
-    x_test = np.load(root / "data/processed/test_x.npy")[:16]
+    x_test = served_inputs(root / "data/processed")[:16]
     predictions = np.asarray(model.predict(x_test))
     assert predictions.shape == (16, 10)
     assert np.all(np.isfinite(predictions))

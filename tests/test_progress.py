@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from reglab.train.progress import EpochProgress, epoch_line
-from tests.conftest import make_project
+from tests.conftest import make_project, served_inputs
 
 ROW = {"train_data_loss": 0.41234, "val_data_loss": 0.50119, "train_penalty": 0.03121,
        "val_accuracy": 0.815}  # fmt: skip
@@ -167,7 +167,7 @@ def test_the_logged_model_predicts_evaluates_labels_as_probabilities(trained):
         model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     finally:
         os.chdir(cwd)
-    images = np.load(root / "data/processed/test_x.npy")
+    images = served_inputs(root / "data/processed")[:]
     probabilities = model.predict(images)
     assert list(probabilities.columns) == class_names
     assert model.metadata.signature.outputs.input_names() == class_names

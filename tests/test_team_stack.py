@@ -41,7 +41,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import DIGITS
+from tests.conftest import DIGITS, served_inputs
 from tests.project_copy import (
     clean_env,
     compose_params,
@@ -320,7 +320,7 @@ def test_logged_model_predicts_through_the_server(stack, pipeline, monkeypatch):
             monkeypatch.setenv(name, value)
     mlflow.set_tracking_uri(stack.uri)
     model = mlflow.pyfunc.load_model(f"runs:/{pipeline.run_ids['l2']}/model")
-    x = np.load(pipeline.root / "data/processed/test_x.npy")[:16]
+    x = served_inputs(pipeline.root / "data/processed")[:16]
     predicted = np.asarray(model.predict(x))
     assert predicted.shape == (16, 10)
     # The very model the stage wrote to models/l2@42, whose logits the server turns

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from reglab.core.net import free_port
-from tests.conftest import config_for
+from tests.conftest import config_for, served_inputs
 
 pytestmark = pytest.mark.slow
 
@@ -120,7 +120,7 @@ def test_training_logs_metrics_images_and_model_to_a_real_server(
 
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-    x = np.load(tmp_path / "data/processed/test_x.npy")[:5]
+    x = served_inputs(tmp_path / "data/processed")[:5]
     assert np.asarray(model.predict(x)).shape == (5, 10)
     assert not os.path.exists(tmp_path / "mlflow.db")  # nothing went to the local default
 
@@ -201,7 +201,7 @@ def test_a_server_that_dies_during_training_loses_nothing(data_dir, tmp_path, mo
 
         mlflow.set_tracking_uri(uri)
         model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")  # logged by the re-run
-        x = np.load(tmp_path / "data/processed/test_x.npy")[:3]
+        x = served_inputs(tmp_path / "data/processed")[:3]
         assert np.asarray(model.predict(x)).shape[0] == 3
         assert not (tmp_path / ".reglab/checkpoints/l2@42").exists()
     finally:
