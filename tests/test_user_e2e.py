@@ -1,9 +1,10 @@
 """Your model, your data, end to end: the real `dvc repro` on a user's builder module and
 on an image folder, a CSV table and a `.npz` the test writes, in a copy of the project.
 
-One copy, three data sets in turn (each a `reglab compose` of params.yaml, then `dvc
-repro`); a baseline and an L2 variant, one epoch each (ten on the 98 rows of the table). Every check reads the values
-inside MLflow's store, the eval reports and the leaderboard.
+One copy, three data sets in turn (each a preset composed into params.yaml, then `dvc
+repro`); a baseline and an L2 variant, one epoch each (ten on the 98 rows of the
+table). Every check reads the values inside MLflow's store, the eval reports and the
+leaderboard.
 """
 
 from __future__ import annotations
@@ -136,12 +137,12 @@ data:
   test_size: null
 {extra}"""
 CASES = {
-    "image_folder": {"builder": "conv_net", "source": "images", "validation": 60, "holdout": 80, "epochs": 1,
-                     "extra": "  color_mode: grayscale\n"},
-    "csv": {"builder": "table_net", "source": "table", "validation": 40, "holdout": 40, "epochs": 10,
-            "extra": "  label_column: cultivar\n"},
-    "npz": {"builder": "conv_net", "source": "arrays", "validation": 60, "holdout": 120, "epochs": 1,
-            "extra": ""},
+    "image_folder": {"builder": "conv_net", "source": "images", "validation": 60,
+                     "holdout": 80, "epochs": 1, "extra": "  color_mode: grayscale\n"},
+    "csv": {"builder": "table_net", "source": "table", "validation": 40,
+            "holdout": 40, "epochs": 10, "extra": "  label_column: cultivar\n"},
+    "npz": {"builder": "conv_net", "source": "arrays", "validation": 60,
+            "holdout": 120, "epochs": 1, "extra": ""},
 }  # fmt: skip
 CLASSES = {
     "image_folder": ["one", "three", "two", "zero"],
