@@ -41,15 +41,36 @@ def cluster(request):
     return head
 
 
+# A user's model, in the project folder only: Ray ships it to the trials on both nodes.
+USER_MODULE = """
+import keras
+from keras import layers
+
+
+def digits_net(input_shape, num_classes):
+    inputs = keras.Input(shape=input_shape, name="pixels")
+    x = layers.Conv2D(8, 3, padding="same", activation="relu", name="features")(inputs)
+    x = layers.Flatten(name="flat")(x)
+    x = layers.Dense(32, activation="relu", name="hidden")(x)
+    return keras.Model(inputs, layers.Dense(num_classes, name="scores")(x), name="digits_net")
+"""
+
+
 def test_reglab_tune_by_address_four_concurrent_trials_tracked_and_best_tested(
     cluster, data_dir, tmp_path
 ):
     root = make_project(tmp_path / "project", [], data_dir)
+    (root / "usermodels").mkdir()
+    (root / "usermodels" / "__init__.py").write_text("")
+    (root / "usermodels" / "nets.py").write_text(USER_MODULE)
     result = run(
         [
             str(BIN / "reglab"),
             "tune",
             *DIGITS,
+            "model=keras",
+            "model.builder=usermodels.nets.digits_net",
+            "model.source=usermodels",
             "search=l2_strength",
             f"tune.address={cluster.address}",
             # Four trials at once (half a CPU each): four processes writing to the store.
@@ -111,6 +132,7 @@ def test_reglab_tune_by_address_four_concurrent_trials_tracked_and_best_tested(
         assert trial_run.info.status == expected_status
         assert float(trial_run.data.params["regularizer.kernel.l2"]) == float(trial["kernel.l2"])
         assert trial_run.data.params["train.epochs"] == "2"
+        assert trial_run.data.params["model.builder"] == "usermodels.nets.digits_net"
         # Nothing lost: every epoch of every trial, each metric a variant run has.
         history = mlflow_client.get_metric_history(trial_run.info.run_id, "val/data_loss")
         assert sorted(m.step for m in history) == list(range(1, int(trial["epochs"]) + 1))
@@ -144,6 +166,10 @@ def test_reglab_tune_by_address_four_concurrent_trials_tracked_and_best_tested(
     assert float(best_run.data.params["regularizer.kernel.l2"]) == best["params"]["kernel.l2"]
     assert best_run.data.params["train.epochs"] == "2"
     assert best_run.data.metrics["test/accuracy"] == pytest.approx(report["test_accuracy"])
+    # The recipe landed on the user's layers: the hidden Dense, not the output.
+    summary = Path(mlflow_client.download_artifacts(best_run.info.run_id, "model_summary.txt"))
+    rows = {line.split()[0]: line for line in summary.read_text().splitlines() if line.strip()}
+    assert "L2(l2=" in rows["hidden"] and "L2" not in rows["scores"]
 
 
 def tune_stage(root: Path, address: str) -> subprocess.Popen:
