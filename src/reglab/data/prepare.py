@@ -639,9 +639,14 @@ class DatasetClasses:
 def dataset_classes(processed_dir: str | Path, data: DataConfig) -> DatasetClasses:
     """The class names (and their number) of the data in ``processed_dir``.
 
-    The manifest is the source: for the user's formats only the data knows them.
-    Values the config gives must agree with it.
+    The manifest is the source: for the user's formats only the data knows them, and
+    values the config gives must agree with it. Before any data is prepared, class
+    names the config gives (the bundled sets always do) are the answer, so a model
+    can be built for them.
     """
+    given = data.class_names and data.num_classes in (None, len(data.class_names))
+    if given and not (Path(processed_dir) / MANIFEST).is_file():
+        return DatasetClasses([str(name) for name in data.class_names])
     manifest = load_manifest(processed_dir)
     names = [str(name) for name in manifest["class_names"]]
     if data.class_names and list(data.class_names) != names:
