@@ -18,7 +18,7 @@ same initial weights and no two same-shaped kernels start equal.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 from keras import layers
@@ -83,52 +83,35 @@ def _stack(
     return keras.Model(inputs, logits, name=name)
 
 
-def cnn(
-    input_shape: Sequence[int],
-    num_classes: int,
-    *,
-    seed: int,
-    conv_filters: Sequence[int] = (32, 64),
-    kernel_size: int = 3,
-    padding: str = "valid",
-    dense_units: Sequence[int] = (128,),
-    activation: str = "relu",
-) -> keras.Model:
-    return _stack(
-        input_shape, num_classes, seed, "cnn",
-        conv_filters, kernel_size, padding, dense_units, activation,
-    )  # fmt: skip
+def _architecture(
+    name: str, conv_filters: Sequence[int], dense_units: Sequence[int], doc: str
+) -> Callable[..., keras.Model]:
+    """A builder of the stack with its own default blocks (the config's typed keys
+    override them)."""
+
+    def build(
+        input_shape: Sequence[int],
+        num_classes: int,
+        *,
+        seed: int,
+        conv_filters: Sequence[int] = tuple(conv_filters),
+        kernel_size: int = 3,
+        padding: str = "valid",
+        dense_units: Sequence[int] = tuple(dense_units),
+        activation: str = "relu",
+    ) -> keras.Model:
+        return _stack(
+            input_shape, num_classes, seed, name,
+            conv_filters, kernel_size, padding, dense_units, activation,
+        )  # fmt: skip
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = doc
+    return build
 
 
-def tutorial_cnn(
-    input_shape: Sequence[int],
-    num_classes: int,
-    *,
-    seed: int,
-    conv_filters: Sequence[int] = (32, 64),
-    kernel_size: int = 3,
-    padding: str = "valid",
-    dense_units: Sequence[int] = (),
-    activation: str = "relu",
-) -> keras.Model:
-    return _stack(
-        input_shape, num_classes, seed, "tutorial_cnn",
-        conv_filters, kernel_size, padding, dense_units, activation,
-    )  # fmt: skip
-
-
-def mlp(
-    input_shape: Sequence[int],
-    num_classes: int,
-    *,
-    seed: int,
-    conv_filters: Sequence[int] = (),
-    kernel_size: int = 3,
-    padding: str = "valid",
-    dense_units: Sequence[int] = (512, 512),
-    activation: str = "relu",
-) -> keras.Model:
-    return _stack(
-        input_shape, num_classes, seed, "mlp",
-        conv_filters, kernel_size, padding, dense_units, activation,
-    )  # fmt: skip
+cnn = _architecture("cnn", (32, 64), (128,), "Conv(32) -> Pool -> Conv(64) -> Pool -> Dense(128)")
+tutorial_cnn = _architecture(
+    "tutorial_cnn", (32, 64), (), "The tutorials' two conv blocks, no hidden Dense layer"
+)
+mlp = _architecture("mlp", (), (512, 512), "Flatten -> Dense(512) -> Dense(512)")
