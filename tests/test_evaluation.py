@@ -225,7 +225,7 @@ def test_mlflow_metrics_use_the_shared_names_and_sanitize_class_names():
 def test_read_run_info_names_missing_keys(tmp_path):
     path = tmp_path / "run.json"
     path.write_text(json.dumps({"variant": "l2", "seed": 1}))
-    with pytest.raises(EvaluationError, match="mlflow_run_id"):
+    with pytest.raises(EvaluationError, match="epochs_trained"):
         evaluation.read_run_info(path)
     with pytest.raises(EvaluationError, match="not found"):
         evaluation.read_run_info(tmp_path / "missing.json")

@@ -132,7 +132,9 @@ def test_mlflow_store_and_artifacts_live_in_the_folder(project, tmp_path):
     root, _, _ = project
     report = json.loads((root / f"reports/eval/{VARIANT}.json").read_text())
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    run = client.get_run(report["mlflow_run_id"])
+    run = client.get_run(
+        json.loads((root / f".reglab/runs/{VARIANT}.json").read_text())["mlflow_run_id"]
+    )
     assert run.info.run_name == VARIANT and run.info.status == "FINISHED"
     assert run.data.metrics["test/accuracy"] == pytest.approx(report["test_accuracy"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -68,6 +68,11 @@ def stages_run(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
+def run_id(root: Path, key: str) -> str:
+    """The MLflow run of a trained model, from its record outside DVC's outputs."""
+    return json.loads((root / ".reglab/runs" / f"{key}.json").read_text())["mlflow_run_id"]
+
+
 def client(root: Path):
     from mlflow import MlflowClient
 
@@ -126,11 +131,12 @@ def test_logged_model_predicts_on_test_images(project):
 
     root, _, _ = project
     report = json.loads((root / "reports/eval/l2@42.json").read_text())
+    assert "mlflow_run_id" not in report  # a DVC output; the run is in .reglab/runs
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     cwd = os.getcwd()
     os.chdir(root)  # the sqlite store's artifacts live in ./mlruns
     try:
-        model = mlflow.pyfunc.load_model(f"runs:/{report['mlflow_run_id']}/model")
+        model = mlflow.pyfunc.load_model(f"runs:/{run_id(root, 'l2@42')}/model")
     finally:
         os.chdir(cwd)
     x_test = served_inputs(root / "data/processed")[:16]
@@ -150,7 +156,7 @@ def test_reports_hold_the_evaluation(project):
         assert report["generalization_gap"] == pytest.approx(
             report["train_accuracy"] - report["test_accuracy"]
         )
-        run_info = mlflow_client.get_run(report["mlflow_run_id"])
+        run_info = mlflow_client.get_run(run_id(root, f"{name}@42"))
         assert run_info.info.run_name == f"{name}@42"
         assert run_info.data.metrics["test/accuracy"] == pytest.approx(report["test_accuracy"])
         accuracies[name] = report["test_accuracy"]
@@ -241,7 +247,7 @@ def test_another_seed_trains_only_the_new_runs_and_the_leaderboard_shows_mean_an
         extra = json.loads((root / f"reports/eval/{name}@7.json").read_text())
         assert (base["seed"], extra["seed"]) == (42, 7)
         assert (root / f"models/{name}@7/model.keras").is_file()
-        tags = mlflow_client.get_run(extra["mlflow_run_id"]).data.tags
+        tags = mlflow_client.get_run(run_id(root, f"{name}@7")).data.tags
         assert (tags["mlflow.runName"], tags["seed"]) == (f"{name}@7", "7")
         # Two seeds: the leaderboard shows the mean and the sample std of the two.
         accuracies = [base["test_accuracy"], extra["test_accuracy"]]

@@ -161,7 +161,7 @@ def test_the_logged_model_predicts_evaluates_labels_as_probabilities(trained):
     from reglab.config.compose import load_params
 
     root, _ = trained
-    run_id = json.loads((root / "models/l2@42/run.json").read_text())["mlflow_run_id"]
+    run_id = json.loads((root / ".reglab/runs/l2@42.json").read_text())["mlflow_run_id"]
     class_names = load_params(root / "params.yaml", check_fresh=False).data.class_names
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     cwd = os.getcwd()
@@ -190,7 +190,7 @@ def test_the_stage_process_ends_with_everything_it_logged_in_the_store(trained):
     from mlflow import MlflowClient
 
     root, _ = trained
-    run_id = json.loads((root / "models/l2@42/run.json").read_text())["mlflow_run_id"]
+    run_id = json.loads((root / ".reglab/runs/l2@42.json").read_text())["mlflow_run_id"]
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     history = list(csv.DictReader((root / "reports/history/l2@42.csv").open()))
     logged = client.get_metric_history(run_id, "val/data_loss")

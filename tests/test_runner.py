@@ -204,7 +204,7 @@ def test_sigkilled_training_resumes_and_ends_like_an_uninterrupted_run(tmp_path,
     assert resumed.returncode == 0, output
     assert "resuming from the checkpoint after epoch" in output
 
-    run_info = json.loads((killed / "models/dropout@42/run.json").read_text())
+    run_info = json.loads((killed / ".reglab/runs/dropout@42.json").read_text())
     assert run_info["resumed_from_epoch"] >= 2
     a = saved_weights(straight / "models/dropout@42/model.keras")
     b = saved_weights(killed / "models/dropout@42/model.keras")
@@ -402,7 +402,9 @@ def test_a_trained_model_tested_again_alone_reports_what_the_train_stage_did(pro
     evaluate_run(config, "dropout@42")  # again, alone, after everything
     assert [(project / name).read_text() for name in outputs] == first
     report = json.loads(first[0])
-    run = store(project).get_run(report["mlflow_run_id"])
+    run = store(project).get_run(
+        json.loads((project / ".reglab/runs/dropout@42.json").read_text())["mlflow_run_id"]
+    )
     assert run.data.metrics["test/accuracy"] == pytest.approx(report["test_accuracy"])
     assert run.data.metrics["epochs_trained"] == 2  # the run's own last logging
 

@@ -131,13 +131,15 @@ def write_run_json(model_dir: Path, variant: str, run_id: str, params_count: int
     info = {
         "variant": variant,
         "seed": SEED,
-        "mlflow_run_id": run_id,
-        "tracking_uri": "unused",
         "epochs_trained": 2,
         "params_count": params_count,
     }
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "run.json").write_text(json.dumps(info))
+    # The MLflow run, recorded outside DVC's outputs as the train stage does.
+    runs = model_dir.parent.parent / ".reglab/runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    (runs / f"{model_dir.name}.json").write_text(json.dumps({"mlflow_run_id": run_id}))
 
 
 @pytest.fixture
@@ -181,7 +183,7 @@ def test_evaluate_then_compare(project, monkeypatch):
     assert len(report["per_class_accuracy"]) == 10
     kernels = np.concatenate([layer.kernel.numpy().ravel() for layer in model.layers[::2]])
     assert report["sparsity"] == pytest.approx(np.mean(np.abs(kernels) < 1e-3))
-    assert report["mlflow_run_id"] == project["run_ids"]["l2"]
+    assert "mlflow_run_id" not in report  # a DVC output: no run id, no path
     assert (report["variant"], report["seed"], report["epochs_trained"]) == ("l2", 42, 2)
     assert 0 <= report["ece"] <= 1
 
@@ -292,8 +294,11 @@ def test_compare_stage_reads_files_only_and_never_imports_tensorflow(tmp_path):
             "test_accuracy": accuracy,
             "test_data_loss": 1 - accuracy,
             "generalization_gap": 0.02,
-            "mlflow_run_id": f"no-such-run-{variant}",
         }
+        # The train stage's record of the model's MLflow run, outside DVC's outputs.
+        (tmp_path / ".reglab/runs").mkdir(parents=True, exist_ok=True)
+        record = {"mlflow_run_id": f"no-such-run-{variant}"}
+        (tmp_path / f".reglab/runs/{key}.json").write_text(json.dumps(record))
         (tmp_path / "reports/eval").mkdir(parents=True, exist_ok=True)
         (tmp_path / f"reports/eval/{key}.json").write_text(json.dumps(report))
         write_history(tmp_path, key, [(0.9, 1.0), (0.5, spread + 0.5)])

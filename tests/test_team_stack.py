@@ -231,7 +231,7 @@ def pipeline(stack, writers_run, tmp_path_factory) -> Iterator[Pipeline]:
     run(["git", "remote", "add", "origin", str(origin)], root, env)
     run(["git", "push", "-q", "origin", "main"], root, env)
     run_ids = {}
-    for summary in root.glob("models/*/run.json"):
+    for summary in root.glob(".reglab/runs/*.json"):
         content = json.loads(summary.read_text())
         run_ids[content["variant"]] = content["mlflow_run_id"]
     output = stack.data_output + first.stdout + first.stderr
@@ -346,7 +346,7 @@ def everything_logged(stack: Stack, pipeline: Pipeline) -> dict[str, str]:
         body = client.get_object(Bucket=ARTIFACTS_BUCKET, Key=key)["Body"].read()
         found[f"s3://{ARTIFACTS_BUCKET}/{key}"] = body.decode("latin-1")
     found["dvc repro output"] = pipeline.output
-    for path in [*pipeline.root.glob("models/*/run.json"), *pipeline.root.rglob("reports/**/*")]:
+    for path in [*pipeline.root.glob(".reglab/runs/*.json"), *pipeline.root.rglob("reports/**/*")]:
         if path.is_file():
             found[str(path)] = path.read_text(errors="replace")
     return found

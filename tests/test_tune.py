@@ -160,7 +160,7 @@ def test_reglab_tune_by_address_four_concurrent_trials_tracked_and_best_tested(
     # <search>_best: the base recipe with the best parameters, trained, then tested once.
     report = json.loads((root / "outputs/tune/eval/l2_strength_best@42.json").read_text())
     assert 0.1 < report["test_accuracy"] <= 1.0
-    run_json = json.loads((root / "outputs/tune/models/l2_strength_best@42/run.json").read_text())
+    run_json = json.loads((root / ".reglab/runs/tune/l2_strength_best@42.json").read_text())
     best_run = mlflow_client.get_run(run_json["mlflow_run_id"])
     assert best_run.info.run_name == "l2_strength_best@42" and best_run.info.status == "FINISHED"
     assert float(best_run.data.params["regularizer.kernel.l2"]) == best["params"]["kernel.l2"]

@@ -79,7 +79,7 @@ def test_dvc_exp_run_with_a_search_trains_and_tests_its_best(head, tmp_path):
     assert parent.data.params["sampler"] == "optuna.GridSampler"
     assert parent.data.metrics["trials_failed"] == 1
     assert parent.data.metrics["trials_completed"] == 1
-    run_json = json.loads((root / "models/l2_strength_best@42/run.json").read_text())
+    run_json = json.loads((root / ".reglab/runs/l2_strength_best@42.json").read_text())
     assert run_json["variant"] == "l2_strength_best" and run_json["epochs_trained"] == 2
     best_run = client(root).get_run(run_json["mlflow_run_id"])
     assert float(best_run.data.params["regularizer.kernel.l2"]) == best["params"]["kernel.l2"]

@@ -180,8 +180,12 @@ def test_dvc_repro_trains_and_tests_the_users_model_on_the_users_data(project, c
 
     client, runs = mlflow_runs(root)
     by_id = {run_info.info.run_id: run_info for run_info in runs}
-    l2 = by_id[reports["l2"]["mlflow_run_id"]]
-    baseline = by_id[reports["baseline"]["mlflow_run_id"]]
+    ids = {
+        variant: json.loads((root / f".reglab/runs/{variant}@42.json").read_text())
+        for variant in ("l2", "baseline")
+    }
+    l2 = by_id[ids["l2"]["mlflow_run_id"]]
+    baseline = by_id[ids["baseline"]["mlflow_run_id"]]
     assert l2.data.params["model.builder"] == f"mymodels.nets.{settings['builder']}"
     assert l2.data.tags["dataset"] == case
     assert l2.data.metrics["test/accuracy"] == pytest.approx(reports["l2"]["test_accuracy"])

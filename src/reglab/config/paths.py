@@ -56,6 +56,11 @@ def history_file(history: str | Path, key: str | RunKey) -> Path:
     return Path(history, f"{key}.csv")
 
 
+def run_record_file(runs: str | Path, key: str | RunKey) -> Path:
+    """The MLflow run of a trained model (outside DVC's outputs)."""
+    return Path(runs, f"{key}.json")
+
+
 def eval_file(eval_dir: str | Path, key: str | RunKey) -> Path:
     return Path(eval_dir, f"{key}.json")
 

@@ -44,6 +44,9 @@ class PathsConfig:
     weights: str = "reports/weights"
     # Per-epoch training state for resuming a killed run (not a DVC output).
     checkpoints: str = ".reglab/checkpoints"
+    # Each trained model's MLflow run (id, store, resumed epoch): this machine's
+    # records, kept out of DVC's outputs so that a model's hash is the same in every clone.
+    runs: str = ".reglab/runs"
     # A search's best.yaml, trials.csv and figures: <tune>/<search>/.
     tune: str = "reports/tune"
     # Ray Tune's state of a search, to resume it after a kill (not a DVC output).
@@ -376,7 +379,12 @@ def as_dict(config: Config) -> dict[str, Any]:
 
 
 def config_hash(config: Config) -> str:
-    return digest(as_dict(config), 16)
+    """A digest of how a run trains: the tracking store's URI (this machine's, or the
+    user's MLFLOW_TRACKING_URI) is left out, so that the hash in DVC's outputs is the
+    same in every clone."""
+    settings = as_dict(config)
+    settings["tracking"] = {k: v for k, v in settings["tracking"].items() if k != "uri"}
+    return digest(settings, 16)
 
 
 # Config keys that say which searches run and how, not how a run trains.

@@ -34,7 +34,7 @@ from reglab.model import weights
 
 log = logging.getLogger(__name__)
 
-RUN_INFO_KEYS = ("variant", "seed", "mlflow_run_id", "epochs_trained", "params_count")
+RUN_INFO_KEYS = ("variant", "seed", "epochs_trained", "params_count")
 
 
 class EvaluationError(ReglabError):
@@ -271,7 +271,6 @@ def evaluate_variant(
     facts = {
         "variant": info["variant"],
         "seed": int(info["seed"]),
-        "mlflow_run_id": info["mlflow_run_id"],
         "epochs_trained": int(info["epochs_trained"]),
         "params_count": int(info["params_count"]),
     }

@@ -33,7 +33,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -253,7 +253,6 @@ class VariantSummary:
     epochs_trained: Stat | None
     accuracy_vs_baseline: Delta | None = None
     data_loss_vs_baseline: Delta | None = None
-    mlflow_run_ids: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         def plain(value: Any) -> Any:
@@ -297,7 +296,6 @@ def summarize(
                 sparsity=_optional_stat(runs, "sparsity"),
                 params_count=params.pop() if len(params) == 1 else None,
                 epochs_trained=_optional_stat(runs, "epochs_trained"),
-                mlflow_run_ids=[run["mlflow_run_id"] for run in runs if run.get("mlflow_run_id")],
             )
         )
     by_name = {row.variant: row for row in rows}

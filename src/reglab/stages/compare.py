@@ -5,13 +5,27 @@ loaded, so this stage never imports TensorFlow or Keras.
 """
 
 import dataclasses
+import json
 from pathlib import Path
 
 from reglab import report, tracking
+from reglab.config.paths import RunKey, run_record_file
 from reglab.core.errors import ReglabError
 from reglab.core.io import write_atomic
 from reglab.stages import read_config, run_stage, run_tags
 from reglab.tune.best import with_best_variants
+
+
+def run_ids(runs: Path, summaries: list[report.VariantSummary]) -> list[str]:
+    """The MLflow runs of the compared models, from the records their train stages wrote
+    on this machine (outside DVC's outputs); a model pulled from a remote has none."""
+    ids = []
+    for row in summaries:
+        for seed in row.seeds:
+            path = run_record_file(runs, RunKey(row.variant, seed))
+            if path.exists():
+                ids.append(json.loads(path.read_text())["mlflow_run_id"])
+    return ids
 
 
 def main(argv: list[str]) -> None:
@@ -36,7 +50,7 @@ def main(argv: list[str]) -> None:
     tracking.log_comparison(
         tracking.resolve_uri(config.tracking.uri),
         config.tracking.experiment,
-        run_ids=[run_id for row in comparison.summaries for run_id in row.mlflow_run_ids],
+        run_ids=run_ids(Path(paths.runs), comparison.summaries),
         tags={
             "reglab.stage": "compare",
             "best_variant": comparison.best.variant,

@@ -107,7 +107,7 @@ def mlflow_metrics(report: Mapping[str, Any]) -> dict[str, float]:
     return {key: float(value) for key, value in metrics.items() if math.isfinite(value)}
 
 
-def log_test_report(report: Mapping[str, Any], tracking_uri: str) -> dict[str, float]:
+def log_test_report(report: Mapping[str, Any], tracking_uri: str, run_id: str) -> dict[str, float]:
     """Add the test metrics and the confusion matrix to the variant's training run."""
     metrics = mlflow_metrics(report)
     figure = confusion_figure(
@@ -117,7 +117,7 @@ def log_test_report(report: Mapping[str, Any], tracking_uri: str) -> dict[str, f
     )
     log_evaluation(
         tracking_uri,
-        report["mlflow_run_id"],
+        run_id,
         metrics=metrics,
         report_text=report_json(report),
         confusion={
@@ -126,5 +126,5 @@ def log_test_report(report: Mapping[str, Any], tracking_uri: str) -> dict[str, f
         },
         figure=figure,
     )
-    log.info("logged %d test metrics to MLflow run %s", len(metrics), report["mlflow_run_id"])
+    log.info("logged %d test metrics to MLflow run %s", len(metrics), run_id)
     return metrics

@@ -23,7 +23,14 @@ import numpy as np
 import reglab
 from reglab import tracking
 from reglab.config.data import DataConfig
-from reglab.config.paths import RunKey, eval_file, history_file, metrics_file, model_dir
+from reglab.config.paths import (
+    RunKey,
+    eval_file,
+    history_file,
+    metrics_file,
+    model_dir,
+    run_record_file,
+)
 from reglab.config.recipes import EarlyStoppingConfig, RegularizerConfig
 from reglab.config.schema import Config, config_hash, pipeline_key, run_params
 from reglab.core.digest import digest, tree_digest
@@ -57,7 +64,8 @@ def train_variant(
     parent_run_id: str | None = None,
     run_tags: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Train ``key`` (``<variant>@<seed>``), log it to MLflow, write its outputs; returns run.json.
+    """Train ``key`` (``<variant>@<seed>``), log it to MLflow, write its outputs; returns
+    run.json's content with the run record's (:func:`run_record`).
 
     A killed run resumes from its checkpoint (outside DVC's outputs) in the same
     MLflow run. ``hooks`` get every epoch's history row; ``parent_run_id`` nests
@@ -98,14 +106,16 @@ def train_variant(
             histogram=lambda: weights.histograms(model, config.tracking.histogram_bins),
             histogram_every=config.tracking.histogram_every,
         )  # fmt: skip
-        summary = run_summary(key, model, state, uri, config_hash(config), resumed_from)
+        summary = run_summary(key, model, state, config_hash(config))
+        record = run_record(key, state, uri, config_hash(config), resumed_from)
         outputs = (model_dir, history_file(config.paths.history, key))
         write_outputs(model, summary, state.history, *outputs)
+        write_atomic(run_record_file(config.paths.runs, key), json.dumps(record, indent=2) + "\n")
         histogram_images = HistogramImages(str(key), state.histograms)
         finish_logging(model, state, histogram_images, key, validation[0][:8], config, outputs)
     checkpoint.clear()
     log.info("%s: trained %d epochs, run %s", key, state.epoch, state.run_id)
-    return summary
+    return {**summary, **record}
 
 
 def train_and_evaluate(
@@ -139,7 +149,8 @@ def evaluate_run(config: Config, key: str | RunKey) -> dict[str, Any]:
         Path(paths.weights, f"{key}.json"),
         metrics_file(paths.metrics, key),
     )
-    tracking.log_test_report(result.report, tracking.resolve_uri(config.tracking.uri))
+    run_id = read_run_record(config.paths.runs, key)["mlflow_run_id"]
+    tracking.log_test_report(result.report, tracking.resolve_uri(config.tracking.uri), run_id)
     return result.report
 
 
@@ -287,28 +298,48 @@ def epoch_logger(model: keras.Model, sparsity_threshold: float, uri: str) -> Epo
 
 
 def run_summary(
-    key: RunKey,
-    model: keras.Model,
-    state: TrainingState,
-    uri: str,
-    hash_: str,
-    resumed_from: int,
+    key: RunKey, model: keras.Model, state: TrainingState, hash_: str
 ) -> dict[str, Any]:
-    """run.json: what evaluate and compare need to know about the trained model."""
+    """run.json (a DVC output): what evaluate and compare need to know about the trained
+    model, the same in every clone for the same training; no path, no run id."""
     stopping = state.early_stopping
+    return {
+        "variant": key.variant,
+        "seed": key.seed,
+        "epochs_trained": state.epoch,
+        "stopped_early": state.stopped_early,
+        "best_epoch": stopping["best_epoch"] + 1 if stopping else None,
+        "params_count": int(model.count_params()),
+        "best_val_data_loss": min(row["val_data_loss"] for row in state.history),
+        "config_hash": hash_,
+    }
+
+
+def run_record(
+    key: RunKey, state: TrainingState, uri: str, hash_: str, resumed_from: int
+) -> dict[str, Any]:
+    """``<paths.runs>/<key>.json``: this machine's record of the model's MLflow run, outside
+    DVC's outputs (the MLflow run holds the same facts for a teammate)."""
     return {
         "variant": key.variant,
         "seed": key.seed,
         "mlflow_run_id": state.run_id,
         "tracking_uri": secrets.redact(uri),
-        "epochs_trained": state.epoch,
-        "stopped_early": state.stopped_early,
-        "best_epoch": stopping["best_epoch"] + 1 if stopping else None,
         "resumed_from_epoch": resumed_from,
-        "params_count": int(model.count_params()),
-        "best_val_data_loss": min(row["val_data_loss"] for row in state.history),
         "config_hash": hash_,
     }
+
+
+def read_run_record(runs: str | Path, key: str | RunKey) -> dict[str, Any]:
+    """The run record :func:`train_variant` wrote for ``key``."""
+    path = run_record_file(runs, key)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise evaluation.EvaluationError(
+            f"{path}: not found; the MLflow run of {key} is recorded by its train stage "
+            "on this machine: run it here (dvc repro) first"
+        ) from None
 
 
 def write_outputs(

@@ -167,6 +167,7 @@ def _absolute(config: Config, state_dir: Path) -> Config:
         models=str(trials / "models"),
         history=str(trials / "history"),
         checkpoints=str(trials / "checkpoints"),
+        runs=str(trials / "runs"),
     )
     return dataclasses.replace(config, paths=dataclasses.replace(config.paths, **paths))
 

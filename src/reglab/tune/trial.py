@@ -119,18 +119,20 @@ def finished_attempt(trial: Config, key: str) -> tuple[list[dict[str, str]], str
     (train_variant's last step, after the logging), if there is one."""
     import csv
 
-    from reglab.config.paths import history_file
+    from reglab.config.paths import history_file, run_record_file
     from reglab.config.schema import config_hash
 
     summary_file = Path(trial.paths.models, key, "run.json")
     history = history_file(trial.paths.history, key)
     if not (summary_file.exists() and history.exists()):
         return None
+    record_file = run_record_file(trial.paths.runs, key)
     summary = json.loads(summary_file.read_text())
-    if summary.get("config_hash") != config_hash(trial):
+    if summary.get("config_hash") != config_hash(trial) or not record_file.exists():
         return None
     with history.open() as handle:
-        return list(csv.DictReader(handle)), summary.get("mlflow_run_id")
+        rows = list(csv.DictReader(handle))
+    return rows, json.loads(record_file.read_text()).get("mlflow_run_id")
 
 
 TRIAL_SPLITS = ("train", "val")
