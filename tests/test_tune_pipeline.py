@@ -79,9 +79,11 @@ def test_dvc_exp_run_with_a_search_trains_and_tests_its_best(head, tmp_path):
     assert parent.data.params["sampler"] == "optuna.GridSampler"
     assert parent.data.metrics["trials_failed"] == 1
     assert parent.data.metrics["trials_completed"] == 1
-    run_json = json.loads((root / ".reglab/runs/l2_strength_best@42.json").read_text())
+    run_json = json.loads((root / "models/l2_strength_best@42/run.json").read_text())
     assert run_json["variant"] == "l2_strength_best" and run_json["epochs_trained"] == 2
-    best_run = client(root).get_run(run_json["mlflow_run_id"])
+    record = json.loads((root / ".reglab/runs/l2_strength_best@42.json").read_text())
+    assert record["variant"] == "l2_strength_best"
+    best_run = client(root).get_run(record["mlflow_run_id"])
     assert float(best_run.data.params["regularizer.kernel.l2"]) == best["params"]["kernel.l2"]
     report = json.loads((root / "reports/eval/l2_strength_best@42.json").read_text())
     assert best_run.data.metrics["test/accuracy"] == pytest.approx(report["test_accuracy"])
