@@ -222,6 +222,15 @@ class RegularizerConfig:
 
 # -------------------------------------------------------------------- model
 
+
+def split_import_path(path: str) -> tuple[str, str]:
+    """``package.module.name`` or ``package.module:name`` -> (module, name)."""
+    module, sep, name = path.partition(":")
+    if not sep:
+        module, _, name = path.rpartition(".")
+    return module, name
+
+
 # The architectures reglab ships, as builders of the same kind as a user's own.
 BUILTIN_BUILDERS: dict[str, str] = {
     name: f"reglab.model.builders.{name}" for name in ("cnn", "tutorial_cnn", "mlp")
@@ -295,10 +304,7 @@ class ModelConfig:
     def module_name(self) -> str | None:
         """The module of the builder (None for a saved file)."""
         path = self.builder_path
-        if path is None:
-            return None
-        module, sep, _ = path.partition(":")
-        return module if sep else path.rpartition(".")[0]
+        return None if path is None else split_import_path(path)[0]
 
     def check_source(self, root: Path) -> None:
         """``source`` exists and holds the model's code (the builder's module, when it

@@ -12,14 +12,7 @@ from typing import Any
 
 from reglab.config.checks import ConfigError
 from reglab.config.recipes import ModelConfig, RegularizerConfig
-
-
-def split_path(path: str) -> tuple[str, str]:
-    """``package.module.name`` or ``package.module:name`` -> (module, name)."""
-    module, sep, name = path.partition(":")
-    if not sep:
-        module, _, name = path.rpartition(".")
-    return module, name
+from reglab.config.recipes import split_import_path as split_path
 
 
 def import_object(path: str, key: str) -> Any:

@@ -16,7 +16,7 @@ import keras
 from reglab.config.checks import ConfigError
 from reglab.config.recipes import ModelConfig, RegularizerConfig
 from reglab.core.digest import file_sha256, tree_digest
-from reglab.model.imports import import_object, split_path, user_modules, user_packages  # noqa: F401
+from reglab.model.imports import import_object, split_path
 from reglab.model.recipe import find_output, functional
 
 
@@ -77,7 +77,7 @@ def _call_builder(
         return builder(tuple(input_shape), num_classes, **arguments)
     except TypeError as error:
         raise ConfigError(
-            f"model.builder={model.builder!r} with model.kwargs={model.kwargs}: {error}; "
+            f"model.builder={model.builder_path!r} with model.kwargs={model.kwargs}: {error}; "
             "it is called as builder(input_shape, num_classes, **model.kwargs)"
         ) from None
 

@@ -40,6 +40,7 @@ from reglab.evaluate import evaluation
 from reglab.evaluate.metrics import HISTORY_COLUMNS
 from reglab.model import source, weights
 from reglab.model.build import build_model, describe_model, save_model
+from reglab.model.imports import user_modules, user_packages
 from reglab.report.weight_figures import HistogramImages
 from reglab.tracking import secrets
 from reglab.train.checkpoint import Checkpoint, TrainingState
@@ -173,7 +174,7 @@ def finish_logging(
     """Log what comes after the epochs. The outputs are written first: if the server
     is gone, the training is kept and the re-run logs the rest without retraining."""
     written = " and ".join(str(path) for path in outputs)
-    modules = source.user_modules(config.model, [config.run_recipe(key.variant, key.seed)])
+    modules = user_modules(config.model, [config.run_recipe(key.variant, key.seed)])
     lost = (
         f"{key} is trained and written to {written}, but the tracking server "
         f"{tracking.resolve_uri(config.tracking.uri)} did not answer within "
@@ -190,7 +191,7 @@ def finish_logging(
             registered_model_name=config.tracking.registered_model_name,
             class_names=dataset_classes(config.paths.processed, config.data).names,
             keras_file=outputs[0] / "model.keras",  # the model folder, written already
-            user_code=source.user_packages(modules, Path.cwd()),
+            user_code=user_packages(modules, Path.cwd()),
             user_modules=modules,
         )
 
