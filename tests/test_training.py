@@ -135,6 +135,27 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_weights(split
         np.testing.assert_array_equal(restored, best)
 
 
+@pytest.mark.parametrize(("monitor", "min_delta"), [("val_data_loss", 0.0), ("val_accuracy", 0.01)])
+def test_the_kept_epoch_from_the_history_is_the_callbacks_best_epoch(splits, monitor, min_delta):
+    """A search scores a trial at EarlyStoppingConfig.kept_index of its history rows: at
+    every epoch, the epoch Keras's callback would restore."""
+    from reglab.config.recipes import EarlyStoppingConfig
+
+    seed_everything(5)
+    model = small_model()
+    compile_model(model, make_optimizer("adam", 5e-2))  # large steps: ups and downs
+    stopper = EarlyStopping(monitor, 4, min_delta, restore_best_weights=True)
+    best_epochs = []
+    hook = lambda epoch, row: best_epochs.append(stopper.best_epoch)  # noqa: E731
+    result = fit_digits(
+        model, splits, seed=5, label="kept", epochs=8, hooks=[hook], early_stopping=stopper
+    )
+    rule = EarlyStoppingConfig(enabled=True, monitor=monitor, min_delta=min_delta, patience=4)
+    kept = [rule.kept_index(result.history[:epoch]) for epoch in range(1, result.epoch + 1)]
+    assert kept == best_epochs
+    assert len(set(kept)) > 1  # the best moved at least once
+
+
 def test_a_resumed_run_with_early_stopping_ends_like_an_uninterrupted_one(splits, tmp_path):
     from reglab.train.checkpoint import Checkpoint
 

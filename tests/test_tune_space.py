@@ -32,7 +32,7 @@ def test_every_shipped_search_validates_against_its_base_recipe():
         "val_data_loss",
         "min",
         12,
-        10,
+        None,  # train.epochs: scored as the recommended variant is trained
         0,
     )
     assert l2.base.kernel.l2 == 1e-3 and l2.base.dropout.dense_rate == 0.0
@@ -104,10 +104,19 @@ def test_trials_csv_and_the_figures(tmp_path):
     ]
     best = best_trial(trials, "min")
     assert best.trial_id == "d"
-    outcome = SimpleNamespace(name="l2_strength", search=search, trials=trials, best=best)
+    outcome = SimpleNamespace(
+        name="l2_strength",
+        search=search,
+        trials=trials,
+        best=best,
+        finalists=[],
+        repeats=[],
+        single_best=best,
+    )
     write_outputs(outcome, tmp_path)
     written = yaml.safe_load((tmp_path / "best.yaml").read_text())
     assert written["params"] == {"kernel.l2": 1e-3} and written["value"] == 0.4
+    assert written["single_best_trial"] == 3 and written["runner_up"] is None
     rows = (tmp_path / "trials.csv").read_text().splitlines()
     assert rows[0] == "trial,kernel.l2,objective,epochs,state,trial_id,run_id"
     assert rows[3] == "2,0.1,,1,failed,c,r2"
@@ -116,20 +125,107 @@ def test_trials_csv_and_the_figures(tmp_path):
     assert all((tmp_path / "figures" / name).stat().st_size > 5000 for name in figures)
 
 
-def test_the_reporter_sends_each_epoch_and_the_best_objective_so_far(monkeypatch):
+def test_the_reporter_sends_the_objective_at_the_weights_the_trial_keeps(monkeypatch):
+    """Without early stopping (or without restoring) the epoch's own value; under early
+    stopping that restores its best weights, the value at the best epoch so far by the
+    rule's monitor; a diverged value as the worst."""
+    from reglab.config.recipes import EarlyStoppingConfig
     from reglab.tune.trial import Reporter
 
     reported = []
     monkeypatch.setattr("ray.tune.report", lambda metrics: reported.append(metrics))
-    loss = Reporter("val_data_loss", "min")
-    for epoch, value in enumerate([0.7, 0.5, float("nan"), 0.6], start=1):
-        loss(epoch, {"val_data_loss": value, "val_accuracy": 0.5})
-    assert [r["objective"] for r in reported] == [0.7, 0.5, 0.5, 0.5]
-    assert [r["epoch"] for r in reported] == [1, 2, 3, 4]
-    accuracy = Reporter("val_accuracy", "max")
-    accuracy(1, {"val_data_loss": 0.7, "val_accuracy": 0.7})
-    accuracy(2, {"val_data_loss": 0.6, "val_accuracy": 0.6})
-    assert [r["objective"] for r in reported[4:]] == [0.7, 0.7]
+    rows = [
+        {"epoch": epoch, "val_data_loss": loss, "val_accuracy": accuracy}
+        for epoch, (loss, accuracy) in enumerate(
+            [(0.7, 0.5), (0.5, 0.6), (0.6, 0.8), (float("nan"), 0.1)], start=1
+        )
+    ]
+
+    def reports(objective, mode, rule):
+        reported.clear()
+        reporter = Reporter(objective, mode, rule)
+        for row in rows:
+            reporter(row["epoch"], row)
+        return [(r["objective"], r["kept_epoch"]) for r in reported]
+
+    last = EarlyStoppingConfig()
+    inf = float("inf")
+    assert reports("val_data_loss", "min", last) == [(0.7, 1), (0.5, 2), (0.6, 3), (inf, 4)]
+    assert reports("val_accuracy", "max", last) == [(0.5, 1), (0.6, 2), (0.8, 3), (0.1, 4)]
+    restoring = EarlyStoppingConfig(enabled=True, patience=5)
+    assert reports("val_data_loss", "min", restoring) == [(0.7, 1), (0.5, 2), (0.5, 2), (0.5, 2)]
+    # The kept epoch is the monitor's best (val_data_loss), scored by the objective.
+    assert reports("val_accuracy", "max", restoring) == [(0.5, 1), (0.6, 2), (0.6, 2), (0.6, 2)]
+    by_accuracy = EarlyStoppingConfig(enabled=True, monitor="val_accuracy")
+    assert reports("val_data_loss", "min", by_accuracy)[2:] == [(0.6, 3), (0.6, 3)]
+    # min_delta: 0.7 -> 0.5 is not an improvement of more than 0.25.
+    coarse = EarlyStoppingConfig(enabled=True, min_delta=0.25)
+    assert reports("val_data_loss", "min", coarse) == [(0.7, 1), (0.7, 1), (0.7, 1), (0.7, 1)]
+    not_restoring = EarlyStoppingConfig(enabled=True, restore_best_weights=False)
+    assert reports("val_data_loss", "min", not_restoring)[2] == (0.6, 3)
+
+
+def test_the_likely_best_is_the_best_mean_over_seeds_not_the_luckiest_trial(tmp_path):
+    """Trial 0 is the single best (0.40 under seed 42), but over seeds 42-44 trial 3
+    is better on average (0.45 against 0.46); a failed repeat ranks its finalist last."""
+    from scipy import stats
+
+    from reglab.tune.finalists import Repeat, pick_finalists, rank
+    from reglab.tune.outcome import Trial
+    from reglab.tune.results import best_record
+
+    trials = [
+        Trial(0, "a", {"kernel.l2": 1e-4}, 0.40, 3, "completed", "r0"),
+        Trial(1, "b", {"kernel.l2": 1e-2}, 0.30, 1, "pruned", "r1"),
+        Trial(2, "c", {"kernel.l2": 1e-1}, 0.47, 3, "completed", "r2"),
+        Trial(3, "d", {"kernel.l2": 1e-3}, 0.45, 3, "completed", "r3"),
+        Trial(4, "e", {"kernel.l2": 1e-5}, math.nan, 0, "failed", "r4"),
+    ]
+    chosen = pick_finalists(trials, "min", 3)
+    assert [t.number for t in chosen] == [0, 3, 2]  # completed only, best first
+    repeats = [
+        Repeat(0, 43, 0.50, 3, "completed"),
+        Repeat(0, 44, 0.48, 3, "completed"),
+        Repeat(3, 44, 0.46, 3, "completed"),  # out of order: sorted by seed
+        Repeat(3, 43, 0.44, 3, "completed"),
+        Repeat(2, 43, 0.30, 3, "completed"),
+        Repeat(2, 44, math.nan, 1, "failed"),
+    ]
+    ranked = rank(chosen, repeats, 42, "min")
+    assert [f.trial.number for f in ranked] == [3, 0, 2]
+    assert ranked[0].values == {42: 0.45, 43: 0.44, 44: 0.46}
+    assert ranked[0].mean == pytest.approx(0.45) and ranked[0].std == pytest.approx(0.01)
+    assert ranked[1].mean == pytest.approx(0.46)
+    outcome = SimpleNamespace(
+        name="l2_strength",
+        search=config_for().search("l2_strength"),
+        trials=trials,
+        best=ranked[0].trial,
+        finalists=ranked,
+        repeats=repeats,
+        single_best=trials[0],
+    )
+    record = best_record(outcome)
+    assert record["params"] == {"kernel.l2": 1e-3} and record["trial"] == 3
+    assert record["value"] == pytest.approx(0.45) and record["seeds"] == [42, 43, 44]
+    assert record["single_best_trial"] == 0
+    assert record["runner_up"]["trial"] == 0
+    # Runner-up minus best, paired by seed: (-0.05, +0.06, +0.02), mean +0.01.
+    difference = record["difference"]
+    expected = stats.ttest_rel([0.40, 0.50, 0.48], [0.45, 0.44, 0.46])
+    assert difference["runner_up_minus_best"] == pytest.approx(0.01)
+    assert difference["test"] == "paired" and difference["seeds"] == 3
+    assert difference["p_value"] == pytest.approx(expected.pvalue)
+    interval = expected.confidence_interval(0.95)
+    assert difference["ci95"] == pytest.approx([interval.low, interval.high])
+    assert difference["within_noise"] is True  # p about 0.8
+    # One seed each (repeats=0): the single best, no verdict on the runner-up.
+    alone = rank(chosen, [], 42, "min")
+    assert [f.trial.number for f in alone] == [0, 3, 2] and alone[0].std is None
+    record = best_record(
+        SimpleNamespace(**(vars(outcome) | {"finalists": alone, "best": trials[0]}))
+    )
+    assert record["value"] == 0.40 and record["difference"]["within_noise"] is None
 
 
 BAD_INPUT = [

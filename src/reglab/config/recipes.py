@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -136,6 +137,27 @@ class EarlyStoppingConfig:
     patience: int = bounded(3, ge=1)
     min_delta: float = bounded(0.0, ge=0)
     restore_best_weights: bool = True
+
+    def kept_index(self, history: list[Mapping[str, Any]]) -> int:
+        """The index in ``history`` of the epoch whose weights a model trained under this
+        rule holds after those epochs: the best epoch by ``monitor`` where the rule is on
+        and restores its best weights, else the last.
+
+        Keras's ``EarlyStopping`` rule (an improvement beats the best by more than
+        ``min_delta``; the first epoch is the first best), worked out from the history
+        rows: a search replays a resumed trial's stored epochs, where no callback ran,
+        and must score them as the final model keeps them. tests/test_training.py checks
+        it against the callback's own ``best_epoch``.
+        """
+        if not (self.enabled and self.restore_best_weights):
+            return len(history) - 1
+        sign = -1.0 if "accuracy" in self.monitor else 1.0  # min: lower is better
+        best_index, best = 0, None
+        for index, row in enumerate(history):
+            value = sign * float(row[self.monitor])
+            if best is None or value + self.min_delta < best:
+                best_index, best = index, value
+        return best_index
 
 
 @dataclass

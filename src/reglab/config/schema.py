@@ -154,8 +154,9 @@ class SearchConfig:
     params: list[SearchParamConfig] = field(default_factory=list)
     objective: str = bounded("val_data_loss", choices=list(SEARCH_OBJECTIVES))
     n_trials: int = bounded(12, ge=1)
-    # Epochs per trial (ASHA stops the bad ones earlier).
-    epochs: int = bounded(10, ge=1)
+    # Epochs per trial (ASHA stops the bad ones earlier); null: train.epochs, the epochs
+    # the search's <search>_best variant is trained for. Fewer cannot see late overfitting.
+    epochs: int | None = bounded(None, ge=1)
     # Optuna's sampler seed.
     seed: int = bounded(0, ge=0)
 
@@ -244,6 +245,11 @@ class TuneConfig:
     # ASHA: every trial runs grace_period epochs; each rung keeps 1/reduction_factor.
     grace_period: int = bounded(1, ge=1)
     reduction_factor: int = bounded(2, ge=2)
+    # After the trials: the best `finalists` completed trials are trained again under
+    # `repeats` further seeds (the pipeline's first seed + 1, + 2, ...), not pruned;
+    # the best is the best mean over its seeds. repeats=0: the single best trial.
+    finalists: int = bounded(3, ge=1)
+    repeats: int = bounded(2, ge=0)
     # With a sqlite store and trials in parallel, trials log through a local
     # `mlflow server` the search starts (a serial search writes the file itself).
     tracking_server: bool = True

@@ -4,7 +4,9 @@ A search is one MLflow run (``search:<name>``: the space, the sampler and its
 seed, the budget, then the best trial's parameters and objective). Each trial
 is a variant run nested under it (:func:`reglab.train.run.train_variant` with
 ``parent_run_id``), tagged with its Ray trial id, then with its state
-(completed, pruned, failed) and whether it is the best.
+(completed, pruned, failed) and whether it is the best. A pruned trial's run
+ends FINISHED when the scheduler stops it (:func:`end_pruned_run`); FAILED is
+for a trial that raised.
 
 Trials run in parallel processes. With a sqlite store they log through a local
 ``mlflow server`` that :func:`served_store` starts for the search and stops
@@ -26,7 +28,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +47,13 @@ KIND_TAG = "reglab.kind"
 TRIAL_TAG = "reglab.trial_id"
 STATE_TAG = "reglab.trial_state"
 BEST_TAG = "reglab.best_trial"
+# On a finalist's repeat run (kind "repeat"): the number of the trial it repeats.
+REPEAT_TAG = "reglab.repeat_of_trial"
 PARENT_FILE = "mlflow_parent_run_id"
 # The search's local tracking server, in its state folder: {"pid": ..., "port": ...}.
 SERVER_FILE = "tracking_server.json"
+# The address the search's trials log to, this time it runs (a served store's URL).
+TRIAL_STORE_FILE = "trial_store"
 
 
 class ServerFailed(ReglabError):
@@ -256,34 +262,62 @@ def trial_runs(client: mlflow.MlflowClient, experiment_id: str, parent: str) -> 
     return {run.data.tags[TRIAL_TAG]: run for run in runs if TRIAL_TAG in run.data.tags}
 
 
-def record_outcome(
-    client: mlflow.MlflowClient,
-    parent: str,
-    objective: str,
-    trials: Sequence[Any],
-    best: Any,
-) -> None:
-    """Each trial's state and whether it is the best, as tags; the best on the parent."""
+def end_pruned_run(state_dir: Path, experiment_id: str, parent: str, trial_id: str) -> str | None:
+    """End the run of a trial the scheduler stopped, when it is stopped: FINISHED, tagged
+    pruned, in the store the trials log to now (``TRIAL_STORE_FILE`` in ``state_dir``).
+    A trial that ran to its end has already ended its run itself and is left as it is.
+    The run's id, if it is ended here; if the store cannot be reached, a warning, and
+    :func:`record_outcome` ends it at the end of the search."""
+    try:
+        client = mlflow.MlflowClient((state_dir / TRIAL_STORE_FILE).read_text().strip())
+        runs = client.search_runs(
+            [experiment_id],
+            filter_string=(
+                f"tags.mlflow.parentRunId = '{parent}' and tags.`{TRIAL_TAG}` = '{trial_id}' "
+                "and attributes.status = 'RUNNING'"
+            ),
+        )
+        for run in runs:
+            client.set_tag(run.info.run_id, STATE_TAG, "pruned")
+            client.set_terminated(run.info.run_id, "FINISHED")
+            return run.info.run_id
+    except (OSError, mlflow.exceptions.MlflowException) as error:
+        log.warning("trial %s: its run could not be ended now (%s)", trial_id, error)
+    return None
+
+
+def record_outcome(client: mlflow.MlflowClient, parent: str, objective: str, outcome: Any) -> None:
+    """Each trial's state and whether it is the best, as tags; the best (its mean and
+    spread over its seeds), the single best trial and the counts on the parent."""
+    trials, best = outcome.trials, outcome.best
     for trial in trials:
         if trial.mlflow_run_id is None:
             continue
         client.set_tag(trial.mlflow_run_id, STATE_TAG, trial.state)
         client.set_tag(trial.mlflow_run_id, BEST_TAG, str(trial is best).lower())
         status = client.get_run(trial.mlflow_run_id).info.status
-        if trial.state == "pruned" and status != "KILLED":
-            client.set_terminated(trial.mlflow_run_id, "KILLED")
-        elif trial.state == "failed" and status != "FAILED":
-            client.set_terminated(trial.mlflow_run_id, "FAILED")
-        elif trial.state == "completed" and status != "FINISHED":
-            client.set_terminated(trial.mlflow_run_id, "FINISHED")
+        # A pruned trial is a normal outcome: FINISHED (its run was ended when it was
+        # stopped, by end_pruned_run; here only if that did not happen, e.g. a kill).
+        ended = "FAILED" if trial.state == "failed" else "FINISHED"
+        if status != ended:
+            client.set_terminated(trial.mlflow_run_id, ended)
     logged = client.get_run(parent).data.params
     for key, value in best.params.items():
         if f"best.{key}" not in logged:
             client.log_param(parent, f"best.{key}", value)
     states = [trial.state for trial in trials]
-    client.log_metric(parent, f"best_{objective}", best.objective)
-    for state in ("completed", "pruned", "failed"):
-        client.log_metric(parent, f"trials_{state}", states.count(state))
-    client.log_metric(parent, "epochs_total", sum(trial.epochs for trial in trials))
+    chosen = outcome.finalists[0] if outcome.finalists else None
+    metrics = {
+        f"best_{objective}": chosen.mean if chosen else best.objective,
+        **({f"best_{objective}_std": chosen.std} if chosen and chosen.std is not None else {}),
+        **{f"trials_{state}": states.count(state) for state in ("completed", "pruned", "failed")},
+        "epochs_total": sum(trial.epochs for trial in trials),
+        "repeats": len(outcome.repeats),
+        "repeat_epochs_total": sum(repeat.epochs for repeat in outcome.repeats),
+    }
+    for key, value in metrics.items():
+        client.log_metric(parent, key, value)
     client.set_tag(parent, "best_trial_run_id", best.mlflow_run_id or "")
+    single = outcome.single_best
+    client.set_tag(parent, "single_best_trial", str(single.number if single else best.number))
     client.set_terminated(parent, "FINISHED")

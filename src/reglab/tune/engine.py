@@ -22,8 +22,10 @@ from typing import Any
 
 from reglab.config.schema import Config, SearchConfig
 from reglab.model.imports import user_modules, user_packages
+from reglab.tracking.search import STATE_TAG
+from reglab.tune.finalists import Repeat
 from reglab.tune.outcome import Trial, n_trials
-from reglab.tune.trial import run_trial, trial_dir
+from reglab.tune.trial import run_repeat, run_trial, trial_dir, trial_epochs
 
 log = logging.getLogger(__name__)
 
@@ -150,15 +152,22 @@ def ray_connected(
 
 
 def run_ray(
-    config: Config, name: str, search: SearchConfig, state_dir: Path, parent: str
+    config: Config,
+    name: str,
+    search: SearchConfig,
+    state_dir: Path,
+    parent: str,
+    experiment_id: str,
 ) -> list[Any]:
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
+    from reglab.tune.ended import EndPrunedRuns
     from reglab.tune.scheduler import ResumableASHA
 
+    epochs = trial_epochs(config, search)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, config=config, name=name, parent_run_id=parent),
         {"cpu": config.tune.cpus_per_trial, "gpu": config.tune.gpus_per_trial},
@@ -184,8 +193,8 @@ def run_ray(
             time_attr="epoch",
             # One more than the trial's epochs: ASHA stops a trial that reaches
             # max_t, and a trial that ran all its epochs should end by itself.
-            max_t=search.epochs + 1,
-            grace_period=min(config.tune.grace_period, search.epochs),
+            max_t=epochs + 1,
+            grace_period=min(config.tune.grace_period, epochs),
             reduction_factor=config.tune.reduction_factor,
         )
         tuner = tune.Tuner(
@@ -207,6 +216,7 @@ def run_ray(
                 name=experiment.name,
                 storage_path=str(state_dir.resolve()),
                 failure_config=tune.FailureConfig(max_failures=0),
+                callbacks=[EndPrunedRuns(state_dir.resolve(), experiment_id, parent)],
                 verbose=0,
             ),
         )
@@ -214,8 +224,92 @@ def run_ray(
     return [results[index] for index in range(len(results))]
 
 
-def collect(runs: Mapping[str, Any], search: SearchConfig, results: list[Any]) -> list[Trial]:
-    """One Trial per Ray result, in the order Ray made them; the state from Ray and MLflow."""
+REPEATS_FILE = "repeats.json"
+
+
+def run_repeats(
+    config: Config,
+    name: str,
+    finalists: list[Trial],
+    seeds: list[int],
+    state_dir: Path,
+) -> list[Repeat]:
+    """Every finalist trained again under each of ``seeds``, on Ray like the trials:
+    a grid of (trial, seed) with no scheduler (nothing is pruned), nested under the
+    trials' runs. Its Ray state is kept beside the trials' (``<experiment>-repeats``):
+    a search killed during its repeats resumes them; stored repeats of another set
+    of finalists or seeds are dropped first."""
+    import json
+    import shutil
+
+    from ray import tune
+
+    grid = [
+        {"trial": trial.number, "seed": seed, "params": trial.params}
+        for trial in finalists
+        for seed in seeds
+    ]
+    if not grid:
+        return []
+    experiment = state_dir.resolve() / f"{experiment_name(state_dir)}-repeats"
+    stored = state_dir / REPEATS_FILE
+    planned = json.dumps(grid, sort_keys=True)
+    if experiment.exists() and (not stored.exists() or stored.read_text() != planned):
+        log.info("%s: the stored repeats were of other finalists; starting them again", name)
+        shutil.rmtree(experiment)
+    stored.write_text(planned)
+    runs = {str(trial.number): trial.mlflow_run_id for trial in finalists}
+    trainable = tune.with_resources(
+        tune.with_parameters(run_repeat, config=config, name=name, trial_runs=runs),
+        {"cpu": config.tune.cpus_per_trial, "gpu": config.tune.gpus_per_trial},
+    )
+    log.info(
+        "%s: training the %d finalists again under seeds %s (%d runs)",
+        name, len(finalists), seeds, len(grid),
+    )  # fmt: skip
+    if tune.Tuner.can_restore(str(experiment)):
+        tuner = tune.Tuner.restore(
+            str(experiment), trainable, resume_unfinished=True, resume_errored=False
+        )
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"repeat": tune.grid_search(grid)},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=config.tune.max_concurrent, reuse_actors=False
+            ),
+            run_config=tune.RunConfig(
+                name=experiment.name,
+                storage_path=str(state_dir.resolve()),
+                failure_config=tune.FailureConfig(max_failures=0),
+                verbose=0,
+            ),
+        )
+    results = tuner.fit()
+    repeats = []
+    for index in range(len(results)):
+        result = results[index]
+        planned_repeat = result.config["repeat"]
+        metrics = result.metrics or {}
+        failed = result.error is not None
+        repeats.append(
+            Repeat(
+                trial=int(planned_repeat["trial"]),
+                seed=int(planned_repeat["seed"]),
+                objective=math.nan if failed else float(metrics.get("objective", math.nan)),
+                epochs=int(metrics.get("epoch", 0) or 0),
+                state="failed" if failed else "completed",
+                error=_last_line(result.error),
+            )
+        )
+    return repeats
+
+
+def collect(
+    runs: Mapping[str, Any], search: SearchConfig, epochs_per_trial: int, results: list[Any]
+) -> list[Trial]:
+    """One Trial per Ray result, in the order Ray made them; the state from Ray and MLflow,
+    the objective its last epoch reported (at the weights it keeps) and each epoch's."""
     made = []
     for result in results:
         metrics = result.metrics or {}
@@ -225,7 +319,11 @@ def collect(runs: Mapping[str, Any], search: SearchConfig, results: list[Any]) -
         epochs = int(metrics.get("epoch", 0) or 0)
         if result.error is not None:
             state = "failed"
-        elif epochs >= search.epochs or (run is not None and run.info.status == "FINISHED"):
+        elif epochs >= epochs_per_trial or (
+            run is not None
+            and run.info.status == "FINISHED"
+            and run.data.tags.get(STATE_TAG) != "pruned"  # ended by EndPrunedRuns
+        ):
             state = "completed"  # all its epochs, or stopped early by its own recipe
         else:
             state = "pruned"
@@ -239,12 +337,26 @@ def collect(runs: Mapping[str, Any], search: SearchConfig, results: list[Any]) -
             state=state,
             mlflow_run_id=run.info.run_id if run else None,
             error=_last_line(result.error),
+            intermediate=_per_epoch(result),
         )
         made.append((index, trial))
     trials = [trial for _, trial in sorted(made, key=lambda pair: pair[0])]
     for number, trial in enumerate(trials):
         trial.number = number
     return trials
+
+
+def _per_epoch(result: Any) -> list[float]:
+    """The objective each epoch reported, by epoch (a resumed trial reports its first
+    epochs again: the last report of an epoch counts)."""
+    frame = result.metrics_dataframe
+    if frame is None or "objective" not in frame or "epoch" not in frame:
+        return []
+    by_epoch = {
+        int(epoch): float(value)
+        for epoch, value in zip(frame["epoch"], frame["objective"], strict=True)
+    }
+    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
 def _last_line(error: BaseException | None) -> str | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from reglab.config.schema import BEST_SUFFIX, SearchConfig, TuneConfig
@@ -24,6 +24,8 @@ class Trial:
     state: str  # completed, pruned or failed
     mlflow_run_id: str | None = None
     error: str | None = None
+    # The objective each epoch reported (epoch i at index i - 1).
+    intermediate: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -31,8 +33,12 @@ class SearchOutcome:
     name: str
     search: SearchConfig
     trials: list[Trial]
-    best: Trial
+    best: Trial  # the finalist with the best mean objective over its seeds
     parent_run_id: str
+    # reglab.tune.finalists.Finalist, best mean first; Repeat, one per (finalist, seed).
+    finalists: list[Any] = field(default_factory=list)
+    repeats: list[Any] = field(default_factory=list)
+    single_best: Trial | None = None  # the best trial of one seed, before the repeats
 
 
 def best_variant_name(name: str) -> str:

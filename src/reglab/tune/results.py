@@ -15,6 +15,7 @@ from reglab.config.schema import SearchConfig
 from reglab.core.io import write_atomic
 from reglab.report.search_figures import figures
 from reglab.tune.best import BEST_FILE
+from reglab.tune.finalists import difference
 
 TRIALS_FILE = "trials.csv"
 FIGURES_DIR = "figures"
@@ -22,25 +23,37 @@ FIGURES_DIR = "figures"
 
 def write_outputs(outcome: Any, directory: Path) -> None:
     """best.yaml (the best parameters), trials.csv (one row per trial) and the figures."""
-    best = outcome.best
-    write_atomic(
-        directory / BEST_FILE,
-        yaml.safe_dump(
-            {
-                "search": outcome.name,
-                "objective": outcome.search.objective,
-                "value": best.objective,
-                "trial": best.number,
-                "trial_id": best.trial_id,
-                "epochs": best.epochs,
-                "mlflow_run_id": best.mlflow_run_id,
-                "params": best.params,
-            },
-            sort_keys=False,
-        ),
-    )
+    write_atomic(directory / BEST_FILE, yaml.safe_dump(best_record(outcome), sort_keys=False))
     write_atomic(directory / TRIALS_FILE, trials_csv(outcome.trials, outcome.search))
     figures(outcome.trials, outcome.search, directory / FIGURES_DIR)
+
+
+def best_record(outcome: Any) -> dict[str, Any]:
+    """What best.yaml holds: the best parameters and its objective over its seeds (``value``
+    is the mean); the finalists, the runner-up and whether the best is ahead of it by
+    more than the seed noise; the single best trial before the repeats."""
+    best = outcome.best
+    finalists = [finalist.summary() for finalist in outcome.finalists]
+    top = finalists[0] if finalists else None
+    runner_up = outcome.finalists[1] if len(outcome.finalists) > 1 else None
+    single = outcome.single_best or best
+    return {
+        "search": outcome.name,
+        "objective": outcome.search.objective,
+        "value": top["mean"] if top else best.objective,
+        "std": top["std"] if top else None,
+        "seeds": top["seeds"] if top else [],
+        "values": top["values"] if top else [best.objective],
+        "trial": best.number,
+        "trial_id": best.trial_id,
+        "epochs": best.epochs,
+        "mlflow_run_id": best.mlflow_run_id,
+        "params": best.params,
+        "single_best_trial": single.number,
+        "runner_up": finalists[1] if runner_up else None,
+        "difference": difference(outcome.finalists[0], runner_up) if runner_up else None,
+        "finalists": finalists,
+    }
 
 
 def trials_csv(trials: Sequence[Any], search: SearchConfig) -> str:

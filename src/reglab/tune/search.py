@@ -27,12 +27,15 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from reglab.config.checks import ConfigError
+from reglab.config.paths import run_key, run_record_file
 from reglab.config.schema import Config, SearchConfig, TuneConfig
 from reglab.core.digest import digest
 from reglab.core.errors import ReglabError
-from reglab.tune.engine import collect, ray_connected, run_ray
+from reglab.core.io import write_atomic
+from reglab.tune.engine import collect, ray_connected, run_ray, run_repeats
+from reglab.tune.finalists import pick_finalists, rank, repeat_seeds
 from reglab.tune.outcome import SearchOutcome, best_trial, n_trials
-from reglab.tune.trial import trial_data
+from reglab.tune.trial import trial_data, trial_epochs
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +144,7 @@ def search_params(name: str, search: SearchConfig, config: Config) -> dict[str, 
         "objective": search.objective,
         "mode": search.mode,
         "n_trials": str(n_trials(search, config.tune)),
-        "epochs_per_trial": str(search.epochs),
+        "epochs_per_trial": str(trial_epochs(config, search)),
         "max_concurrent": str(config.tune.max_concurrent),
         "seed": str(config.seeds[0]),
     }
@@ -203,6 +206,14 @@ def run_search(
         )  # fmt: skip
         shutil.rmtree(state_dir)
         resumed = False
+    epochs = trial_epochs(config, search)
+    if epochs != config.train.epochs:
+        log.warning(
+            "%s: trials train %d epochs and %s_best %d (train.epochs): %s",
+            name, epochs, name, config.train.epochs,
+            "short trials cannot see late overfitting" if epochs < config.train.epochs
+            else "the search scores a longer training than the one it recommends",
+        )  # fmt: skip
     state_dir.mkdir(parents=True, exist_ok=True)
     stamp_file.write_text(json.dumps(stamp, indent=2) + "\n")
     config = _absolute(config, state_dir)
@@ -236,16 +247,37 @@ def run_search(
                     "%s: %d trials of the stored search so far, their runs in %s under run %s",
                     name, len(done), secrets.redact(uri), parent,
                 )  # fmt: skip
-            results = run_ray(config, name, search, state_dir, parent)
-        runs = records.trial_runs(client, experiment_id, parent)
-        trials = collect(runs, search, results)
-        best = best_trial(trials, search.mode)
-        records.record_outcome(client, parent, search.objective, trials, best)
+            write_atomic(state_dir / records.TRIAL_STORE_FILE, trial_uri)
+            results = run_ray(config, name, search, state_dir, parent, experiment_id)
+            runs = records.trial_runs(client, experiment_id, parent)
+            trials = collect(runs, search, trial_epochs(config, search), results)
+            single = best_trial(trials, search.mode)
+            chosen = pick_finalists(trials, search.mode, config.tune.finalists)
+            seeds = repeat_seeds(config)
+            repeats = run_repeats(config, name, chosen, seeds, state_dir) if seeds else []
+        for repeat in repeats:
+            record = run_record_file(
+                config.paths.runs, run_key(f"{name}-{repeat.trial}", repeat.seed)
+            )
+            if record.exists():
+                repeat.mlflow_run_id = json.loads(record.read_text()).get("mlflow_run_id")
+        finalists = rank(chosen, repeats, config.seeds[0], search.mode)
+        outcome = SearchOutcome(
+            name, search, trials, finalists[0].trial, parent, finalists, repeats, single
+        )
+        records.record_outcome(client, parent, search.objective, outcome)
     counts = ", ".join(
         f"{sum(t.state == s for t in trials)} {s}" for s in ("completed", "pruned", "failed")
     )
+    best = outcome.finalists[0]
+    spread = f" ± {best.std:.4f} over seeds {list(best.values)}" if best.std is not None else ""
     log.info(
-        "%s: %d trials (%s); best %s=%.4f with %s",
-        name, len(trials), counts, search.objective, best.objective, best.params,
+        "%s: %d trials (%s); best %s=%.4f%s with %s",
+        name, len(trials), counts, search.objective, best.mean, spread, best.trial.params,
     )  # fmt: skip
-    return SearchOutcome(name, search, trials, best, parent)
+    if outcome.best is not single:
+        log.info(
+            "%s: over its seeds, trial %d is the likely best; the single best trial was %d",
+            name, outcome.best.number, single.number,
+        )  # fmt: skip
+    return outcome

@@ -19,38 +19,60 @@ from pathlib import Path
 from typing import Any
 
 from reglab.config.paths import run_key
+from reglab.config.recipes import EarlyStoppingConfig
 from reglab.config.schema import Config, SearchConfig
 
 
-def trial_config(config: Config, search: SearchConfig, variant: str, values: dict) -> Config:
-    """The config of one trial: one variant (base recipe + values), the search's epochs."""
+def trial_epochs(config: Config, search: SearchConfig) -> int:
+    """A trial's epochs: the search's ``epochs`` if the user set it, else ``train.epochs``,
+    the epochs its ``_best`` variant is trained for."""
+    return search.epochs if search.epochs is not None else config.train.epochs
+
+
+def trial_config(
+    config: Config, search: SearchConfig, variant: str, values: dict, seed: int | None = None
+) -> Config:
+    """The config of one trial: one variant (base recipe + values), the trial's epochs,
+    one seed (the pipeline's first, or ``seed`` for a finalist's repeat)."""
     return dataclasses.replace(
         config,
         variants={variant: search.recipe(values)},
-        seeds=config.seeds[:1],
-        train=dataclasses.replace(config.train, epochs=search.epochs),
+        seeds=[seed] if seed is not None else config.seeds[:1],
+        train=dataclasses.replace(config.train, epochs=trial_epochs(config, search)),
         tracking=dataclasses.replace(config.tracking, log_model=False),
     )
 
 
 class Reporter:
-    """The per-epoch hook: reports the epoch and the best objective so far to Ray Tune."""
+    """The per-epoch hook: reports to Ray Tune the objective at the weights the trial
+    would keep if it ended with this epoch, as the final model keeps them.
 
-    def __init__(self, objective: str, mode: str):
+    That is the epoch's own value, or, under early stopping that restores its best
+    weights, the value at the best epoch so far (:meth:`EarlyStoppingConfig.kept_index`).
+    ASHA compares it at each rung and Optuna is told its last value: a trial that
+    dips early and then overfits is ranked by where it ended, as its final model
+    would be. A value that is not a number (a diverged epoch) is reported as the worst.
+    """
+
+    def __init__(self, objective: str, mode: str, rule: EarlyStoppingConfig):
         self.objective = objective
         self.sign = 1.0 if mode == "min" else -1.0
-        self.best = math.inf
+        self.rule = rule
+        self.rows: list[Mapping[str, Any]] = []
 
-    def __call__(self, epoch: int, row: Mapping[str, float]) -> None:
+    def __call__(self, epoch: int, row: Mapping[str, Any]) -> None:
         from ray import tune
 
-        value = self.sign * float(row[self.objective])
-        if math.isfinite(value):
-            self.best = min(self.best, value)
+        self.rows.append(row)
+        kept = self.rows[self.rule.kept_index(self.rows)]
+        value = float(kept[self.objective])
+        if not math.isfinite(value):
+            value = self.sign * math.inf
         tune.report(
             {
                 "epoch": epoch,
-                "objective": self.sign * self.best,
+                "objective": value,
+                "kept_epoch": int(kept["epoch"]),
                 "val_data_loss": float(row["val_data_loss"]),
                 "val_accuracy": float(row["val_accuracy"]),
             }
@@ -67,15 +89,49 @@ def run_trial(params: dict[str, Any], *, config: Config, name: str, parent_run_i
     """
     from ray import tune
 
-    from reglab.tracking.search import SEARCH_TAG, TRIAL_TAG, tag_trial
+    from reglab.tracking.search import SEARCH_TAG, TRIAL_TAG
 
     search = config.search_spaces[name]
     context = tune.get_context()
     trial_id = context.get_trial_id()
     variant = f"{name}-{trial_dir(context.get_trial_dir())[1]}"
-    key = run_key(variant, config.seeds[0])
     trial = trial_config(config, search, variant, params)
-    reporter = Reporter(search.objective, search.mode)
+    tags = {SEARCH_TAG: name, TRIAL_TAG: trial_id}
+    train_reporting(trial, variant, search, parent_run_id, tags, retag=trial_id)
+
+
+def run_repeat(
+    params: dict[str, Any], *, config: Config, name: str, trial_runs: Mapping[str, str]
+) -> None:
+    """A finalist trained again under another seed, in a Ray worker: its trial's recipe
+    and epochs, scored the same way, nested under its trial's MLflow run. Its files are
+    named by the trial's number and the seed, so a repeat restarted after a kill
+    resumes from its checkpoint, or reports its finished epochs again."""
+    from reglab.tracking.search import KIND_TAG, REPEAT_TAG, SEARCH_TAG
+
+    repeat = params["repeat"]
+    search = config.search_spaces[name]
+    variant = f"{name}-{repeat['trial']}"
+    trial = trial_config(config, search, variant, repeat["params"], seed=repeat["seed"])
+    tags = {SEARCH_TAG: name, KIND_TAG: "repeat", REPEAT_TAG: str(repeat["trial"])}
+    train_reporting(trial, variant, search, trial_runs[str(repeat["trial"])], tags)
+
+
+def train_reporting(
+    trial: Config,
+    variant: str,
+    search: SearchConfig,
+    parent_run_id: str,
+    tags: Mapping[str, str],
+    retag: str | None = None,
+) -> None:
+    """train_variant of the one variant and seed of ``trial`` with the reporting hook,
+    or, for an attempt already trained to the end, its epochs reported again (its run
+    tagged with ``retag``, the Ray trial id that reported it this time)."""
+    from reglab.tracking.search import tag_trial
+
+    key = run_key(variant, trial.seeds[0])
+    reporter = Reporter(search.objective, search.mode, trial.variants[variant].early_stopping)
     resumed = checkpoint_history(trial, key)
     finished = None if resumed else finished_attempt(trial, key)
     if finished is not None:
@@ -83,8 +139,8 @@ def run_trial(params: dict[str, Any], *, config: Config, name: str, parent_run_i
         rows, run_id = finished
         for row in rows:
             reporter(int(row["epoch"]), row)
-        if run_id:
-            tag_trial(run_id, trial_id)
+        if run_id and retag:
+            tag_trial(run_id, retag)
         return
     # TensorFlow only for a trial that trains (its import is most of a trial's start-up).
     import keras
@@ -96,13 +152,7 @@ def run_trial(params: dict[str, Any], *, config: Config, name: str, parent_run_i
     # epochs it trained before again, so ASHA decides as it would have.
     for row in resumed:
         reporter(int(row["epoch"]), row)
-    train_variant(
-        trial,
-        key,
-        hooks=[reporter],
-        parent_run_id=parent_run_id,
-        run_tags={SEARCH_TAG: name, TRIAL_TAG: trial_id},
-    )
+    train_variant(trial, key, hooks=[reporter], parent_run_id=parent_run_id, run_tags=tags)
 
 
 def checkpoint_history(trial: Config, key: str) -> list[dict[str, Any]]:
