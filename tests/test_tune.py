@@ -85,6 +85,7 @@ def test_reglab_tune_by_address_four_concurrent_trials_tracked_and_best_tested(
     )
     assert "database is locked" not in result.stdout + result.stderr
     assert "A new study created" not in result.stdout + result.stderr  # Optuna's, not ours
+    assert "View run" not in result.stdout + result.stderr  # MLflow's, when a run ends
     # Parallel trials on sqlite: the search served the store through its own server.
     assert "trials log through a tracking server" in result.stdout + result.stderr
     out = root / "outputs/tune/l2_strength"

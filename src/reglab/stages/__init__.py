@@ -10,7 +10,9 @@ MLflow's own chatter out of a stage's log through their settings, unless
   raised as a Python exception). Two lines that C++ static initializers print
   while TensorFlow's libraries load, before any setting is read, still show.
 - ``MLFLOW_LOGGING_LEVEL=WARNING``: MLflow's info lines (creating tables, a new
-  experiment) are not the project's; nor is its artifact download bar.
+  experiment) are not the project's; nor is its artifact download bar, nor the
+  "View run ... at http://..." line it prints when a run on a server ends
+  (``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT``).
 - Ray's and Optuna's info lines are kept out by their loggers' levels (a search).
 
 A setting the user made wins. The library takes what it needs from the
@@ -50,6 +52,7 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 quiet_libraries()
