@@ -23,9 +23,18 @@ FIGURES_DIR = "figures"
 
 def write_outputs(outcome: Any, directory: Path) -> None:
     """best.yaml (the best parameters), trials.csv (one row per trial) and the figures."""
-    write_atomic(directory / BEST_FILE, yaml.safe_dump(best_record(outcome), sort_keys=False))
+    record = yaml.dump(best_record(outcome), Dumper=_PlainDumper, sort_keys=False)
+    write_atomic(directory / BEST_FILE, record)
     write_atomic(directory / TRIALS_FILE, trials_csv(outcome.trials, outcome.search))
     figures(outcome.trials, outcome.search, directory / FIGURES_DIR)
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """YAML without anchors and aliases: best.yaml repeats the best's params and seeds
+    in its finalists, and a reader sees each written out."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def best_record(outcome: Any) -> dict[str, Any]:
