@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 
 from reglab import tracking
 from reglab.core.net import free_port
+from tests.browser import chromium
 
 # The full tier: MLflow runs and its UI in headless Chromium.
 pytestmark = pytest.mark.slow
@@ -60,26 +60,6 @@ def test_a_kind_chosen_in_the_ui_is_kept(tracking_uri):
     tracking.configure(tracking_uri, "reglab")
     tags = mlflow.MlflowClient().get_experiment(experiment_id).tags
     assert tags["mlflow.experimentKind"] == "genai_development"
-
-
-def chromium(*args: str) -> str:
-    """Headless Chromium's stdout. --virtual-time-budget lets the page's scripts run
-    before the snapshot. Now and then a headless Chromium never ends (seen here on
-    pages that load fine the next time): it is killed with its children and tried
-    once more."""
-    command = ["chromium", "--headless", "--no-sandbox", "--disable-gpu",
-               "--virtual-time-budget=10000", *args]  # fmt: skip
-    for _ in range(2):
-        process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            start_new_session=True,
-        )  # fmt: skip
-        try:
-            return process.communicate(timeout=90)[0]
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-    pytest.fail(f"chromium did not finish within 90 s, twice: {' '.join(command)}")
 
 
 @pytest.mark.slow
