@@ -119,7 +119,18 @@ def test_reglab_tune_by_address_four_concurrent_trials_tracked_and_best_tested(
         assert best["difference"]["test"] == "paired" and best["difference"]["seeds"] == 2
     assert 1e-6 <= best["params"]["kernel.l2"] <= 1e-1
     figures = sorted(p.name for p in (out / "figures").iterdir())
-    assert figures == ["objective_vs_kernel.l2.png", "optimization_history.png"]
+    assert {"objective_vs_kernel.l2.png", "optimization_history.png"} <= set(figures)
+    assert {"optuna_history.png", "optuna_intermediate.png", "optuna_slice.png"} <= set(figures)
+    import optuna
+
+    study = optuna.load_study(study_name="l2_strength", storage=f"sqlite:///{out}/study.db")
+    assert len(study.trials) == 4
+    stored = {t.number: t for t in study.trials}
+    for trial in trials:
+        assert stored[int(trial["trial"])].state.name == (
+            {"completed": "COMPLETE", "pruned": "PRUNED"}[trial["state"]]
+        )
+        assert len(stored[int(trial["trial"])].intermediate_values) == int(trial["epochs"])
 
     mlflow_client = client(root)
     experiment = mlflow_client.get_experiment_by_name("reglab")

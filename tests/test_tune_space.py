@@ -97,10 +97,10 @@ def test_trials_csv_and_the_figures(tmp_path):
 
     search = config_for().search("l2_strength")
     trials = [
-        Trial(0, "a", {"kernel.l2": 1e-4}, 0.5, 3, "completed", "r0"),
-        Trial(1, "b", {"kernel.l2": 1e-2}, 0.9, 1, "pruned", "r1"),
+        Trial(0, "a", {"kernel.l2": 1e-4}, 0.5, 3, "completed", "r0", None, [0.9, 0.6, 0.5]),
+        Trial(1, "b", {"kernel.l2": 1e-2}, 0.9, 1, "pruned", "r1", None, [0.9]),
         Trial(2, "c", {"kernel.l2": 1e-1}, math.nan, 1, "failed", "r2", "TrainingDiverged"),
-        Trial(3, "d", {"kernel.l2": 1e-3}, 0.4, 3, "completed", "r3"),
+        Trial(3, "d", {"kernel.l2": 1e-3}, 0.4, 3, "completed", "r3", None, [0.8, 0.5, 0.4]),
     ]
     best = best_trial(trials, "min")
     assert best.trial_id == "d"
@@ -121,8 +121,22 @@ def test_trials_csv_and_the_figures(tmp_path):
     assert rows[0] == "trial,kernel.l2,objective,epochs,state,trial_id,run_id"
     assert rows[3] == "2,0.1,,1,failed,c,r2"
     figures = sorted(path.name for path in (tmp_path / "figures").iterdir())
-    assert figures == ["objective_vs_kernel.l2.png", "optimization_history.png"]
+    assert figures == [
+        "objective_vs_kernel.l2.png",
+        "optimization_history.png",
+        "optuna_history.png",
+        "optuna_importance.png",
+        "optuna_intermediate.png",
+        "optuna_parallel.png",
+        "optuna_slice.png",
+    ]
     assert all((tmp_path / "figures" / name).stat().st_size > 5000 for name in figures)
+    import optuna
+
+    study = optuna.load_study(study_name="l2_strength", storage=f"sqlite:///{tmp_path}/study.db")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED", "FAIL", "COMPLETE"]
+    assert study.best_trial.number == 3 and study.best_value == 0.4
+    assert study.trials[1].intermediate_values == {1: 0.9}
 
 
 def test_the_reporter_sends_the_objective_at_the_weights_the_trial_keeps(monkeypatch):

@@ -13,6 +13,7 @@ import yaml
 
 from reglab.config.schema import SearchConfig
 from reglab.core.io import write_atomic
+from reglab.report.optuna_study import write_study_views
 from reglab.report.search_figures import figures
 from reglab.tune.best import BEST_FILE
 from reglab.tune.finalists import difference
@@ -22,11 +23,13 @@ FIGURES_DIR = "figures"
 
 
 def write_outputs(outcome: Any, directory: Path) -> None:
-    """best.yaml (the best parameters), trials.csv (one row per trial) and the figures."""
+    """best.yaml (the best parameters), trials.csv (one row per trial), the figures, and
+    the trials as an Optuna study (study.db) with Optuna's own figures."""
     record = yaml.dump(best_record(outcome), Dumper=_PlainDumper, sort_keys=False)
     write_atomic(directory / BEST_FILE, record)
     write_atomic(directory / TRIALS_FILE, trials_csv(outcome.trials, outcome.search))
     figures(outcome.trials, outcome.search, directory / FIGURES_DIR)
+    write_study_views(outcome.name, outcome.search, outcome.trials, directory)
 
 
 class _PlainDumper(yaml.SafeDumper):
