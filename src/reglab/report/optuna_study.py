@@ -71,7 +71,7 @@ def _write_study(name: str, search: SearchConfig, trials: Sequence[Any], path: P
                 direction="minimize" if search.mode == "min" else "maximize",
             )
             study.set_user_attr("objective", search.objective)
-            distributions = _distributions(search)
+            distributions = distributions_of(search)
             for trial in sorted(trials, key=lambda t: t.number):
                 study.add_trial(_frozen_trial(trial, distributions))
         finally:
@@ -79,7 +79,8 @@ def _write_study(name: str, search: SearchConfig, trials: Sequence[Any], path: P
     return path
 
 
-def _distributions(search: SearchConfig) -> dict[str, Any]:
+def distributions_of(search: SearchConfig) -> dict[str, Any]:
+    """The search space as Optuna distributions (the searcher's, and the study's)."""
     import optuna
 
     return {

@@ -90,17 +90,6 @@ def _sampler(search: SearchConfig, kind: str) -> Any:
     return optuna.samplers.TPESampler(seed=search.seed)
 
 
-def _distributions(search: SearchConfig) -> dict[str, Any]:
-    import optuna
-
-    return {
-        spec.key: optuna.distributions.CategoricalDistribution(list(spec.choices))
-        if spec.choices is not None
-        else optuna.distributions.FloatDistribution(spec.low, spec.high, log=spec.log)
-        for spec in search.params
-    }
-
-
 EXPERIMENT_FILE = "ray_experiment"
 
 
@@ -164,6 +153,7 @@ def run_ray(
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
+    from reglab.report.optuna_study import distributions_of
     from reglab.tune.ended import EndPrunedRuns
     from reglab.tune.scheduler import ResumableASHA
 
@@ -182,7 +172,7 @@ def run_ray(
         grid = config.tune.sampler == "grid"
         searcher = ConcurrencyLimiter(
             OptunaSearch(
-                _distributions(search),
+                distributions_of(search),
                 metric="objective",
                 mode=search.mode,
                 sampler=_sampler(search, config.tune.sampler),
