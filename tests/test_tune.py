@@ -127,8 +127,9 @@ def test_reglab_tune_by_address_four_concurrent_trials_tracked_and_best_tested(
     assert len(study.trials) == 4
     stored = {t.number: t for t in study.trials}
     for trial in trials:
-        assert stored[int(trial["trial"])].state.name == (
-            {"completed": "COMPLETE", "pruned": "PRUNED"}[trial["state"]]
+        assert (
+            stored[int(trial["trial"])].state.name
+            == ({"completed": "COMPLETE", "pruned": "PRUNED"}[trial["state"]])
         )
         assert len(stored[int(trial["trial"])].intermediate_values) == int(trial["epochs"])
 
