@@ -5,8 +5,8 @@ trial cannot end its own run; left open, the run would last until the search
 ends and read as interrupted. Ray Tune calls a callback's ``on_trial_complete``
 in the driver for every trial that ends without an error, a stopped one
 included (``TuneController.stop_trial``): the run still open then is a pruned
-trial's, and it ends FINISHED at its last epoch's time. A trial that ran to its
-end has closed its run itself before Ray hears of it.
+trial's, and it ends FINISHED then, right after the epoch that stopped it. A
+trial that ran to its end has closed its run itself before Ray hears of it.
 
 Ray pickles a Tuner's callbacks with its experiment state and a restored search
 runs the pickled ones, so the callback holds no client: it reads the address its

@@ -20,7 +20,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from reglab.config.paths import run_key, run_record_file
 from reglab.config.schema import Config, SearchConfig
+from reglab.core.io import write_atomic
 from reglab.model.imports import user_modules, user_packages
 from reglab.tracking.search import STATE_TAG
 from reglab.tune.finalists import Repeat
@@ -158,10 +160,7 @@ def run_ray(
     from reglab.tune.scheduler import ResumableASHA
 
     epochs = trial_epochs(config, search)
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, config=config, name=name, parent_run_id=parent),
-        {"cpu": config.tune.cpus_per_trial, "gpu": config.tune.gpus_per_trial},
-    )
+    trainable = _trainable(run_trial, config, name=name, parent_run_id=parent)
     experiment = state_dir.resolve() / experiment_name(state_dir)
     if tune.Tuner.can_restore(str(experiment)):
         log.info("%s: resuming the stored search in %s", name, experiment)
@@ -202,16 +201,35 @@ def run_ray(
                 # reset_config()"), as it did under load in the benchmark.
                 reuse_actors=False,
             ),
-            run_config=tune.RunConfig(
-                name=experiment.name,
-                storage_path=str(state_dir.resolve()),
-                failure_config=tune.FailureConfig(max_failures=0),
-                callbacks=[EndPrunedRuns(state_dir.resolve(), experiment_id, parent)],
-                verbose=0,
+            run_config=_run_config(
+                experiment, [EndPrunedRuns(state_dir.resolve(), experiment_id, parent)]
             ),
         )
     results = tuner.fit()
     return [results[index] for index in range(len(results))]
+
+
+def _trainable(function: Any, config: Config, **parameters: Any) -> Any:
+    """``function`` as a Ray Tune trainable with ``parameters`` and a trial's resources."""
+    from ray import tune
+
+    return tune.with_resources(
+        tune.with_parameters(function, config=config, **parameters),
+        {"cpu": config.tune.cpus_per_trial, "gpu": config.tune.gpus_per_trial},
+    )
+
+
+def _run_config(experiment: Path, callbacks: list[Any] | None = None) -> Any:
+    """A Ray experiment in folder ``experiment``: a failed trial is not retried."""
+    from ray import tune
+
+    return tune.RunConfig(
+        name=experiment.name,
+        storage_path=str(experiment.parent),
+        failure_config=tune.FailureConfig(max_failures=0),
+        callbacks=callbacks,
+        verbose=0,
+    )
 
 
 REPEATS_FILE = "repeats.json"
@@ -247,12 +265,9 @@ def run_repeats(
     if experiment.exists() and (not stored.exists() or stored.read_text() != planned):
         log.info("%s: the stored repeats were of other finalists; starting them again", name)
         shutil.rmtree(experiment)
-    stored.write_text(planned)
+    write_atomic(stored, planned)
     runs = {str(trial.number): trial.mlflow_run_id for trial in finalists}
-    trainable = tune.with_resources(
-        tune.with_parameters(run_repeat, config=config, name=name, trial_runs=runs),
-        {"cpu": config.tune.cpus_per_trial, "gpu": config.tune.gpus_per_trial},
-    )
+    trainable = _trainable(run_repeat, config, name=name, trial_runs=runs)
     log.info(
         "%s: training the %d finalists again under seeds %s (%d runs)",
         name, len(finalists), seeds, len(grid),
@@ -268,12 +283,7 @@ def run_repeats(
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=config.tune.max_concurrent, reuse_actors=False
             ),
-            run_config=tune.RunConfig(
-                name=experiment.name,
-                storage_path=str(state_dir.resolve()),
-                failure_config=tune.FailureConfig(max_failures=0),
-                verbose=0,
-            ),
+            run_config=_run_config(experiment),
         )
     results = tuner.fit()
     repeats = []
@@ -282,13 +292,18 @@ def run_repeats(
         planned_repeat = result.config["repeat"]
         metrics = result.metrics or {}
         failed = result.error is not None
+        trial, seed = int(planned_repeat["trial"]), int(planned_repeat["seed"])
+        record = run_record_file(config.paths.runs, run_key(f"{name}-{trial}", seed))
         repeats.append(
             Repeat(
-                trial=int(planned_repeat["trial"]),
-                seed=int(planned_repeat["seed"]),
+                trial=trial,
+                seed=seed,
                 objective=math.nan if failed else float(metrics.get("objective", math.nan)),
                 epochs=int(metrics.get("epoch", 0) or 0),
                 state="failed" if failed else "completed",
+                mlflow_run_id=(
+                    json.loads(record.read_text()).get("mlflow_run_id") if record.exists() else None
+                ),
                 error=_last_line(result.error),
             )
         )

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reglab.config.schema import Config
-from reglab.tune.outcome import Trial
+from reglab.report.stats import ALPHA, Stat, compare_to_baseline
+from reglab.tune.outcome import Trial, ranked_completed
 
 
 @dataclass
@@ -46,16 +47,11 @@ class Finalist:
 
     @property
     def mean(self) -> float:
-        values = list(self.values.values())
-        return math.fsum(values) / len(values) if values else math.nan
+        return Stat.of(list(self.values.values())).mean
 
     @property
     def std(self) -> float | None:
-        values = list(self.values.values())
-        if len(values) < 2:
-            return None
-        mean = self.mean
-        return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        return Stat.of(list(self.values.values())).std
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -75,9 +71,7 @@ def repeat_seeds(config: Config) -> list[int]:
 
 def pick_finalists(trials: Sequence[Trial], mode: str, count: int) -> list[Trial]:
     """The best ``count`` completed trials with a finite objective, best first."""
-    sign = 1.0 if mode == "min" else -1.0
-    completed = [t for t in trials if t.state == "completed" and math.isfinite(t.objective)]
-    return sorted(completed, key=lambda t: (sign * t.objective, t.number))[:count]
+    return ranked_completed(list(trials), mode)[:count]
 
 
 def rank(
@@ -96,9 +90,8 @@ def rank(
         ranked.append(finalist)
 
     def order(finalist: Finalist) -> tuple[bool, float, int]:
-        mean = finalist.mean
-        return (not math.isfinite(mean), sign * mean if math.isfinite(mean) else 0.0,
-                finalist.trial.number)  # fmt: skip
+        scored = math.isfinite(finalist.mean)
+        return (not scored, sign * finalist.mean if scored else 0.0, finalist.trial.number)
 
     return sorted(ranked, key=order)
 
@@ -106,8 +99,6 @@ def rank(
 def difference(best: Finalist, runner_up: Finalist | None) -> dict[str, Any] | None:
     """The runner-up minus the best over their shared seeds: mean, 95 % interval,
     p-value, and whether it is within noise (p >= 0.05; null without a noise estimate)."""
-    from reglab.report.stats import ALPHA, compare_to_baseline
-
     if runner_up is None:
         return None
     delta = compare_to_baseline(runner_up.values, best.values)

@@ -51,10 +51,16 @@ def n_trials(search: SearchConfig, tune: TuneConfig) -> int:
     return tune.n_trials if tune.n_trials is not None else search.n_trials
 
 
-def best_trial(trials: list[Trial], mode: str) -> Trial:
+def ranked_completed(trials: list[Trial], mode: str) -> list[Trial]:
+    """The completed trials with a finite objective, best first (ties: lower number)."""
     completed = [t for t in trials if t.state == "completed" and math.isfinite(t.objective)]
-    if not completed:
+    sign = 1.0 if mode == "min" else -1.0
+    return sorted(completed, key=lambda t: (sign * t.objective, t.number))
+
+
+def best_trial(trials: list[Trial], mode: str) -> Trial:
+    ranked = ranked_completed(trials, mode)
+    if not ranked:
         states = {t.trial_id: t.error or t.state for t in trials}
         raise SearchFailed(f"no trial completed: {states}")
-    sign = 1.0 if mode == "min" else -1.0
-    return min(completed, key=lambda t: (sign * t.objective, t.number))
+    return ranked[0]

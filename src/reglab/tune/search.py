@@ -27,7 +27,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from reglab.config.checks import ConfigError
-from reglab.config.paths import run_key, run_record_file
 from reglab.config.schema import Config, SearchConfig, TuneConfig
 from reglab.core.digest import digest
 from reglab.core.errors import ReglabError
@@ -255,12 +254,6 @@ def run_search(
             chosen = pick_finalists(trials, search.mode, config.tune.finalists)
             seeds = repeat_seeds(config)
             repeats = run_repeats(config, name, chosen, seeds, state_dir) if seeds else []
-        for repeat in repeats:
-            record = run_record_file(
-                config.paths.runs, run_key(f"{name}-{repeat.trial}", repeat.seed)
-            )
-            if record.exists():
-                repeat.mlflow_run_id = json.loads(record.read_text()).get("mlflow_run_id")
         finalists = rank(chosen, repeats, config.seeds[0], search.mode)
         outcome = SearchOutcome(
             name, search, trials, finalists[0].trial, parent, finalists, repeats, single
