@@ -105,10 +105,11 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_weights(split
     seed_everything(3)
     model = small_model()
     compile_model(model, make_optimizer("adam", 1e-2))
-    weights_after = {}
+    weights_after, rows = {}, []
 
     def snapshot(epoch, row):
         weights_after[epoch] = [w.copy() for w in model.get_weights()]
+        rows.append(dict(row))
 
     # min_delta larger than any change: epoch 1 is the best, and patience 2 stops after epoch 3.
     stopper = EarlyStopping("val_data_loss", 2, 100.0, restore_best_weights=True)
@@ -122,6 +123,16 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_weights(split
         early_stopping=stopper,
     )
     assert (result.epoch, result.stopped_early) == (3, True)
+    # A hook gets the epoch's timing beside its history row; the history has no timing.
+    began = [row.pop("epoch_began") for row in rows]
+    seconds = [row.pop("epoch_seconds") for row in rows]
+    assert rows == result.history
+    assert all(0 < s < 60 for s in seconds)
+    # An epoch begins after the one before it began and trained (clocks apart: 10 ms).
+    assert all(
+        then - before > spent - 0.01
+        for before, then, spent in zip(began, began[1:], seconds, strict=False)
+    )
     # Keras counts epochs from 0: the best is the first.
     assert result.early_stopping == {
         "wait": 2,

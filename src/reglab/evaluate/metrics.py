@@ -28,6 +28,12 @@ HISTORY_COLUMNS = (
     "fit_accuracy",
 )
 
+# Beside its history row, the row an epoch hook gets (reglab.train.fit) has the epoch's
+# own seconds (its batches, validation and loss decomposition; not the histograms,
+# checkpoint or hooks after it) and when it began (Unix time). Not history columns:
+# a history is the same whenever and wherever it was trained.
+EPOCH_TIMING = ("epoch_seconds", "epoch_began")
+
 # History column -> MLflow metric name (logged at step = epoch).
 EPOCH_METRICS = {
     "train_data_loss": "train/data_loss",

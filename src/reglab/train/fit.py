@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -102,7 +103,9 @@ def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return np.eye(num_classes, dtype=np.float32)[np.asarray(labels, dtype=np.int64)]
 
 
-# Called after every epoch with the epoch (1-based) and its history row.
+# Called after every epoch with the epoch (1-based) and its history row, beside which
+# the row a hook gets has the epoch's timing (EPOCH_TIMING), kept out of the history:
+# a history is the same whenever and wherever it was trained.
 EpochHook = Callable[[int, Mapping[str, float]], None]
 
 
@@ -319,7 +322,7 @@ def epoch_batches(
 
 class _EpochEnd(keras.callbacks.Callback):
     """After the decomposition and early stopping: the history row, the kernel
-    histograms, the checkpoint, then the caller's hooks."""
+    histograms, the checkpoint, then the caller's hooks (given the epoch's timing too)."""
 
     def __init__(
         self,
@@ -337,8 +340,13 @@ class _EpochEnd(keras.callbacks.Callback):
         self.hooks = hooks
         self.histogram = histogram
         self.histogram_every = histogram_every
+        self.began = (time.time(), time.perf_counter())
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.began = (time.time(), time.perf_counter())
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        seconds = time.perf_counter() - self.began[1]
         logs = logs or {}
         row = {"epoch": epoch + 1}
         row.update({key: float(logs.get(key, float("nan"))) for key in HISTORY_COLUMNS[1:]})
@@ -352,8 +360,9 @@ class _EpochEnd(keras.callbacks.Callback):
             state.best_weights = self.early_stopping.best_weights
         if self.checkpoint is not None:
             self.checkpoint.save(self.model, state)
+        timed = {**row, "epoch_seconds": seconds, "epoch_began": self.began[0]}  # EPOCH_TIMING
         for hook in self.hooks:
-            hook(state.epoch, row)
+            hook(state.epoch, timed)
 
 
 def fit(
