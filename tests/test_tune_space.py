@@ -118,8 +118,9 @@ def test_trials_csv_and_the_figures(tmp_path):
     assert written["params"] == {"kernel.l2": 1e-3} and written["value"] == 0.4
     assert written["single_best_trial"] == 3 and written["runner_up"] is None
     rows = (tmp_path / "trials.csv").read_text().splitlines()
-    assert rows[0] == "trial,kernel.l2,objective,epochs,state,trial_id,run_id"
-    assert rows[3] == "2,0.1,,1,failed,c,r2"
+    header = "trial,kernel.l2,objective,epochs,state,trial_id,run_id,epoch_seconds,start_latency_s"
+    assert rows[0] == header
+    assert rows[3] == "2,0.1,,1,failed,c,r2,0.000,"
     figures = sorted(path.name for path in (tmp_path / "figures").iterdir())
     assert figures == [
         "objective_vs_kernel.l2.png",
@@ -179,6 +180,31 @@ def test_the_reporter_sends_the_objective_at_the_weights_the_trial_keeps(monkeyp
     assert reports("val_data_loss", "min", not_restoring)[2] == (0.6, 3)
 
 
+def test_a_trials_training_seconds_and_start_latency_from_its_reports(tmp_path):
+    """Its epochs' seconds summed (NaN: an epoch reported again, not trained), and the
+    time from Ray's last start of it to the first epoch that began after that start."""
+    import pandas as pd
+
+    from reglab.tune.callbacks import TrialStarts, trial_starts
+    from reglab.tune.engine import timing
+
+    starts = TrialStarts(tmp_path)
+    for trial_id in ("a", "b", "a"):
+        starts.on_trial_start(0, [], SimpleNamespace(trial_id=trial_id))
+    stored = trial_starts(tmp_path)
+    assert sorted(stored) == ["a", "b"] and len(stored["a"]) == 2
+    assert stored["a"][0] <= stored["b"][0] <= stored["a"][1]
+    # Started at 100, killed, started again at 200: epochs 1-2 reported again, 3 trained.
+    frame = pd.DataFrame(
+        {"epoch": [1, 2, 1, 2, 3], "epoch_seconds": [2.0, 1.5, None, None, 1.25]}
+    ).assign(epoch_began=[100.5, 102.5, None, None, 203.0])
+    result = SimpleNamespace(metrics_dataframe=frame)
+    assert timing(result, [100.0, 200.0]) == (4.75, 3.0)
+    assert timing(result, [100.0]) == (4.75, 0.5)
+    assert timing(result, [300.0])[0] == 4.75 and math.isnan(timing(result, [300.0])[1])
+    assert timing(SimpleNamespace(metrics_dataframe=frame[["epoch"]]), [1.0])[0] == 0.0
+
+
 def test_the_likely_best_is_the_best_mean_over_seeds_not_the_luckiest_trial(tmp_path):
     """Trial 0 is the single best (0.40 under seed 42), but over seeds 42-44 trial 3
     is better on average (0.45 against 0.46); a failed repeat ranks its finalist last."""
@@ -195,8 +221,16 @@ def test_the_likely_best_is_the_best_mean_over_seeds_not_the_luckiest_trial(tmp_
         Trial(3, "d", {"kernel.l2": 1e-3}, 0.45, 3, "completed", "r3"),
         Trial(4, "e", {"kernel.l2": 1e-5}, math.nan, 0, "failed", "r4"),
     ]
-    chosen = pick_finalists(trials, "min", 3)
-    assert [t.number for t in chosen] == [0, 3, 2]  # completed only, best first
+    chosen = pick_finalists(trials, "min", 3, repeats=2)
+    assert [t.number for t in chosen] == [0, 3, 2]  # the completed ones, best first
+    # Places left go to the pruned trials that trained the most epochs (with repeats:
+    # a pruned finalist is scored on them alone); never to a failed one.
+    more = [*trials, Trial(5, "f", {"kernel.l2": 3e-4}, 0.35, 2, "pruned", "r5")]
+    assert [t.number for t in pick_finalists(more, "min", 6, repeats=2)] == [0, 3, 2, 5, 1]
+    assert [t.number for t in pick_finalists(more, "min", 6, repeats=0)] == [0, 3, 2]
+    late = rank([more[5]], [Repeat(5, 43, 0.41, 3, "completed")], 42, "min")[0]
+    assert late.values == {43: 0.41} and late.std is None
+    assert rank([more[5]], [], 42, "min")[0].summary()["values"] == []
     repeats = [
         Repeat(0, 43, 0.50, 3, "completed"),
         Repeat(0, 44, 0.48, 3, "completed"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -226,10 +227,12 @@ def log_keras_model(
     return info.model_uri
 
 
+@functools.cache
 def installed_packages() -> str:
     """The running environment's distributions as ``name==version`` lines (what a re-run
     must install), from :mod:`importlib.metadata`. The project itself is left out:
-    it comes from the git commit, not an index."""
+    it comes from the git commit, not an index. Read once per process: a search's
+    worker logs it for trial after trial."""
     from importlib import metadata
 
     found: dict[str, str] = {}

@@ -96,7 +96,8 @@ def _start_run(client: mlflow.MlflowClient, run_id: str, **options: Any) -> mlfl
 
 @contextlib.contextmanager
 def ending_run(active: mlflow.ActiveRun) -> Iterator[mlflow.ActiveRun]:
-    """End the run FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM."""
+    """End the run FINISHED (on a clean ``sys.exit`` too), FAILED on an error, KILLED on
+    Ctrl-C or SIGTERM."""
     import signal
     import threading
 
@@ -118,6 +119,13 @@ def ending_run(active: mlflow.ActiveRun) -> Iterator[mlflow.ActiveRun]:
         # request fails after MLflow's retries, bounded by tracking.server_wait_s.
         with contextlib.suppress(*server_errors()):
             mlflow.end_run("FAILED")
+        raise
+    except SystemExit as stop:
+        # A clean exit the caller asked for ends the run FINISHED: Ray Tune stops a
+        # trial (ASHA pruning it) by raising SystemExit(0) in the trial's thread at
+        # its next report; the search tags the run pruned.
+        mlflow.end_run("FINISHED" if stop.code in (0, None) else "FAILED")
+        span_parent(active.info.run_id)
         raise
     except BaseException:
         mlflow.end_run("FAILED")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -286,6 +287,25 @@ def end_pruned_run(state_dir: Path, experiment_id: str, parent: str, trial_id: s
     return None
 
 
+def log_search_outputs(uri: str, parent: str, directory: Path) -> None:
+    """A search's written outputs (best.yaml, trials.csv, study.db, figures/) as artifacts
+    of its run, where the MLflow UI shows them beside its metrics."""
+    client = mlflow.MlflowClient(uri)
+    for path in sorted(Path(directory).iterdir()):
+        if path.is_dir():
+            client.log_artifacts(parent, str(path), path.name)
+        else:
+            client.log_artifact(parent, str(path))
+
+
+def latency_metrics(runs: list[Any]) -> dict[str, float]:
+    """The median start latency of the trials and repeats that trained after a start."""
+    import statistics
+
+    latencies = [run.start_latency_s for run in runs if math.isfinite(run.start_latency_s)]
+    return {"start_latency_median_s": statistics.median(latencies)} if latencies else {}
+
+
 def record_outcome(client: mlflow.MlflowClient, parent: str, objective: str, outcome: Any) -> None:
     """Each trial's state and whether it is the best, as tags; the best (its mean and
     spread over its seeds), the single best trial and the counts on the parent."""
@@ -314,6 +334,10 @@ def record_outcome(client: mlflow.MlflowClient, parent: str, objective: str, out
         "epochs_total": sum(trial.epochs for trial in trials),
         "repeats": len(outcome.repeats),
         "repeat_epochs_total": sum(repeat.epochs for repeat in outcome.repeats),
+        # Where the search's time went: the seconds its epochs trained (trials and
+        # repeats), and the median start latency of the trials that trained.
+        "epoch_seconds_total": sum(t.epoch_seconds for t in [*trials, *outcome.repeats]),
+        **latency_metrics([*trials, *outcome.repeats]),
     }
     for key, value in metrics.items():
         client.log_metric(parent, key, value)

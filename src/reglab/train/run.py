@@ -246,7 +246,10 @@ def prepare_model(
     """Seeded, built and compiled: the same seed gives the same initial weights, and
     the same saved config whatever this process built before (Keras numbers
     unnamed objects per session)."""
-    keras.backend.clear_session()
+    # Keras's global state reset; Python's collector left to run on its own schedule
+    # (free_memory=False): a forced collection takes most of a second in a worker that
+    # runs trial after trial, the loop Keras's docs say to skip it in.
+    keras.backend.clear_session(free_memory=False)
     seed_everything(seed, config.train.deterministic)
     keras.mixed_precision.set_global_policy(config.train.precision)
     num_classes = dataset_classes(config.paths.processed, config.data).num_classes

@@ -55,6 +55,10 @@ def _runtime_env(
             "MLFLOW_TRACKING_URI": trial_uri,
             "MLFLOW_ENABLE_ASYNC_LOGGING": "true",
             "RAY_CHDIR_TO_TRIAL_DIR": "0",
+            # How long Ray waits for a stopped trial's thread to end before its worker
+            # takes the next trial (REUSE): it ends in well under a second, but Ray's 2 s
+            # fails the next trial when the machine is busy.
+            "TUNE_FUNCTION_THREAD_TIMEOUT_S": "30",
             "PYTHONHASHSEED": "0",
         },
     }
@@ -91,6 +95,20 @@ def _sampler(search: SearchConfig, kind: str) -> Any:
         return optuna.samplers.GridSampler(grid, seed=search.seed)
     return optuna.samplers.TPESampler(seed=search.seed)
 
+
+# REUSE: a trial runs in a worker that ran earlier trials of the search, where one is
+# free (Ray Tune's actor reuse): TensorFlow is imported once per worker, not once per
+# trial, and the next trial starts in well under a second. Ray resets a worker for
+# its next trial (FunctionTrainable.reset_config) once the last trial's thread has
+# ended, waiting TUNE_FUNCTION_THREAD_TIMEOUT_S for it (set in _runtime_env), and
+# fails the next trial past that ("Trainable runner reuse requires reset_config()",
+# as an earlier version saw under load with Ray's default of 2 s). A stopped
+# trial's thread is blocked in its report, since Ray reports a function trainable's
+# results synchronously: Ray's reset wakes it with SystemExit(0), which ends its
+# MLflow run FINISHED (tracking.runs.ending_run) and leaves train_variant at once.
+# Each trial builds its model after keras.backend.clear_session() and seeds every
+# generator (train.run.prepare_model): a trial's numbers do not depend on the trials
+# its worker ran before.
 
 EXPERIMENT_FILE = "ray_experiment"
 
@@ -156,7 +174,7 @@ def run_ray(
     from ray.tune.search.optuna import OptunaSearch
 
     from reglab.report.optuna_study import distributions_of
-    from reglab.tune.ended import EndPrunedRuns
+    from reglab.tune.callbacks import EndPrunedRuns, TrialStarts
     from reglab.tune.scheduler import ResumableASHA
 
     epochs = trial_epochs(config, search)
@@ -195,14 +213,14 @@ def run_ray(
                 # A grid is a sweep: every point runs all its epochs.
                 scheduler=FIFOScheduler() if grid else scheduler,
                 num_samples=n_trials(search, config.tune),
-                # A new actor per trial: a reused one must wait for the stopped
-                # trial's thread to end its epoch, and past Ray's timeout Ray
-                # fails the next trial ("Trainable runner reuse requires
-                # reset_config()"), as it did under load in the benchmark.
-                reuse_actors=False,
+                reuse_actors=True,  # see REUSE
             ),
             run_config=_run_config(
-                experiment, [EndPrunedRuns(state_dir.resolve(), experiment_id, parent)]
+                experiment,
+                [
+                    EndPrunedRuns(state_dir.resolve(), experiment_id, parent),
+                    TrialStarts(state_dir.resolve()),
+                ],
             ),
         )
     results = tuner.fit()
@@ -252,6 +270,8 @@ def run_repeats(
 
     from ray import tune
 
+    from reglab.tune.callbacks import TrialStarts, trial_starts
+
     grid = [
         {"trial": trial.number, "seed": seed, "params": trial.params}
         for trial in finalists
@@ -281,9 +301,10 @@ def run_repeats(
             trainable,
             param_space={"repeat": tune.grid_search(grid)},
             tune_config=tune.TuneConfig(
-                max_concurrent_trials=config.tune.max_concurrent, reuse_actors=False
+                max_concurrent_trials=config.tune.max_concurrent,
+                reuse_actors=True,  # REUSE
             ),
-            run_config=_run_config(experiment),
+            run_config=_run_config(experiment, [TrialStarts(state_dir.resolve())]),
         )
     results = tuner.fit()
     repeats = []
@@ -307,14 +328,23 @@ def run_repeats(
                 error=_last_line(result.error),
             )
         )
+        trial_id = (result.metrics or {}).get("trial_id") or trial_dir(result.path)[0]
+        repeats[-1].epoch_seconds, repeats[-1].start_latency_s = timing(
+            result, trial_starts(state_dir).get(trial_id, [])
+        )
     return repeats
 
 
 def collect(
-    runs: Mapping[str, Any], search: SearchConfig, epochs_per_trial: int, results: list[Any]
+    runs: Mapping[str, Any],
+    search: SearchConfig,
+    epochs_per_trial: int,
+    results: list[Any],
+    starts: Mapping[str, list[float]],
 ) -> list[Trial]:
     """One Trial per Ray result, in the order Ray made them; the state from Ray and MLflow,
-    the objective its last epoch reported (at the weights it keeps) and each epoch's."""
+    the objective its last epoch reported (at the weights it keeps) and each epoch's,
+    and its timing (``starts``: Ray's start times of each trial, :class:`TrialStarts`)."""
     made = []
     for result in results:
         metrics = result.metrics or {}
@@ -344,6 +374,7 @@ def collect(
             error=_last_line(result.error),
             intermediate=_per_epoch(result),
         )
+        trial.epoch_seconds, trial.start_latency_s = timing(result, starts.get(trial_id, []))
         made.append((index, trial))
     trials = [trial for _, trial in sorted(made, key=lambda pair: pair[0])]
     for number, trial in enumerate(trials):
@@ -362,6 +393,21 @@ def _per_epoch(result: Any) -> list[float]:
         for epoch, value in zip(frame["epoch"], frame["objective"], strict=True)
     }
     return [by_epoch[epoch] for epoch in sorted(by_epoch)]
+
+
+def timing(result: Any, starts: list[float]) -> tuple[float, float]:
+    """The seconds of the epochs a Ray result's trial trained, and its start latency:
+    from Ray's last start of it to the first epoch that began after that start
+    (NaN if it trained none then: a finished attempt reporting its epochs again)."""
+    frame = result.metrics_dataframe
+    if frame is None or "epoch_seconds" not in frame or "epoch_began" not in frame:
+        return 0.0, math.nan
+    seconds = float(frame["epoch_seconds"].fillna(0.0).sum())
+    began = frame["epoch_began"].dropna()
+    if starts:
+        began = began[began >= max(starts)]
+    latency = float(began.min() - max(starts)) if starts and len(began) else math.nan
+    return seconds, latency
 
 
 def _last_line(error: BaseException | None) -> str | None:

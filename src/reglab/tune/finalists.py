@@ -37,25 +37,29 @@ class Repeat:
     state: str  # completed or failed
     mlflow_run_id: str | None = None
     error: str | None = None
+    epoch_seconds: float = 0.0  # as a Trial's
+    start_latency_s: float = math.nan
 
 
 @dataclass
 class Finalist:
     trial: Trial
-    # The objective under each seed: the trial's own seed first, then its repeats'.
+    # The objective under each seed trained to the end: a completed trial's own seed
+    # first, then its repeats'.
     values: dict[int, float] = field(default_factory=dict)
 
     @property
     def mean(self) -> float:
-        return Stat.of(list(self.values.values())).mean
+        return Stat.of(list(self.values.values())).mean if self.values else math.nan
 
     @property
     def std(self) -> float | None:
-        return Stat.of(list(self.values.values())).std
+        return Stat.of(list(self.values.values())).std if self.values else None
 
     def summary(self) -> dict[str, Any]:
         return {
             "trial": self.trial.number,
+            "trial_state": self.trial.state,  # completed, or pruned: scored on its repeats
             "params": self.trial.params,
             "mean": self.mean,
             "std": self.std,
@@ -69,20 +73,33 @@ def repeat_seeds(config: Config) -> list[int]:
     return [config.seeds[0] + k for k in range(1, config.tune.repeats + 1)]
 
 
-def pick_finalists(trials: Sequence[Trial], mode: str, count: int) -> list[Trial]:
-    """The best ``count`` completed trials with a finite objective, best first."""
-    return ranked_completed(list(trials), mode)[:count]
+def pick_finalists(trials: Sequence[Trial], mode: str, count: int, repeats: int) -> list[Trial]:
+    """The best ``count`` completed trials with a finite objective, best first; with
+    repeats, places left (ASHA often lets only one or two trials run to the end) go to
+    the pruned trials that trained the most epochs, the best at that epoch first.
+
+    A pruned finalist is scored on its repeats alone: its own seed's value is from
+    fewer epochs than the final model trains (:func:`rank`)."""
+    chosen = ranked_completed(list(trials), mode)[:count]
+    if repeats and len(chosen) < count:
+        sign = 1.0 if mode == "min" else -1.0
+        pruned = [t for t in trials if t.state == "pruned" and math.isfinite(t.objective)]
+        pruned.sort(key=lambda t: (-t.epochs, sign * t.objective, t.number))
+        chosen += pruned[: count - len(chosen)]
+    return chosen
 
 
 def rank(
     finalists: Sequence[Trial], repeats: Sequence[Repeat], seed: int, mode: str
 ) -> list[Finalist]:
-    """The finalists with their objective under every seed, best mean first. A finalist
-    whose repeat failed (or did not score) is ranked after every finalist that did."""
+    """The finalists with their objective under every seed trained to the end (a
+    completed trial's own ``seed`` and its repeats'; a pruned one's repeats), best mean
+    first. A finalist whose repeat failed (or did not score) is ranked after every
+    finalist that did."""
     sign = 1.0 if mode == "min" else -1.0
     ranked = []
     for trial in finalists:
-        finalist = Finalist(trial, {seed: trial.objective})
+        finalist = Finalist(trial, {seed: trial.objective} if trial.state == "completed" else {})
         for repeat in sorted((r for r in repeats if r.trial == trial.number), key=lambda r: r.seed):
             finalist.values[repeat.seed] = (
                 repeat.objective if repeat.state == "completed" else math.nan

@@ -26,6 +26,10 @@ class Trial:
     error: str | None = None
     # The objective each epoch reported (epoch i at index i - 1).
     intermediate: list[float] = field(default_factory=list)
+    # The seconds of the epochs it trained (not those reported again after a kill),
+    # and from Ray starting it (its last start) to its first epoch beginning.
+    epoch_seconds: float = 0.0
+    start_latency_s: float = math.nan
 
 
 @dataclass

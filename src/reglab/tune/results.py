@@ -1,4 +1,5 @@
-"""A search's outputs: best.yaml, trials.csv and the figures, each written atomically."""
+"""A search's outputs: best.yaml, trials.csv, the figures and the study, each written
+atomically, and logged to the search's MLflow run."""
 
 from __future__ import annotations
 
@@ -22,14 +23,20 @@ TRIALS_FILE = "trials.csv"
 FIGURES_DIR = "figures"
 
 
-def write_outputs(outcome: Any, directory: Path) -> None:
+def write_outputs(outcome: Any, directory: Path, tracking_uri: str | None = None) -> None:
     """best.yaml (the best parameters), trials.csv (one row per trial), the figures, and
-    the trials as an Optuna study (study.db) with Optuna's own figures."""
+    the trials as an Optuna study (study.db) with Optuna's own figures; with a
+    ``tracking_uri`` (the config's), each also logged to the search's MLflow run."""
     record = yaml.dump(best_record(outcome), Dumper=_PlainDumper, sort_keys=False)
     write_atomic(directory / BEST_FILE, record)
     write_atomic(directory / TRIALS_FILE, trials_csv(outcome.trials, outcome.search))
     figures(outcome.trials, outcome.search, directory / FIGURES_DIR)
     write_study_views(outcome.name, outcome.search, outcome.trials, directory)
+    if tracking_uri is not None:
+        from reglab.tracking import resolve_uri
+        from reglab.tracking.search import log_search_outputs
+
+        log_search_outputs(resolve_uri(tracking_uri), outcome.parent_run_id, directory)
 
 
 class _PlainDumper(yaml.SafeDumper):
@@ -68,12 +75,19 @@ def best_record(outcome: Any) -> dict[str, Any]:
     }
 
 
+# A trial's seconds of training and its start latency (reglab.tune.outcome.Trial).
+TIMING_COLUMNS = ("epoch_seconds", "start_latency_s")
+
+
 def trials_csv(trials: Sequence[Any], search: SearchConfig) -> str:
-    """One row per trial: its parameters, objective (at its best epoch), epochs run, state."""
+    """One row per trial: its parameters, objective (at the weights it keeps), epochs run,
+    state, ids and timing."""
     keys = [spec.key for spec in search.params]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["trial", *keys, "objective", "epochs", "state", "trial_id", "run_id"])
+    writer.writerow(
+        ["trial", *keys, "objective", "epochs", "state", "trial_id", "run_id", *TIMING_COLUMNS]
+    )
     for trial in trials:
         writer.writerow(
             [
@@ -84,6 +98,8 @@ def trials_csv(trials: Sequence[Any], search: SearchConfig) -> str:
                 trial.state,
                 trial.trial_id,
                 trial.mlflow_run_id or "",
+                f"{trial.epoch_seconds:.3f}",
+                f"{trial.start_latency_s:.3f}" if math.isfinite(trial.start_latency_s) else "",
             ]
         )
     return buffer.getvalue()

@@ -190,6 +190,7 @@ def run_search(
     from reglab.config.tracking import server_wait_settings
     from reglab.tracking import search as records
     from reglab.tracking import secrets
+    from reglab.tune.callbacks import trial_starts  # with Ray
 
     search = check_inputs(config, name, ray_address_env)
     address, _ = ray_address(config.tune.address, ray_address_env)
@@ -249,9 +250,10 @@ def run_search(
             write_atomic(state_dir / records.TRIAL_STORE_FILE, trial_uri)
             results = run_ray(config, name, search, state_dir, parent, experiment_id)
             runs = records.trial_runs(client, experiment_id, parent)
-            trials = collect(runs, search, trial_epochs(config, search), results)
+            starts = trial_starts(state_dir)
+            trials = collect(runs, search, trial_epochs(config, search), results, starts)
             single = best_trial(trials, search.mode)
-            chosen = pick_finalists(trials, search.mode, config.tune.finalists)
+            chosen = pick_finalists(trials, search.mode, config.tune.finalists, config.tune.repeats)
             seeds = repeat_seeds(config)
             repeats = run_repeats(config, name, chosen, seeds, state_dir) if seeds else []
         finalists = rank(chosen, repeats, config.seeds[0], search.mode)

@@ -21,6 +21,7 @@ from typing import Any
 from reglab.config.paths import run_key
 from reglab.config.recipes import EarlyStoppingConfig
 from reglab.config.schema import Config, SearchConfig
+from reglab.evaluate.metrics import EPOCH_TIMING
 
 
 def trial_epochs(config: Config, search: SearchConfig) -> int:
@@ -68,15 +69,18 @@ class Reporter:
         value = float(kept[self.objective])
         if not math.isfinite(value):
             value = self.sign * math.inf
-        tune.report(
-            {
-                "epoch": epoch,
-                "objective": value,
-                "kept_epoch": int(kept["epoch"]),
-                "val_data_loss": float(row["val_data_loss"]),
-                "val_accuracy": float(row["val_accuracy"]),
-            }
-        )
+        report = {
+            "epoch": epoch,
+            "objective": value,
+            "kept_epoch": int(kept["epoch"]),
+            "val_data_loss": float(row["val_data_loss"]),
+            "val_accuracy": float(row["val_accuracy"]),
+        }
+        # The epoch's own seconds and when it began, for an epoch trained now (an
+        # epoch reported again from a checkpoint or a finished attempt has neither):
+        # what the search's training share and trials' start latency are made of.
+        report.update({key: float(row[key]) for key in EPOCH_TIMING if key in row})
+        tune.report(report)
 
 
 def run_trial(params: dict[str, Any], *, config: Config, name: str, parent_run_id: str) -> None:
@@ -142,12 +146,10 @@ def train_reporting(
         if run_id and retag:
             tag_trial(run_id, retag)
         return
-    # TensorFlow only for a trial that trains (its import is most of a trial's start-up).
-    import keras
-
+    # TensorFlow only for a trial that trains (its import is most of a new worker's
+    # start-up). train_variant builds the model in a cleared Keras session.
     from reglab.train.run import train_variant
 
-    keras.backend.clear_session()
     # A trial restarted after a kill resumes at its checkpoint's epoch: report the
     # epochs it trained before again, so ASHA decides as it would have.
     for row in resumed:
