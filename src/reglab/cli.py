@@ -145,7 +145,7 @@ def tune_command(
 
     outcome = run_search(config, name, **arguments)
     out = Path(config.paths.tune, name)
-    write_outputs(outcome, out)
+    write_outputs(outcome, out, config.tracking.uri)
     log.info("%s: wrote %s", name, out)
     runs = train_and_test_best(config, name, tags)
     return {"search": name, "best": outcome.best.params, "runs": runs}

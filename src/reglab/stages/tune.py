@@ -19,7 +19,7 @@ def main(argv: list[str]) -> None:
     from reglab.tune.search import run_search
 
     outcome = run_search(config, argv[0], **arguments)
-    write_outputs(outcome, Path(config.paths.tune, argv[0]))
+    write_outputs(outcome, Path(config.paths.tune, argv[0]), config.tracking.uri)
 
 
 if __name__ == "__main__":
