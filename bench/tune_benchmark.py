@@ -13,7 +13,12 @@ included, as a user waits for them):
 2. the epochs the ASHA search spent against the strength_sweep grid's L2 points
    (conf/variants/strength_sweep.yaml) each run in full (`tune.sampler=grid`, no
    stopping), and the best validation data loss each found. Both use ``--epochs``
-   per trial (the pipeline's train.epochs, 20, by default).
+   per trial (the pipeline's train.epochs, 20, by default);
+3. where each search's time went: its training share, the seconds its trials'
+   and repeats' epochs trained over its wall time times its concurrent trials,
+   and its trials' start latency, from Ray starting a trial to its first epoch.
+
+``--skip-grid`` leaves out 2 (and the figures that compare with the grid).
 
 Results go to bench/results/tune.json and a table on stdout.
 """
@@ -24,6 +29,7 @@ import argparse
 import csv
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -88,9 +94,11 @@ def search(project: Path, label: str, *overrides: str) -> dict:
     wall = time.monotonic() - started
     trials = trials_of(project, label)
     scored = [float(t["objective"]) for t in trials if t["objective"]]
+    concurrent = int(next(o for o in overrides if "max_concurrent" in o).rpartition("=")[2])
     return {
         "label": label,
         "wall_s": round(wall, 1),
+        **where_time_went(project, label, trials, wall, concurrent),
         "trials": len(trials),
         "trials_per_hour": round(len(trials) / wall * 3600, 1),
         "epochs": sum(int(t["epochs"]) for t in trials),
@@ -102,6 +110,29 @@ def search(project: Path, label: str, *overrides: str) -> dict:
             min(trials, key=lambda t: float(t["objective"] or "inf"))["kernel.l2"]
         ),
         "load_average_after": [round(value, 2) for value in os.getloadavg()],
+    }
+
+
+def where_time_went(
+    project: Path, label: str, trials: list[dict[str, str]], wall: float, concurrent: int
+) -> dict[str, Any]:
+    """The training share: the seconds the epochs of every trial and repeat trained (as
+    the per-epoch hook measures them; the search's parent run sums them) over the
+    search's wall time times its concurrent trials; and the trials' start latencies,
+    from Ray starting a trial to its first epoch beginning (trials.csv), the first
+    trial of each worker apart from the others (those a worker ran after another)."""
+    from reglab.tracking.search import PARENT_FILE
+
+    parent = (project / f".reglab/{label}/l2_strength" / PARENT_FILE).read_text().strip()
+    metrics = store(project).get_run(parent).data.metrics
+    latencies = [float(t["start_latency_s"]) for t in trials if t["start_latency_s"]]
+    first, later = latencies[:concurrent], latencies[concurrent:]
+    return {
+        "epoch_seconds": round(metrics["epoch_seconds_total"], 1),
+        "training_share": round(metrics["epoch_seconds_total"] / (wall * concurrent), 3),
+        "start_latency_first_s": [round(value, 2) for value in first],
+        "start_latency_later_median_s": round(statistics.median(later), 2) if later else None,
+        "start_latency_later_max_s": round(max(later), 2) if later else None,
     }
 
 
@@ -133,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skip-serial", action="store_true", help="only the parallel ASHA search and the grid"
     )
+    parser.add_argument(
+        "--skip-grid", action="store_true", help="only the serial and parallel ASHA searches"
+    )
     args = parser.parse_args(argv)
     budget = [f"tune.n_trials={args.trials}", f"search_spaces.l2_strength.epochs={args.epochs}"]
     if args.reduction_factor:
@@ -151,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             project, "parallel", *budget, "tune.max_concurrent=2",
             "tune.cpus_per_trial=1", "tune.threads_per_trial=1",
         )  # fmt: skip
-        grid = search(
+        grid = None if args.skip_grid else search(
             project, "grid", f"search_spaces.l2_strength.epochs={args.epochs}",
             "tune.sampler=grid", "tune.max_concurrent=2",
             "tune.cpus_per_trial=1", "tune.threads_per_trial=1",
@@ -160,9 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         # "Reaches the grid's best within 5 %": the epochs spent until a trial first
         # measured that; the grid's own figure for comparison (it knows its best only
         # after all its epochs).
-        within = grid["best_val_data_loss"] * WITHIN
+        within = grid["best_val_data_loss"] * WITHIN if grid else None
         for row in (serial, parallel, grid):
-            if row is not None:
+            if row is not None and within is not None:
                 row["epochs_to_reach_grid_best_within_5pct"] = epochs_to_reach(
                     project, row["label"], within
                 )
@@ -173,21 +207,25 @@ def main(argv: list[str] | None = None) -> int:
         "serial": serial,
         "parallel": parallel,
         "grid": grid,
-        "asha_epochs_over_grid": round(parallel["epochs"] / grid["epochs"], 2),
-        "asha_epochs_to_reach_over_grid": (
-            None
-            if parallel["epochs_to_reach_grid_best_within_5pct"] is None
-            else round(parallel["epochs_to_reach_grid_best_within_5pct"] / grid["epochs"], 2)
-        ),
-        "asha_best_over_grid_best": round(
-            parallel["best_val_data_loss"] / grid["best_val_data_loss"], 4
-        ),
     }
-    if serial is not None:
+    if grid is not None:
         results.update(
-            speedup_trials_per_hour=round(
-                parallel["trials_per_hour"] / serial["trials_per_hour"], 2
+            asha_epochs_over_grid=round(parallel["epochs"] / grid["epochs"], 2),
+            asha_epochs_to_reach_over_grid=(
+                None
+                if parallel["epochs_to_reach_grid_best_within_5pct"] is None
+                else round(parallel["epochs_to_reach_grid_best_within_5pct"] / grid["epochs"], 2)
             ),
+            asha_best_over_grid_best=round(
+                parallel["best_val_data_loss"] / grid["best_val_data_loss"], 4
+            ),
+        )
+    if serial is not None:
+        results["speedup_trials_per_hour"] = round(
+            parallel["trials_per_hour"] / serial["trials_per_hour"], 2
+        )
+    if serial is not None and grid is not None:
+        results.update(
             serial_asha_epochs_over_grid=round(serial["epochs"] / grid["epochs"], 2),
             serial_asha_best_over_grid_best=round(
                 serial["best_val_data_loss"] / grid["best_val_data_loss"], 4
@@ -204,7 +242,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['trials_per_hour']:7.1f}/h  epochs {row['epochs']:4d}  "
             f"best val_data_loss {row['best_val_data_loss']:.4f}  {row['states']}  "
             f"epochs to reach the grid's best +5 %: "
-            f"{row['epochs_to_reach_grid_best_within_5pct']}"
+            f"{row.get('epochs_to_reach_grid_best_within_5pct')}"
+        )
+        print(
+            f"{'':9s} training share {row['training_share']:.0%}  start latency: first "
+            f"{row['start_latency_first_s']} s, later median "
+            f"{row['start_latency_later_median_s']} s, max {row['start_latency_later_max_s']} s"
         )
     print(json.dumps({k: v for k, v in results.items() if k not in ("serial", "parallel", "grid")}))
     return 0
