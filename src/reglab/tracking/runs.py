@@ -120,15 +120,12 @@ def ending_run(active: mlflow.ActiveRun) -> Iterator[mlflow.ActiveRun]:
         with contextlib.suppress(*server_errors()):
             mlflow.end_run("FAILED")
         raise
-    except SystemExit as stop:
+    except BaseException as error:
         # A clean exit the caller asked for ends the run FINISHED: Ray Tune stops a
         # trial (ASHA pruning it) by raising SystemExit(0) in the trial's thread at
         # its next report; the search tags the run pruned.
-        mlflow.end_run("FINISHED" if stop.code in (0, None) else "FAILED")
-        span_parent(active.info.run_id)
-        raise
-    except BaseException:
-        mlflow.end_run("FAILED")
+        clean = isinstance(error, SystemExit) and error.code in (0, None)
+        mlflow.end_run("FINISHED" if clean else "FAILED")
         span_parent(active.info.run_id)
         raise
     else:

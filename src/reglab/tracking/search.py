@@ -326,6 +326,7 @@ def record_outcome(client: mlflow.MlflowClient, parent: str, objective: str, out
         if f"best.{key}" not in logged:
             client.log_param(parent, f"best.{key}", value)
     states = [trial.state for trial in trials]
+    trained = [*trials, *outcome.repeats]
     chosen = outcome.finalists[0] if outcome.finalists else None
     metrics = {
         f"best_{objective}": chosen.mean if chosen else best.objective,
@@ -336,8 +337,8 @@ def record_outcome(client: mlflow.MlflowClient, parent: str, objective: str, out
         "repeat_epochs_total": sum(repeat.epochs for repeat in outcome.repeats),
         # Where the search's time went: the seconds its epochs trained (trials and
         # repeats), and the median start latency of the trials that trained.
-        "epoch_seconds_total": sum(t.epoch_seconds for t in [*trials, *outcome.repeats]),
-        **latency_metrics([*trials, *outcome.repeats]),
+        "epoch_seconds_total": sum(t.epoch_seconds for t in trained),
+        **latency_metrics(trained),
     }
     for key, value in metrics.items():
         client.log_metric(parent, key, value)

@@ -307,6 +307,7 @@ def run_repeats(
             run_config=_run_config(experiment, [TrialStarts(state_dir.resolve())]),
         )
     results = tuner.fit()
+    starts = trial_starts(state_dir)
     repeats = []
     for index in range(len(results)):
         result = results[index]
@@ -328,9 +329,9 @@ def run_repeats(
                 error=_last_line(result.error),
             )
         )
-        trial_id = (result.metrics or {}).get("trial_id") or trial_dir(result.path)[0]
+        trial_id = metrics.get("trial_id") or trial_dir(result.path)[0]
         repeats[-1].epoch_seconds, repeats[-1].start_latency_s = timing(
-            result, trial_starts(state_dir).get(trial_id, [])
+            result, starts.get(trial_id, [])
         )
     return repeats
 
@@ -403,11 +404,12 @@ def timing(result: Any, starts: list[float]) -> tuple[float, float]:
     if frame is None or "epoch_seconds" not in frame or "epoch_began" not in frame:
         return 0.0, math.nan
     seconds = float(frame["epoch_seconds"].fillna(0.0).sum())
+    if not starts:
+        return seconds, math.nan
+    last = max(starts)
     began = frame["epoch_began"].dropna()
-    if starts:
-        began = began[began >= max(starts)]
-    latency = float(began.min() - max(starts)) if starts and len(began) else math.nan
-    return seconds, latency
+    began = began[began >= last]
+    return seconds, float(began.min() - last) if len(began) else math.nan
 
 
 def _last_line(error: BaseException | None) -> str | None:
