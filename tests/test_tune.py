@@ -210,6 +210,12 @@ def test_reglab_tune_by_address_four_concurrent_trials_tracked_and_best_tested(
             if tag.key == "mlflow.data.context"
         }
         assert contexts == {"training", "validation"}
+        # A trial that trained to the end logs its histograms' counts, not their images
+        # or a served model: those are the `_best` variant's (below). A pruned one
+        # stopped before its end.
+        weights = {a.path for a in mlflow_client.list_artifacts(trial_run.info.run_id, "weights")}
+        assert weights == ({"weights/histograms.json"} if trial["state"] == "completed" else set())
+        assert "model" not in {a.path for a in mlflow_client.list_artifacts(trial_run.info.run_id)}
     # Each repeat: a run nested under its trial's run, tagged, under seed 43, scored alike.
     for finalist in finalists:
         trial_run_id = trial_by_number[finalist["trial"]]["run_id"]
@@ -237,6 +243,8 @@ def test_reglab_tune_by_address_four_concurrent_trials_tracked_and_best_tested(
     assert float(best_run.data.params["regularizer.kernel.l2"]) == best["params"]["kernel.l2"]
     assert best_run.data.params["train.epochs"] == "2"
     assert best_run.data.metrics["test/accuracy"] == pytest.approx(report["test_accuracy"])
+    best_weights = mlflow_client.list_artifacts(best_run.info.run_id, "weights")
+    assert "weights/histograms_final.png" in {a.path for a in best_weights}
     # The recipe landed on the user's layers: the hidden Dense, not the output.
     summary = Path(mlflow_client.download_artifacts(best_run.info.run_id, "model_summary.txt"))
     rows = {line.split()[0]: line for line in summary.read_text().splitlines() if line.strip()}
@@ -273,6 +281,13 @@ def _a_trial_finished(state: Path) -> bool:
     )
 
 
+def _worker_pids(state: Path, trial_id: str) -> set[int]:
+    """The processes that reported a trial's results (Ray records each result's pid)."""
+    (folder,) = state.glob(f"ray-*/run_trial_{trial_id}_*")
+    lines = (folder / "result.json").read_text().splitlines()
+    return {json.loads(line)["pid"] for line in lines if line.strip()}
+
+
 def _ray_trial_ids(state: Path) -> set[str]:
     """The trial ids in a search's Ray experiment folder (run_trial_<id>_<number>_...)."""
     from reglab.tune.trial import trial_dir
@@ -287,8 +302,9 @@ def test_a_search_killed_with_sigkill_resumes_to_the_uninterrupted_best(
     search and the one to be killed run side by side, one node each."""
     serial = [
         "tune.max_concurrent=1",
-        # Two trials: the first finishes before the kill, the second runs after it.
-        "tune.n_trials=2",
+        # Three trials: the first finishes before the kill, the others run after it
+        # (in the uninterrupted search, one after a pruned trial, in that one's worker).
+        "tune.n_trials=3",
         "search_spaces.l2_strength.epochs=2",
     ]
     reference = make_project(tmp_path / "reference", serial, data_dir)
@@ -314,7 +330,7 @@ def test_a_search_killed_with_sigkill_resumes_to_the_uninterrupted_best(
     assert "tracking server" not in resumed
     trials = read_trials(root / "reports/tune/l2_strength/trials.csv")
     expected = read_trials(reference / "reports/tune/l2_strength/trials.csv")
-    assert len(trials) == 2
+    assert len(trials) == 3
     assert [t["kernel.l2"] for t in trials] == [t["kernel.l2"] for t in expected]
     assert [t["state"] for t in trials] == [t["state"] for t in expected]
     best = yaml.safe_load((root / "reports/tune/l2_strength/best.yaml").read_text())
@@ -327,15 +343,21 @@ def test_a_search_killed_with_sigkill_resumes_to_the_uninterrupted_best(
     trial_runs = mlflow_client.search_runs(
         [experiment.experiment_id], filter_string="tags.`reglab.trial_id` != ''"
     )
-    assert len(trial_runs) == 2
+    assert len(trial_runs) == 3
     assert {r.data.tags["mlflow.parentRunId"] for r in trial_runs} == {
         trials_parent := trial_runs[0].data.tags["mlflow.parentRunId"]
     }
     assert mlflow_client.get_run(trials_parent).info.status == "FINISHED"
     # A trial's numbers do not depend on the trials its worker ran before it. The
-    # uninterrupted search's second trial ran in the worker of its first (Ray reuses
-    # it: TensorFlow already imported, it started in a fraction of the first's time);
-    # the resumed search's ran in a new worker. Their histories are the same.
+    # uninterrupted search's later trials ran in the worker of its first (Ray reuses
+    # it, a pruned trial's too: TensorFlow already imported, each started in a fraction
+    # of the first's time); the resumed search's ran in a new worker. Their histories
+    # are the same.
+    workers = [
+        _worker_pids(reference / ".reglab/tune/l2_strength", t["trial_id"]) for t in expected
+    ]
+    assert all(len(pids) == 1 for pids in workers) and len(set().union(*workers)) == 1, workers
+    assert any(t["state"] == "pruned" for t in expected[:-1]), expected
     reference_client = client(reference)
     for ours, theirs in zip(trials, expected, strict=True):
         histories = [
@@ -351,8 +373,8 @@ def test_a_search_killed_with_sigkill_resumes_to_the_uninterrupted_best(
             )
         ]
         assert histories[0] and histories[0] == histories[1], ours["trial"]
-    first, later = (float(t["start_latency_s"]) for t in expected)
-    assert later < first / 2, (first, later)
+    first, *later = (float(t["start_latency_s"]) for t in expected)
+    assert all(value < first / 2 for value in later), (first, later)
     # Each search's Ray folder holds its own trials only (both ran on one cluster).
     reference_ids = _ray_trial_ids(reference / ".reglab/tune/l2_strength")
     assert reference_ids == {t["trial_id"] for t in expected}

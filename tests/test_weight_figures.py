@@ -4,6 +4,7 @@ and the compare stage's figure of them on a log count axis."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,3 +103,31 @@ def test_histogram_images_are_one_per_recorded_epoch_and_redrawn_alike():
     assert overlay.axes[0].get_title() == "conv_1/kernel"
     assert overlay.axes[1].get_title() == "dense/kernel"  # the last hidden kernel
     assert overlay.get_suptitle() == "l2@42: kernel weights at epoch 0 and 6"
+
+
+@pytest.mark.parametrize("draw", [True, False])
+def test_a_run_logs_the_counts_always_and_the_images_only_when_drawn(draw, tracking_uri):
+    """A search's trials log the histograms' counts without drawing them
+    (tracking.histogram_images=false); other runs get the images as well."""
+    import mlflow
+
+    from reglab.tracking.records import log_weight_histograms
+
+    rng = np.random.default_rng(1)
+    recorded = {}
+    for epoch in ("10", "0", "5"):  # as a resumed run's state may hold them
+        values, edges = np.histogram(rng.normal(0.0, 1.0, 100), bins=8)
+        recorded[epoch] = {"dense/kernel": {"counts": values.tolist(), "edges": edges.tolist()}}
+    with mlflow.start_run() as run:
+        log_weight_histograms(HistogramImages("l2@42", recorded), draw=draw)
+    client = mlflow.MlflowClient()
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "weights")}
+    images = {"weights/histograms_final.png", "weights/histograms_start_end.png"}
+    assert logged == {"weights/histograms.json", *(images if draw else ())}
+    counts = json.loads(
+        Path(client.download_artifacts(run.info.run_id, "weights/histograms.json")).read_text()
+    )
+    assert list(counts) == ["0", "5", "10"] and counts["10"] == recorded["10"]
+    # The images with a step (one per recorded epoch) are MLflow's images/ artifacts.
+    stepped = client.list_artifacts(run.info.run_id, "images")
+    assert len([a for a in stepped if a.path.endswith(".png")]) == (3 if draw else 0)

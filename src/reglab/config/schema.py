@@ -95,6 +95,10 @@ class TrackingConfig:
     histogram_bins: int = bounded(50, ge=2)
     # Kernel histograms at epoch 0, every N epochs and at the end.
     histogram_every: int = bounded(5, ge=1)
+    # The histograms drawn as images (one per recorded epoch, and a start/end overlay)
+    # beside their raw counts (weights/histograms.json, always logged). A search's
+    # trials skip the drawing, most of a second per run; its `_best` variant draws them.
+    histogram_images: bool = True
     # CPU and memory of the training process as MLflow system metrics.
     system_metrics: bool = False
     # How long a request waits for a tracking server that stopped answering (MLflow's
@@ -250,6 +254,10 @@ class TuneConfig:
     # the best is the best mean over its seeds. repeats=0: the single best trial.
     finalists: int = bounded(3, ge=1)
     repeats: int = bounded(2, ge=0)
+    # A trial runs in a Ray worker that ran earlier trials, where one is free, not in a
+    # new process each (docs/search.md, "Workers"). false: one new worker per trial,
+    # for a user model that leaks state between trials, and the benchmark's "before".
+    reuse_workers: bool = True
     # With a sqlite store and trials in parallel, trials log through a local
     # `mlflow server` the search starts (a serial search writes the file itself).
     tracking_server: bool = True

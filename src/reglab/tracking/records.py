@@ -37,9 +37,15 @@ def log_run_setup(
 
 
 def log_data_inputs(processed_dir: str) -> None:
-    """Which data the run used, with the manifest's digest, shown in the UI's Datasets."""
-    for dataset, context in data_inputs(processed_dir):
-        mlflow.log_input(dataset, context=context)
+    """Which data the run used, with the manifest's digest, shown in the UI's Datasets:
+    every split in one request."""
+    inputs = data_inputs(processed_dir)
+    if inputs:
+        mlflow.log_inputs(
+            datasets=[dataset for dataset, _ in inputs],
+            contexts=[context for _, context in inputs],
+            tags_list=[None] * len(inputs),
+        )
 
 
 # MLflow's conventional contexts for a run's input data sets.
@@ -116,6 +122,7 @@ def log_trained_model(
     histograms: HistogramImages,
     history: list[Mapping[str, float]],
     *,
+    draw_histograms: bool = True,
     example_inputs: Any | None,
     registered_model_name: str | None = None,
     class_names: Sequence[str] | None = None,
@@ -123,14 +130,14 @@ def log_trained_model(
     user_code: Sequence[Path] = (),
     user_modules: Sequence[str] = (),
 ) -> None:
-    """After training: the pending epochs, the kernel histograms (the images drawn
-    during training), the model (with an input example, when given one;
+    """After training: the pending epochs, the kernel histograms (their counts, and
+    the images with ``draw_histograms``), the model (with an input example, when given one;
     it predicts probabilities of ``class_names``; from ``keras_file`` when the model
     is saved there already; with the user's code it needs) and the epoch count."""
     mlflow.flush_async_logging()
     # Epochs whose asynchronous logging failed while the server was away.
     log_missing_epochs(mlflow.active_run().info.run_id, history)
-    log_weight_histograms(histograms)
+    log_weight_histograms(histograms, draw=draw_histograms)
     if example_inputs is not None:
         log_keras_model(
             model,
@@ -144,18 +151,20 @@ def log_trained_model(
     mlflow.log_metrics({"epochs_trained": len(history)})
 
 
-def log_weight_histograms(histograms: HistogramImages) -> None:
-    """Images with a step (the UI scrubs through training), raw counts, a start/end overlay,
-    as the :class:`~reglab.report.weight_figures.HistogramImages` of the run drew them."""
+def log_weight_histograms(histograms: HistogramImages, draw: bool = True) -> None:
+    """Raw counts per recorded epoch; with ``draw``, images with a step (the UI scrubs
+    through training) and a start/end overlay, as the
+    :class:`~reglab.report.weight_figures.HistogramImages` of the run draws them."""
+    epochs = sorted(int(epoch) for epoch in histograms.histograms)
+    counts = {str(epoch): histograms.histograms[str(epoch)] for epoch in epochs}
+    mlflow.log_text(json.dumps(counts), "weights/histograms.json")
+    if not draw:
+        return
     images, overlay = histograms.finish()
     for epoch, image in images.items():
         mlflow.log_image(image, key="weights/kernel_histograms", step=epoch)
     # The last image is the final histogram: written as it is, not drawn again.
     mlflow.log_image(images[max(images)], artifact_file="weights/histograms_final.png")
-    mlflow.log_text(
-        json.dumps({str(epoch): histograms.histograms[str(epoch)] for epoch in images}),
-        "weights/histograms.json",
-    )
     mlflow.log_figure(overlay, "weights/histograms_start_end.png")
 
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from reglab.core.errors import ReglabError
 from reglab.data.inputs import ModelInputs, as_inputs, scale_tensor
-from reglab.evaluate.metrics import HISTORY_COLUMNS, accuracy, cross_entropy
+from reglab.evaluate.metrics import EPOCH_TIMING, HISTORY_COLUMNS, accuracy, cross_entropy
 from reglab.train.checkpoint import Checkpoint, TrainingState
 
 log = logging.getLogger(__name__)
@@ -360,7 +360,7 @@ class _EpochEnd(keras.callbacks.Callback):
             state.best_weights = self.early_stopping.best_weights
         if self.checkpoint is not None:
             self.checkpoint.save(self.model, state)
-        timed = {**row, "epoch_seconds": seconds, "epoch_began": self.began[0]}  # EPOCH_TIMING
+        timed = {**row, **dict(zip(EPOCH_TIMING, (seconds, self.began[0]), strict=True))}
         for hook in self.hooks:
             hook(state.epoch, timed)
 

@@ -187,6 +187,7 @@ def finish_logging(
             model,
             histogram_images,
             state.history,
+            draw_histograms=config.tracking.histogram_images,
             example_inputs=example_inputs if config.tracking.log_model else None,
             registered_model_name=config.tracking.registered_model_name,
             class_names=dataset_classes(config.paths.processed, config.data).names,

@@ -213,7 +213,7 @@ def run_ray(
                 # A grid is a sweep: every point runs all its epochs.
                 scheduler=FIFOScheduler() if grid else scheduler,
                 num_samples=n_trials(search, config.tune),
-                reuse_actors=True,  # see REUSE
+                reuse_actors=config.tune.reuse_workers,  # see REUSE
             ),
             run_config=_run_config(
                 experiment,
@@ -302,7 +302,7 @@ def run_repeats(
             param_space={"repeat": tune.grid_search(grid)},
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=config.tune.max_concurrent,
-                reuse_actors=True,  # REUSE
+                reuse_actors=config.tune.reuse_workers,  # REUSE
             ),
             run_config=_run_config(experiment, [TrialStarts(state_dir.resolve())]),
         )

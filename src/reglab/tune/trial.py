@@ -34,13 +34,17 @@ def trial_config(
     config: Config, search: SearchConfig, variant: str, values: dict, seed: int | None = None
 ) -> Config:
     """The config of one trial: one variant (base recipe + values), the trial's epochs,
-    one seed (the pipeline's first, or ``seed`` for a finalist's repeat)."""
+    one seed (the pipeline's first, or ``seed`` for a finalist's repeat), no served
+    model and no histogram images."""
     return dataclasses.replace(
         config,
         variants={variant: search.recipe(values)},
         seeds=[seed] if seed is not None else config.seeds[:1],
         train=dataclasses.replace(config.train, epochs=trial_epochs(config, search)),
-        tracking=dataclasses.replace(config.tracking, log_model=False),
+        # A trial's run has what ranks and explains it (params, per-epoch metrics,
+        # histogram counts); the served model and the histogram images are its
+        # `_best` variant's: drawing and uploading them is seconds per trial.
+        tracking=dataclasses.replace(config.tracking, log_model=False, histogram_images=False),
     )
 
 
