@@ -19,6 +19,14 @@ included, as a user waits for them):
    and its trials' start latency, from Ray starting a trial to its first epoch.
 
 ``--skip-grid`` leaves out 2 (and the figures that compare with the grid).
+``--sampler-seeds 1 2 3`` runs only the parallel search, once per sampler seed, and
+reports how often its likely best (over seeds) differs from its single best trial.
+``--compare-reuse`` runs 1 and 3 with workers that run trial after trial
+(``tune.reuse_workers=true``, the default) and with a new worker per trial, the
+two sides alternated A-B-B-A (serial: new, reused; two at a time: reused, new) so
+that a machine that drifts slower or faster does not favour one side, and the
+grid is left out. Each side's seconds per epoch show whether the epochs
+themselves ran at the same speed.
 
 Results go to bench/results/tune.json and a table on stdout.
 """
@@ -110,6 +118,22 @@ def search(project: Path, label: str, *overrides: str) -> dict:
             min(trials, key=lambda t: float(t["objective"] or "inf"))["kernel.l2"]
         ),
         "load_average_after": [round(value, 2) for value in os.getloadavg()],
+        **likely_and_single_best(project, label),
+    }
+
+
+def likely_and_single_best(project: Path, label: str) -> dict[str, Any]:
+    """From best.yaml: the likely best (the best mean over its seeds), the single best
+    trial of one seed before the repeats, and the noise between the first two."""
+    import yaml
+
+    best = yaml.safe_load((project / f"outputs/{label}/l2_strength/best.yaml").read_text())
+    difference = best.get("difference") or {}
+    return {
+        "likely_best_trial": best["trial"],
+        "likely_best_kernel_l2": best["params"]["kernel.l2"],
+        "single_best_trial": best["single_best_trial"],
+        "runner_up_p_value": difference.get("p_value"),
     }
 
 
@@ -127,8 +151,13 @@ def where_time_went(
     metrics = store(project).get_run(parent).data.metrics
     latencies = [float(t["start_latency_s"]) for t in trials if t["start_latency_s"]]
     first, later = latencies[:concurrent], latencies[concurrent:]
+    epochs = metrics["epochs_total"] + metrics.get("repeat_epochs_total", 0)
     return {
         "epoch_seconds": round(metrics["epoch_seconds_total"], 1),
+        "epochs_with_repeats": int(epochs),
+        "seconds_per_epoch": round(metrics["epoch_seconds_total"] / epochs, 3),
+        # What is not training, in core-seconds: start-ups, set-up, logging, Ray.
+        "outside_epochs_s": round(wall * concurrent - metrics["epoch_seconds_total"], 1),
         "training_share": round(metrics["epoch_seconds_total"] / (wall * concurrent), 3),
         "start_latency_first_s": [round(value, 2) for value in first],
         "start_latency_later_median_s": round(statistics.median(later), 2) if later else None,
@@ -153,6 +182,91 @@ def epochs_to_reach(project: Path, label: str, target: float) -> int | None:
     return None
 
 
+SERIAL = ("tune.max_concurrent=1", "tune.cpus_per_trial=2", "tune.threads_per_trial=2")
+PARALLEL = ("tune.max_concurrent=2", "tune.cpus_per_trial=1", "tune.threads_per_trial=1")
+
+
+def compare_reuse(args: argparse.Namespace) -> int:
+    """The serial and parallel searches with and without worker reuse, A-B-B-A."""
+    budget = [f"tune.n_trials={args.trials}", f"search_spaces.l2_strength.epochs={args.epochs}"]
+    order = [
+        ("serial-new", SERIAL, False),
+        ("serial-reused", SERIAL, True),
+        ("parallel-reused", PARALLEL, True),
+        ("parallel-new", PARALLEL, False),
+    ]
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="reglab-tune-bench-") as tmp:
+        project = Path(args.keep or tmp)
+        prepare(project)
+        for label, mode, reuse in order:
+            reused = f"tune.reuse_workers={str(reuse).lower()}"
+            rows[label] = search(project, label, *budget, *mode, reused)
+            row = rows[label]
+            print(
+                f"{label:16s} wall {row['wall_s']:7.1f} s  {row['trials']} trials "
+                f"{row['trials_per_hour']:6.1f}/h  epochs {row['epochs_with_repeats']} "
+                f"({row['seconds_per_epoch']:.3f} s each)  training share "
+                f"{row['training_share']:.0%}  outside epochs {row['outside_epochs_s']} s  "
+                f"later start latency median {row['start_latency_later_median_s']} s",
+                flush=True,
+            )
+    results = {
+        "command": "python -m bench.tune_benchmark --compare-reuse "
+        f"--trials {args.trials} --epochs {args.epochs}",
+        "cpus": os.cpu_count(),
+        "searches": rows,
+        "speedup_trials_per_hour": {
+            side: round(
+                rows[f"parallel-{side}"]["trials_per_hour"]
+                / rows[f"serial-{side}"]["trials_per_hour"],
+                2,
+            )
+            for side in ("new", "reused")
+        },
+    }
+    out = ROOT / "bench/results/tune_reuse.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results["speedup_trials_per_hour"]))
+    return 0
+
+
+def sampler_seeds(args: argparse.Namespace) -> int:
+    """The parallel search under each sampler seed: does the likely best differ from the
+    single best trial?"""
+    budget = [f"tune.n_trials={args.trials}", f"search_spaces.l2_strength.epochs={args.epochs}"]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="reglab-tune-bench-") as tmp:
+        project = Path(args.keep or tmp)
+        prepare(project)
+        for seed in args.sampler_seeds:
+            label = f"sampler-seed-{seed}"
+            row = search(
+                project, label, *budget, *PARALLEL, f"search_spaces.l2_strength.seed={seed}"
+            )
+            rows.append({"sampler_seed": seed, **row})
+            print(
+                f"sampler seed {seed}: likely best trial {row['likely_best_trial']} "
+                f"(kernel.l2 {row['likely_best_kernel_l2']:.2g}), single best trial "
+                f"{row['single_best_trial']}, runner-up p = {row['runner_up_p_value']}",
+                flush=True,
+            )
+    differ = sum(row["likely_best_trial"] != row["single_best_trial"] for row in rows)
+    results = {
+        "command": "python -m bench.tune_benchmark --sampler-seeds "
+        + " ".join(str(seed) for seed in args.sampler_seeds)
+        + f" --trials {args.trials} --epochs {args.epochs}",
+        "searches": rows,
+        "likely_best_differs_from_single_best": f"{differ} of {len(rows)}",
+    }
+    out = ROOT / "bench/results/tune_sampler_seeds.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(results["likely_best_differs_from_single_best"])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tune_benchmark")
     parser.add_argument("--trials", type=int, default=12)
@@ -167,7 +281,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skip-grid", action="store_true", help="only the serial and parallel ASHA searches"
     )
+    parser.add_argument(
+        "--compare-reuse",
+        action="store_true",
+        help="the serial and parallel searches with reused workers and with a new worker "
+        "per trial, alternated; no grid",
+    )
+    parser.add_argument(
+        "--sampler-seeds",
+        type=int,
+        nargs="+",
+        help="only the parallel search, once per sampler seed: its likely and single best",
+    )
     args = parser.parse_args(argv)
+    if args.compare_reuse:
+        return compare_reuse(args)
+    if args.sampler_seeds:
+        return sampler_seeds(args)
     budget = [f"tune.n_trials={args.trials}", f"search_spaces.l2_strength.epochs={args.epochs}"]
     if args.reduction_factor:
         budget.append(f"tune.reduction_factor={args.reduction_factor}")
@@ -177,14 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         load_before = [round(value, 2) for value in os.getloadavg()]
         serial = None
         if not args.skip_serial:
-            serial = search(
-                project, "serial", *budget, "tune.max_concurrent=1",
-                "tune.cpus_per_trial=2", "tune.threads_per_trial=2",
-            )  # fmt: skip
-        parallel = search(
-            project, "parallel", *budget, "tune.max_concurrent=2",
-            "tune.cpus_per_trial=1", "tune.threads_per_trial=1",
-        )  # fmt: skip
+            serial = search(project, "serial", *budget, *SERIAL)
+        parallel = search(project, "parallel", *budget, *PARALLEL)
         grid = None if args.skip_grid else search(
             project, "grid", f"search_spaces.l2_strength.epochs={args.epochs}",
             "tune.sampler=grid", "tune.max_concurrent=2",
