@@ -118,7 +118,8 @@ def test_a_run_logs_the_counts_always_and_the_images_only_when_drawn(draw, track
     for epoch in ("10", "0", "5"):  # as a resumed run's state may hold them
         values, edges = np.histogram(rng.normal(0.0, 1.0, 100), bins=8)
         recorded[epoch] = {"dense/kernel": {"counts": values.tolist(), "edges": edges.tolist()}}
-    with mlflow.start_run() as run:
+    # An experiment of its own: the process's active one may be another test's store's.
+    with mlflow.start_run(experiment_id=mlflow.create_experiment("histograms")) as run:
         log_weight_histograms(HistogramImages("l2@42", recorded), draw=draw)
     client = mlflow.MlflowClient()
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "weights")}
