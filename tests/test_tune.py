@@ -210,11 +210,10 @@ def test_reglab_tune_by_address_four_concurrent_trials_tracked_and_best_tested(
             if tag.key == "mlflow.data.context"
         }
         assert contexts == {"training", "validation"}
-        # A trial that trained to the end logs its histograms' counts, not their images
-        # or a served model: those are the `_best` variant's (below). A pruned one
-        # stopped before its end.
+        # A trial run logs at most its histograms' counts, never their images or a
+        # served model: those are the `_best` variant's (below).
         weights = {a.path for a in mlflow_client.list_artifacts(trial_run.info.run_id, "weights")}
-        assert weights == ({"weights/histograms.json"} if trial["state"] == "completed" else set())
+        assert weights <= {"weights/histograms.json"}, weights
         assert "model" not in {a.path for a in mlflow_client.list_artifacts(trial_run.info.run_id)}
     # Each repeat: a run nested under its trial's run, tagged, under seed 43, scored alike.
     for finalist in finalists:
