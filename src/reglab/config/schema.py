@@ -97,7 +97,7 @@ class TrackingConfig:
     histogram_every: int = bounded(5, ge=1)
     # The histograms drawn as images (one per recorded epoch, and a start/end overlay)
     # beside their raw counts (weights/histograms.json, always logged). A search's
-    # trials skip the drawing, most of a second per run; its `_best` variant draws them.
+    # trials skip the drawing, over a second per run; its `_best` variant draws them.
     histogram_images: bool = True
     # CPU and memory of the training process as MLflow system metrics.
     system_metrics: bool = False

@@ -78,13 +78,14 @@ class HistogramImages:
         self.label = label
         self.histograms = histograms
 
-    def _recorded(self) -> list[int]:
+    def recorded(self) -> list[int]:
+        """The epochs with histograms, in order."""
         return sorted(int(epoch) for epoch in list(self.histograms))
 
     def finish(self) -> tuple[dict[int, np.ndarray], Any]:
         """Every image by epoch, and the overlay of the first and last histograms of the
         first layer and the last hidden one (where the tutorials look)."""
-        recorded = self._recorded()
+        recorded = self.recorded()
         first, last = recorded[0], recorded[-1]
         names = list(self.histograms[str(first)])
         panels = HistogramPanels(names)

@@ -155,8 +155,7 @@ def log_weight_histograms(histograms: HistogramImages, draw: bool = True) -> Non
     """Raw counts per recorded epoch; with ``draw``, images with a step (the UI scrubs
     through training) and a start/end overlay, as the
     :class:`~reglab.report.weight_figures.HistogramImages` of the run draws them."""
-    epochs = sorted(int(epoch) for epoch in histograms.histograms)
-    counts = {str(epoch): histograms.histograms[str(epoch)] for epoch in epochs}
+    counts = {str(epoch): histograms.histograms[str(epoch)] for epoch in histograms.recorded()}
     mlflow.log_text(json.dumps(counts), "weights/histograms.json")
     if not draw:
         return

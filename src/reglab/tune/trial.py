@@ -43,7 +43,7 @@ def trial_config(
         train=dataclasses.replace(config.train, epochs=trial_epochs(config, search)),
         # A trial's run has what ranks and explains it (params, per-epoch metrics,
         # histogram counts); the served model and the histogram images are its
-        # `_best` variant's: drawing and uploading them is seconds per trial.
+        # `_best` variant's: drawing and uploading them is over a second per trial.
         tracking=dataclasses.replace(config.tracking, log_model=False, histogram_images=False),
     )
 
