@@ -635,9 +635,9 @@ def writers(writers_run) -> Writers:
     return writers_run.finished.result()
 
 
-def check_every_write_arrived(query) -> dict[str, int]:
+def check_every_write_arrived(query, at_once: bool = True) -> dict[str, int]:
     """One run per writer (and one parent), every param, every metric step exactly once;
-    the four runs were all going at one moment."""
+    with ``at_once``, the four runs were all going at one moment."""
     runs = query(
         f"SELECT r.run_uuid, r.name, r.status, r.start_time, r.end_time FROM runs x {IN_EXPERIMENT}"
     )
@@ -645,7 +645,8 @@ def check_every_write_arrived(query) -> dict[str, int]:
     writers = {uuid: name.partition("@")[0] for uuid, name, *_ in runs if name != "pipeline"}
     assert all(status == "FINISHED" for _, _, status, *_ in runs)
     spans = [(start, end) for uuid, _, _, start, end in runs if uuid in writers]
-    assert max(start for start, _ in spans) < min(end for _, end in spans), "no moment had all four"
+    if at_once:
+        assert max(start for start, _ in spans) < min(end for _, end in spans), "not all at once"
 
     params = query(f"SELECT x.run_uuid, x.key, x.value FROM params x {IN_EXPERIMENT}")
     per_run = {uuid: {k: v for u, k, v in params if u == uuid} for uuid in writers}
@@ -685,7 +686,10 @@ def test_four_trainings_at_once_on_a_fresh_sqlite_store(writers):
 def test_four_trainings_at_once_on_the_server_survive_a_postgresql_restart(stack, writers):
     before = writers.epochs_before_restart
     assert 0 < before < len(WRITERS) * WRITER_EPOCHS, "the restart was not during the epochs"
-    figures = check_every_write_arrived(stack.pg.query)
+    # Not all four at once, necessarily: a writer whose run was created during the
+    # restart waits for PostgreSQL (seconds) while the others may train to their end.
+    # The sqlite test, on the same four processes, checks that they overlapped.
+    figures = check_every_write_arrived(stack.pg.query, at_once=False)
     # Epochs that began after PostgreSQL was back were logged, and the runs ended then.
     (after,) = stack.pg.query(
         f"SELECT count(*) FROM metrics x {IN_EXPERIMENT} "
