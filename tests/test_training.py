@@ -6,7 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from reglab.evaluate.metrics import HISTORY_COLUMNS, cross_entropy
+from reglab.evaluate.evaluation import expected_calibration_error
+from reglab.evaluate.metrics import HISTORY_COLUMNS, cross_entropy, softmax
 from reglab.train.checkpoint import TrainingState
 from reglab.train.fit import (
     EarlyStopping,
@@ -61,7 +62,9 @@ def test_history_keeps_data_loss_and_penalty_apart(splits):
     seed_everything(1)
     model = small_model(dropout_rate=0.3)
     compile_model(model, make_optimizer("adam", 1e-2))
-    result = fit_digits(model, splits, seed=1, label="l2", epochs=3, train_probe_size=500)
+    result = fit_digits(
+        model, splits, seed=1, label="l2", epochs=3, train_probe_size=500, sparsity_threshold=0.05
+    )
     assert result.epoch == 3 and len(result.history) == 3
     assert list(result.history[0]) == list(HISTORY_COLUMNS)
     last = result.history[-1]
@@ -79,6 +82,14 @@ def test_history_keeps_data_loss_and_penalty_apart(splits):
     assert last["val_data_loss"] == pytest.approx(cross_entropy(val_logits, y_val), rel=1e-4)
     assert last["val_accuracy"] == pytest.approx(np.mean(val_logits.argmax(1) == y_val), abs=1e-6)
     assert last["penalty_share"] == pytest.approx(last["train_penalty"] / last["train_total_loss"])
+    # What a search with two objectives trades: the validation calibration error (the
+    # test set's formula, here 15 bins) and the share of kernel weights below 0.05.
+    assert last["val_ece"] == pytest.approx(
+        expected_calibration_error(softmax(val_logits), y_val, 15), abs=1e-5
+    )
+    assert last["val_ece"] > 0
+    share = np.mean(np.abs(np.concatenate([k.ravel() for k in kernels])) < 0.05)
+    assert last["sparsity"] == pytest.approx(share) and 0 < share < 1
     # Keras's own training-time total includes the penalty; it is kept under its own name.
     assert last["fit_total_loss"] > last["fit_data_loss"]
     # Learning happened: the digits are easy.

@@ -11,6 +11,9 @@ import numpy as np
 
 # Per-epoch history: the columns of reports/history/<key>.csv, in order. The data
 # loss is the cross-entropy alone (dropout off); the penalty is sum(model.losses).
+# val_ece is the validation split's expected calibration error (evaluation.calibration_bins
+# bins), sparsity the share of kernel weights below evaluation.sparsity_threshold: what
+# a search with two objectives can trade against the data loss or the accuracy.
 HISTORY_COLUMNS = (
     "epoch",
     "train_data_loss",
@@ -19,6 +22,7 @@ HISTORY_COLUMNS = (
     "train_accuracy",
     "val_data_loss",
     "val_accuracy",
+    "val_ece",
     "val_total_loss",
     "val_penalty",
     "val_penalty_share",
@@ -26,6 +30,7 @@ HISTORY_COLUMNS = (
     "fit_total_loss",
     "fit_data_loss",
     "fit_accuracy",
+    "sparsity",
 )
 
 # Beside its history row, the row an epoch hook gets (reglab.train.fit) has the epoch's
@@ -44,11 +49,14 @@ EPOCH_METRICS = {
     "val_data_loss": "val/data_loss",
     "val_total_loss": "val/total_loss",
     "val_accuracy": "val/accuracy",
+    "val_ece": "val/ece",
     "val_penalty": "val/penalty",
     "val_penalty_share": "val/penalty_share",
     "fit_total_loss": "train/fit_total_loss",
     "fit_data_loss": "train/fit_data_loss",
     "fit_accuracy": "train/fit_accuracy",
+    # All kernels at once; weights/<layer>/sparsity is each layer's (reglab.tracking).
+    "sparsity": "weights/sparsity",
 }
 
 # Eval report key -> MLflow metric name (logged once, by the evaluate stage).

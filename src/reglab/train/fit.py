@@ -36,7 +36,15 @@ import numpy as np
 
 from reglab.core.errors import ReglabError
 from reglab.data.inputs import ModelInputs, as_inputs, scale_tensor
-from reglab.evaluate.metrics import EPOCH_TIMING, HISTORY_COLUMNS, accuracy, cross_entropy
+from reglab.evaluate.evaluation import expected_calibration_error
+from reglab.evaluate.metrics import (
+    EPOCH_TIMING,
+    HISTORY_COLUMNS,
+    accuracy,
+    cross_entropy,
+    softmax,
+)
+from reglab.model.weights import overall_sparsity
 from reglab.train.checkpoint import Checkpoint, TrainingState
 
 log = logging.getLogger(__name__)
@@ -145,12 +153,16 @@ class LossDecomposition(keras.callbacks.Callback):
         validation: tuple[Inputs, np.ndarray],
         label: str,
         batch_size: int,
+        calibration_bins: int = 15,
+        sparsity_threshold: float = 1e-3,
     ):
         super().__init__()
         self.train_probe = train_probe
         self.validation = validation
         self.batch_size = batch_size
         self.label = label
+        self.calibration_bins = calibration_bins
+        self.sparsity_threshold = sparsity_threshold
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs if logs is not None else {}
@@ -162,14 +174,20 @@ class LossDecomposition(keras.callbacks.Callback):
                 "lower the learning rate or the regularization strength"
             )
         x, y = self.train_probe
-        data_loss, train_accuracy = self._data_loss_and_accuracy(x, y)
+        data_loss, train_accuracy = self._scores(self._logits(x), y)
         weight_penalty = penalty(self.model, x[:PENALTY_SAMPLE])
         total = data_loss + weight_penalty
-        val_data_loss, val_accuracy = self._data_loss_and_accuracy(*self.validation)
+        x_val, y_val = self.validation
+        val_logits = self._logits(x_val)
+        val_data_loss, val_accuracy = self._scores(val_logits, y_val)
         logs.update(
             {
                 "val_data_loss": val_data_loss,
                 "val_accuracy": val_accuracy,
+                "val_ece": expected_calibration_error(
+                    softmax(val_logits), y_val, self.calibration_bins
+                ),
+                "sparsity": overall_sparsity(self.model, self.sparsity_threshold),
                 "train_data_loss": data_loss,
                 "train_penalty": weight_penalty,
                 "train_total_loss": total,
@@ -184,19 +202,23 @@ class LossDecomposition(keras.callbacks.Callback):
             }
         )
 
-    def _data_loss_and_accuracy(self, x: Inputs, labels: np.ndarray) -> tuple[float, float]:
-        """Plain cross-entropy and accuracy with dropout and noise off (training=False).
+    def _logits(self, x: Inputs) -> np.ndarray:
+        """The model's logits with dropout and noise off (training=False).
 
         ``predict_on_batch`` reuses the compiled predict function; ``predict``
         would build a data adapter and callbacks every epoch, a measurable cost.
         """
         size = self.batch_size
-        logits = np.concatenate(
+        return np.concatenate(
             [
                 self.model.predict_on_batch(x[start : start + size])
                 for start in range(0, len(x), size)
             ]
         )
+
+    @staticmethod
+    def _scores(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+        """Plain cross-entropy and accuracy."""
         return cross_entropy(logits, labels), accuracy(np.argmax(logits, axis=1), labels)
 
 
@@ -379,6 +401,8 @@ def fit(
     label: str,
     train_probe_size: int = 512,
     predict_batch_size: int = 512,
+    calibration_bins: int = 15,
+    sparsity_threshold: float = 1e-3,
     early_stopping: EarlyStopping | None = None,
     checkpoint: Checkpoint | None = None,
     hooks: Sequence[EpochHook] = (),
@@ -426,7 +450,14 @@ def fit(
             steps_per_epoch=math.ceil(len(x_train) / batch_size),
             shuffle=False,  # the order is epoch_order's
             callbacks=[
-                LossDecomposition(probe, (x_val, y_val), label, predict_batch_size),
+                LossDecomposition(
+                    probe,
+                    (x_val, y_val),
+                    label,
+                    predict_batch_size,
+                    calibration_bins,
+                    sparsity_threshold,
+                ),  # fmt: skip
                 *([early_stopping] if early_stopping is not None else []),
                 _EpochEnd(state, early_stopping, checkpoint, hooks, histogram, histogram_every),
             ],

@@ -101,6 +101,8 @@ def train_variant(
             label=str(key),
             train_probe_size=config.train.train_probe_size,
             predict_batch_size=config.evaluation.batch_size,
+            calibration_bins=config.evaluation.calibration_bins,
+            sparsity_threshold=config.evaluation.sparsity_threshold,
             early_stopping=make_early_stopping(recipe.early_stopping, state),
             checkpoint=checkpoint,
             hooks=[log_epoch, progress, *hooks],
