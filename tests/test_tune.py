@@ -210,10 +210,12 @@ def test_reglab_tune_by_address_four_concurrent_trials_tracked_and_best_tested(
             if tag.key == "mlflow.data.context"
         }
         assert contexts == {"training", "validation"}
-        # A trial run logs at most its histograms' counts, never their images or a
-        # served model: those are the `_best` variant's (below).
+        # A trial that trained to the end logs its histograms' counts (even one ASHA
+        # stopped at its last epoch: that report waits for its final logging), not
+        # their images or a served model: those are the `_best` variant's (below). A
+        # pruned one stopped before its end.
         weights = {a.path for a in mlflow_client.list_artifacts(trial_run.info.run_id, "weights")}
-        assert weights <= {"weights/histograms.json"}, weights
+        assert weights == ({"weights/histograms.json"} if trial["state"] == "completed" else set())
         assert "model" not in {a.path for a in mlflow_client.list_artifacts(trial_run.info.run_id)}
     # Each repeat: a run nested under its trial's run, tagged, under seed 43, scored alike.
     for finalist in finalists:
@@ -248,6 +250,86 @@ def test_reglab_tune_by_address_four_concurrent_trials_tracked_and_best_tested(
     summary = Path(mlflow_client.download_artifacts(best_run.info.run_id, "model_summary.txt"))
     rows = {line.split()[0]: line for line in summary.read_text().splitlines() if line.strip()}
     assert "L2(l2=" in rows["hidden"] and "L2" not in rows["scores"]
+
+
+def test_a_search_with_two_objectives_trains_every_trial_and_gives_the_pareto_front(
+    cluster, data_dir, tmp_path
+):
+    """objective: [val_data_loss, sparsity] on the L1 strength: Optuna's multi-objective
+    TPE, every trial to its last epoch (no ASHA), no repeats; the front in best.yaml is
+    the one found by hand from trials.csv, each value the trial's last epoch's."""
+    root = make_project(tmp_path / "project", [], data_dir)
+    result = run(
+        [
+            str(BIN / "reglab"),
+            "tune",
+            *DIGITS,
+            "search=l1_strength",
+            "search_spaces.l1_strength.objective=[val_data_loss,sparsity]",
+            f"tune.address={cluster.address}",
+            "tune.n_trials=4",
+            "train.epochs=2",
+        ],
+        root,
+        base_env(),
+    )
+    assert "no finalist is repeated; the answer is the Pareto front" in result.stderr
+    out = root / "outputs/tune/l1_strength"
+    trials = read_trials(out / "trials.csv")
+    assert [(t["state"], t["epochs"]) for t in trials] == [("completed", "2")] * 4
+    points = {int(t["trial"]): (float(t["val_data_loss"]), float(t["sparsity"])) for t in trials}
+    mlflow_client = client(root)
+    for trial in trials:
+        # Each objective is the trial's last epoch's (no early stopping), as its run has it.
+        loss, sparsity = points[int(trial["trial"])]
+        last = {
+            key: max(mlflow_client.get_metric_history(trial["run_id"], key), key=lambda m: m.step)
+            for key in ("val/data_loss", "weights/sparsity", "val/ece")
+        }
+        assert {m.step for m in last.values()} == {2}
+        assert last["val/data_loss"].value == pytest.approx(loss, rel=1e-6)
+        assert last["weights/sparsity"].value == pytest.approx(sparsity, rel=1e-6)
+        assert float(trial["objective"]) == loss
+
+    def beaten(i: int) -> bool:
+        (loss, sparsity) = points[i]
+        return any(
+            other_loss <= loss and other_sparsity >= sparsity and points[j] != points[i]
+            for j, (other_loss, other_sparsity) in points.items()
+        )
+
+    front = sorted((i for i in points if not beaten(i)), key=lambda i: (points[i][0], i))
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert [entry["trial"] for entry in best["pareto_front"]] == front
+    for entry in best["pareto_front"]:
+        loss, sparsity = points[entry["trial"]]
+        assert entry["values"] == {"val_data_loss": loss, "sparsity": sparsity}
+        assert entry["params"] == {"kernel.l1": float(trials[entry["trial"]]["kernel.l1"])}
+    assert best["trial"] == front[0] and best["value"] == points[front[0]][0]
+    assert best["objective"] == ["val_data_loss", "sparsity"]
+    assert [(f["trial"], f["seeds"]) for f in best["finalists"]] == [(front[0], [42])]
+    assert "optuna_pareto_front.png" in {path.name for path in (out / "figures").iterdir()}
+
+    experiment = mlflow_client.get_experiment_by_name("reglab")
+    runs = mlflow_client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("reglab.kind") == "search"]
+    assert (parent.data.params["objective"], parent.data.params["mode"]) == (
+        "val_data_loss,sparsity",
+        "min,max",
+    )
+    assert parent.data.params["scheduler"] == "FIFO"
+    assert parent.data.metrics["pareto_front_size"] == len(front)
+    assert parent.data.metrics["best_sparsity"] == points[front[0]][1]
+    assert not [r for r in runs if r.data.tags.get("reglab.kind") == "repeat"]
+    on_front = {
+        r.data.tags["reglab.trial_id"]: r.data.tags["reglab.pareto_front"]
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
+    assert on_front == {t["trial_id"]: str(int(t["trial"]) in front).lower() for t in trials}
+    # The `_best` variant, the front's best by the first objective, trained and tested.
+    report = json.loads((root / "outputs/tune/eval/l1_strength_best@42.json").read_text())
+    assert 0.1 < report["test_accuracy"] <= 1.0
 
 
 def tune_stage(root: Path, address: str) -> subprocess.Popen:

@@ -180,6 +180,113 @@ def test_the_reporter_sends_the_objective_at_the_weights_the_trial_keeps(monkeyp
     assert reports("val_data_loss", "min", not_restoring)[2] == (0.6, 3)
 
 
+def test_the_last_epochs_report_waits_for_the_trials_final_logging(monkeypatch):
+    """ASHA may stop a trial at its last epoch's report, and Ray's stop ends the trial
+    there: that report is held until flush(), after train_variant has logged the run."""
+    from reglab.config.recipes import EarlyStoppingConfig
+    from reglab.tune.trial import Reporter
+
+    reported = []
+    monkeypatch.setattr("ray.tune.report", lambda metrics: reported.append(metrics))
+    reporter = Reporter("val_data_loss", "min", EarlyStoppingConfig(), last_epoch=3)
+    for epoch, loss in enumerate((0.9, 0.8, 0.7), start=1):
+        reporter(epoch, {"epoch": epoch, "val_data_loss": loss, "val_accuracy": 0.5})
+    assert [r["epoch"] for r in reported] == [1, 2]
+    reporter.flush()
+    assert [(r["epoch"], r["objective"]) for r in reported] == [(1, 0.9), (2, 0.8), (3, 0.7)]
+    reporter.flush()  # nothing held any more
+    assert len(reported) == 3
+
+
+def test_a_search_with_two_objectives_reports_each_at_the_kept_weights(monkeypatch):
+    from reglab.config.recipes import EarlyStoppingConfig
+    from reglab.tune.trial import Reporter
+
+    reported = []
+    monkeypatch.setattr("ray.tune.report", lambda metrics: reported.append(metrics))
+    restoring = EarlyStoppingConfig(enabled=True, patience=5)
+    reporter = Reporter("val_data_loss", "min", restoring, others=["sparsity", "val_ece"])
+    rows = [(0.7, 0.1, 0.05), (0.5, 0.2, 0.04), (0.6, 0.3, float("nan"))]
+    for epoch, (loss, sparsity, ece) in enumerate(rows, start=1):
+        row = {"val_data_loss": loss, "val_accuracy": 0.5, "sparsity": sparsity, "val_ece": ece}
+        reporter(epoch, {"epoch": epoch, **row})
+    keys = ("objective", "objective_val_data_loss", "objective_sparsity", "objective_val_ece")
+    # Epoch 3 does not improve on epoch 2: the kept weights are epoch 2's, for every
+    # objective (a NaN where they are kept would be the worst: +inf for a minimised one).
+    assert [tuple(r[k] for k in keys) for r in reported] == [
+        (0.7, 0.7, 0.1, 0.05),
+        (0.5, 0.5, 0.2, 0.04),
+        (0.5, 0.5, 0.2, 0.04),
+    ]
+    reported.clear()
+    last = Reporter("val_accuracy", "max", EarlyStoppingConfig(), others=["val_ece"])
+    last(1, {"epoch": 1, "val_data_loss": 0.5, "val_accuracy": 0.8, "val_ece": float("nan")})
+    assert (reported[0]["objective_val_accuracy"], reported[0]["objective_val_ece"]) == (
+        0.8,
+        float("inf"),
+    )
+
+
+def test_a_search_with_two_objectives_gives_its_pareto_front(tmp_path):
+    """The front is the completed trials no other beats on both objectives (found by hand
+    here), best first by the first objective; best.yaml, trials.csv and the study hold it."""
+    import csv
+    import io
+
+    import optuna
+
+    from reglab.report.optuna_study import PARETO, pareto_front
+    from reglab.tune.outcome import SearchOutcome, Trial
+    from reglab.tune.results import best_record, trials_csv, write_outputs
+
+    config = config_for("search_spaces.l1_strength.objective=[val_data_loss,sparsity]")
+    search = config.search("l1_strength")
+    # (val_data_loss, sparsity): 0 and 2 and 4 are on the front; 1 is beaten by 0
+    # (worse loss, less sparse); 3 by 2 (same sparsity, worse loss); 5 failed.
+    points = [(0.30, 0.10), (0.35, 0.05), (0.40, 0.60), (0.45, 0.60), (0.60, 0.90), (None, None)]
+    trials = []
+    for number, (loss, sparsity) in enumerate(points):
+        failed = loss is None
+        values = {"val_data_loss": math.nan if failed else loss,
+                  "sparsity": math.nan if failed else sparsity}  # fmt: skip
+        trials.append(
+            Trial(
+                number=number,
+                trial_id=f"t{number}",
+                params={"kernel.l1": 10.0 ** -(7 - number)},
+                objective=values["val_data_loss"],
+                epochs=0 if failed else 3,
+                state="failed" if failed else "completed",
+                values=values,
+            )
+        )
+    front = pareto_front(search, trials)
+    assert [t.number for t in front] == [0, 2, 4]
+    outcome = SearchOutcome(
+        "l1_strength", search, trials, front[0], "parent", single_best=front[0], front=front
+    )
+    record = best_record(outcome)
+    assert record["objective"] == ["val_data_loss", "sparsity"]
+    assert (record["trial"], record["value"]) == (0, 0.30)
+    assert record["objectives"] == {"val_data_loss": 0.30, "sparsity": 0.10}
+    assert record["pareto_front"] == [
+        {"trial": t.number, "params": t.params, "values": t.values} for t in front
+    ]
+    rows = list(csv.DictReader(io.StringIO(trials_csv(trials, search))))
+    assert [(r["objective"], r["val_data_loss"], r["sparsity"]) for r in rows[:2]] == [
+        ("0.3", "0.3", "0.1"),
+        ("0.35", "0.35", "0.05"),
+    ]
+    assert (rows[5]["objective"], rows[5]["sparsity"], rows[5]["state"]) == ("", "", "failed")
+
+    write_outputs(outcome, tmp_path)
+    study = optuna.load_study(study_name="l1_strength", storage=f"sqlite:///{tmp_path}/study.db")
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE"]
+    assert sorted(t.number for t in study.best_trials) == [0, 2, 4]
+    assert study.trials[3].values == [0.45, 0.60]
+    assert (tmp_path / "figures" / PARETO).stat().st_size > 10_000
+
+
 def test_a_trials_training_seconds_and_start_latency_from_its_reports(tmp_path):
     """Its epochs' seconds summed (NaN: an epoch reported again, not trained), and the
     time from Ray's last start of it to the first epoch that began after that start."""
@@ -317,6 +424,21 @@ BAD_INPUT = [
     (
         ["search=l2_strength", "tune.address=headnode"],
         "error: tune.address='headnode': expected host:port of a Ray head",
+    ),
+    (
+        ["search=l1_strength", "search_spaces.l1_strength.objective=sparsity"],
+        "error: search_spaces.l1_strength: objective='sparsity': says nothing of the model's "
+        "quality alone; pair it with one of ['val_data_loss', 'val_accuracy', 'val_ece']",
+    ),
+    (
+        ["search=l1_strength", "search_spaces.l1_strength.objective=[val_data_loss,loss]"],
+        "error: search_spaces.l1_strength: objective=['val_data_loss', 'loss']: name one of "
+        "['val_data_loss', 'val_accuracy', 'val_ece', 'sparsity'], or a list of them",
+    ),
+    (
+        ["search=l1_strength", "search_spaces.l1_strength.objective=[val_ece,val_ece]"],
+        "error: search_spaces.l1_strength: objective=['val_ece', 'val_ece']: an objective is "
+        "named twice",
     ),
 ]
 

@@ -121,8 +121,16 @@ class EvaluationConfig:
 # ------------------------------------------------------------ hyperparameter search
 # What a search varies (conf/search/) and how it runs (conf/tune/); reglab.tune runs it.
 
-# What a search can optimise: a column of the training history at the trial's best epoch.
-SEARCH_OBJECTIVES = {"val_data_loss": "min", "val_accuracy": "max"}
+# What a search can optimise, and which way: a column of the training history, at the
+# weights the trial keeps (reglab.tune.trial.Reporter).
+SEARCH_OBJECTIVES = {
+    "val_data_loss": "min",
+    "val_accuracy": "max",
+    "val_ece": "min",
+    "sparsity": "max",
+}
+# Objectives that say how good the model is; sparsity alone does not, and is a second one.
+QUALITY_OBJECTIVES = ("val_data_loss", "val_accuracy", "val_ece")
 SEARCH_SAMPLERS = ("tpe", "grid")
 BEST_SUFFIX = "_best"
 
@@ -156,7 +164,10 @@ class SearchConfig:
     # The recipe every trial starts from, composed like a variant's recipe list.
     base: RegularizerConfig = field(default_factory=RegularizerConfig)
     params: list[SearchParamConfig] = field(default_factory=list)
-    objective: str = bounded("val_data_loss", choices=list(SEARCH_OBJECTIVES))
+    # One name of SEARCH_OBJECTIVES, or a list of them for a multi-objective search
+    # (its Pareto front: [val_data_loss, sparsity], [val_accuracy, val_ece]); the first
+    # is the one its `_best` variant is picked by (docs/search.md, "Two objectives").
+    objective: Any = "val_data_loss"
     n_trials: int = bounded(12, ge=1)
     # Epochs per trial (ASHA stops the bad ones earlier); null: train.epochs, the epochs
     # the search's <search>_best variant is trained for. Fewer cannot see late overfitting.
@@ -165,8 +176,42 @@ class SearchConfig:
     seed: int = bounded(0, ge=0)
 
     @property
+    def objectives(self) -> list[str]:
+        """The objective names, the first being the one the best is picked by."""
+        return [self.objective] if isinstance(self.objective, str) else list(self.objective)
+
+    @property
+    def modes(self) -> list[str]:
+        return [SEARCH_OBJECTIVES[name] for name in self.objectives]
+
+    @property
+    def multi(self) -> bool:
+        """Several objectives: a Pareto front, no early stopping, no repeats."""
+        return len(self.objectives) > 1
+
+    @property
+    def primary(self) -> str:
+        return self.objectives[0]
+
+    @property
     def mode(self) -> str:
-        return SEARCH_OBJECTIVES[self.objective]
+        """The primary objective's direction."""
+        return self.modes[0]
+
+    def validate(self) -> None:
+        names = self.objectives
+        if not names or not all(isinstance(n, str) and n in SEARCH_OBJECTIVES for n in names):
+            raise ValueError(
+                f"objective={self.objective!r}: name one of {list(SEARCH_OBJECTIVES)}, "
+                "or a list of them such as [val_data_loss, sparsity]"
+            )
+        if len(set(names)) < len(names):
+            raise ValueError(f"objective={names}: an objective is named twice")
+        if not any(name in QUALITY_OBJECTIVES for name in names):
+            raise ValueError(
+                f"objective={self.objective!r}: says nothing of the model's quality alone; "
+                f"pair it with one of {list(QUALITY_OBJECTIVES)}, e.g. [val_data_loss, sparsity]"
+            )
 
     def recipe(self, values: dict[str, Any]) -> RegularizerConfig:
         """The base recipe with ``values`` (recipe key -> value) set, checked like any recipe."""

@@ -28,6 +28,7 @@ IMPORTANCE = "optuna_importance.png"
 PARALLEL = "optuna_parallel.png"
 SLICE = "optuna_slice.png"
 INTERMEDIATE = "optuna_intermediate.png"
+PARETO = "optuna_pareto_front.png"
 STATES = {"completed": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL"}
 
 
@@ -65,18 +66,35 @@ def _write_study(name: str, search: SearchConfig, trials: Sequence[Any], path: P
     with atomic_path(path) as temporary:
         storage = optuna.storages.RDBStorage(_sqlite_url(temporary))
         try:
-            study = optuna.create_study(
-                storage=storage,
-                study_name=name,
-                direction="minimize" if search.mode == "min" else "maximize",
-            )
+            study = _study(name, search, trials, storage)
             study.set_user_attr("objective", search.objective)
-            distributions = distributions_of(search)
-            for trial in sorted(trials, key=lambda t: t.number):
-                study.add_trial(_frozen_trial(trial, distributions))
         finally:
             storage.engine.dispose()
     return path
+
+
+def _study(name: str | None, search: SearchConfig, trials: Sequence[Any], storage: Any) -> Any:
+    """An Optuna study of ``trials`` (in memory where ``storage`` is None), one direction
+    per objective."""
+    import optuna
+
+    directions = ["minimize" if mode == "min" else "maximize" for mode in search.modes]
+    study = optuna.create_study(storage=storage, study_name=name, directions=directions)
+    distributions = distributions_of(search)
+    for trial in sorted(trials, key=lambda t: t.number):
+        study.add_trial(_frozen_trial(trial, distributions, search.objectives))
+    return study
+
+
+def pareto_front(search: SearchConfig, trials: Sequence[Any]) -> list[Any]:
+    """The completed trials no other completed trial beats on every objective (Optuna's
+    ``Study.best_trials`` of a multi-objective study), best first by the first objective."""
+    with _quiet_views():
+        study = _study(None, search, trials, None)
+        numbers = {frozen.user_attrs["reglab_trial"] for frozen in study.best_trials}
+    sign = 1.0 if search.mode == "min" else -1.0
+    front = [trial for trial in trials if trial.number in numbers]
+    return sorted(front, key=lambda t: (sign * t.values[search.primary], t.number))
 
 
 def distributions_of(search: SearchConfig) -> dict[str, Any]:
@@ -91,7 +109,8 @@ def distributions_of(search: SearchConfig) -> dict[str, Any]:
     }
 
 
-def _frozen_trial(trial: Any, distributions: dict[str, Any]) -> Any:
+def _frozen_trial(trial: Any, distributions: dict[str, Any], objectives: Sequence[str]) -> Any:
+    """The Optuna trial of a reglab trial: its value (one objective) or values (several)."""
     import optuna
 
     unknown = sorted(set(trial.params) - set(distributions))
@@ -101,10 +120,13 @@ def _frozen_trial(trial: Any, distributions: dict[str, Any]) -> Any:
             f"{sorted(distributions)}: pass the search config the trials were run with"
         )
     state = STATES[trial.state]
-    # Optuna fails a trial whose objective is NaN; a value is kept only where it is one.
-    if state == "COMPLETE" and math.isnan(trial.objective):
+    values = [trial.values.get(name, math.nan) for name in objectives]
+    if len(objectives) == 1:
+        values = [trial.objective]
+    # Optuna fails a trial whose objective is NaN; values are kept only where each is one.
+    if state == "COMPLETE" and any(math.isnan(value) for value in values):
         state = "FAIL"
-    value = None if state == "FAIL" or math.isnan(trial.objective) else trial.objective
+    kept = None if state == "FAIL" or any(math.isnan(value) for value in values) else values
     attrs = {"reglab_trial": trial.number, "trial_id": trial.trial_id, "epochs": trial.epochs}
     if trial.mlflow_run_id:
         attrs["mlflow_run_id"] = trial.mlflow_run_id
@@ -112,7 +134,7 @@ def _frozen_trial(trial: Any, distributions: dict[str, Any]) -> Any:
         attrs["error"] = trial.error
     return optuna.trial.create_trial(
         state=optuna.trial.TrialState[state],
-        value=value,
+        values=kept,
         params=dict(trial.params),
         distributions={key: distributions[key] for key in trial.params},
         user_attrs=attrs,
@@ -134,7 +156,7 @@ def _figures(name: str, study: Any, search: SearchConfig, directory: Path) -> li
     completed = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if math.isfinite(t.value)
+        if all(math.isfinite(value) for value in t.values)
     ]
     stepped = [
         t
@@ -142,32 +164,34 @@ def _figures(name: str, study: Any, search: SearchConfig, directory: Path) -> li
         if t.intermediate_values
     ]
     none_completed = "no trial completed" if not completed else None
-    target = search.objective
+    # Of several objectives, the views of one number show the first (the one the best
+    # is picked by), and the Pareto front shows them all.
+    on: dict[str, Any] = {"target_name": search.primary}
+    if search.multi:
+        on["target"] = _first_value
     plots: list[tuple[str, str | None, Callable[[], Any]]] = [
-        (
-            HISTORY,
-            none_completed,
-            lambda: views.plot_optimization_history(study, target_name=target),
-        ),
+        (HISTORY, none_completed, lambda: views.plot_optimization_history(study, **on)),
         (
             IMPORTANCE,
             _importance_skipped(completed, search),
-            lambda: views.plot_param_importances(
-                study, evaluator=_fanova(search.seed), target_name=target
-            ),
+            lambda: views.plot_param_importances(study, evaluator=_fanova(search.seed), **on),
         ),
-        (
-            PARALLEL,
-            none_completed,
-            lambda: views.plot_parallel_coordinate(study, target_name=target),
-        ),
-        (SLICE, none_completed, lambda: views.plot_slice(study, target_name=target)),
+        (PARALLEL, none_completed, lambda: views.plot_parallel_coordinate(study, **on)),
+        (SLICE, none_completed, lambda: views.plot_slice(study, **on)),
         (
             INTERMEDIATE,
             None if stepped else "no completed or stopped trial reported a value per epoch",
             lambda: views.plot_intermediate_values(study),
         ),
     ]
+    if search.multi:
+        plots.append(
+            (
+                PARETO,
+                none_completed,
+                lambda: views.plot_pareto_front(study, target_names=search.objectives),
+            )
+        )
     written = []
     for file_name, reason, plot in plots:
         path = directory / file_name
@@ -178,6 +202,10 @@ def _figures(name: str, study: Any, search: SearchConfig, directory: Path) -> li
             continue
         written.append(_save(plot, path))
     return written
+
+
+def _first_value(trial: Any) -> float:
+    return trial.values[0]
 
 
 def _fanova(seed: int) -> Any:
@@ -196,7 +224,7 @@ def _importance_skipped(completed: list[Any], search: SearchConfig) -> str | Non
         len({repr(t.params.get(spec.key)) for t in completed}) > 1 for spec in search.params
     ):
         return "no parameter varies over the completed trials"
-    if len({t.value for t in completed}) < 2:
+    if len({t.values[0] for t in completed}) < 2:
         return "the objective is the same in every completed trial"
     return None
 

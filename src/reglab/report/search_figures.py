@@ -1,4 +1,5 @@
-"""A search's figures: the objective against each parameter, and the optimization history."""
+"""A search's figures: the objective against each parameter, and the optimization history
+(of several objectives, the first: the Pareto front is Optuna's figure, optuna_study)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def figures(trials: Sequence[Any], search: SearchConfig, directory: Path) -> lis
         if spec.choices is None and spec.log:
             axis.set_xscale("log")
         axis.set_xlabel(spec.key)
-        axis.set_ylabel(f"{search.objective} (best epoch)")
+        axis.set_ylabel(f"{search.primary} (kept weights)")
         axis.legend(fontsize=8)
         figure.tight_layout()
         written.append(_save(figure, directory / f"objective_vs_{spec.key}.png"))
@@ -56,7 +57,7 @@ def figures(trials: Sequence[Any], search: SearchConfig, directory: Path) -> lis
     if running:
         axis.step(*zip(*running, strict=True), where="post", color="black", label="best so far")
     axis.set_xlabel("trial")
-    axis.set_ylabel(search.objective)
+    axis.set_ylabel(search.primary)
     axis.set_title("optimization history")
     axis.legend(fontsize=8)
     figure.tight_layout()

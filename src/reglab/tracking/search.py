@@ -48,6 +48,7 @@ KIND_TAG = "reglab.kind"
 TRIAL_TAG = "reglab.trial_id"
 STATE_TAG = "reglab.trial_state"
 BEST_TAG = "reglab.best_trial"
+PARETO_TAG = "reglab.pareto_front"  # a multi-objective search's: on its front or not
 # On a finalist's repeat run (kind "repeat"): the number of the trial it repeats.
 REPEAT_TAG = "reglab.repeat_of_trial"
 PARENT_FILE = "mlflow_parent_run_id"
@@ -310,11 +311,14 @@ def record_outcome(client: mlflow.MlflowClient, parent: str, objective: str, out
     """Each trial's state and whether it is the best, as tags; the best (its mean and
     spread over its seeds), the single best trial and the counts on the parent."""
     trials, best = outcome.trials, outcome.best
+    front = {trial.number for trial in outcome.front}
     for trial in trials:
         if trial.mlflow_run_id is None:
             continue
         client.set_tag(trial.mlflow_run_id, STATE_TAG, trial.state)
         client.set_tag(trial.mlflow_run_id, BEST_TAG, str(trial is best).lower())
+        if outcome.front:
+            client.set_tag(trial.mlflow_run_id, PARETO_TAG, str(trial.number in front).lower())
         status = client.get_run(trial.mlflow_run_id).info.status
         # A pruned trial is a normal outcome: FINISHED (its run was ended when it was
         # stopped, by end_pruned_run; here only if that did not happen, e.g. a kill).
@@ -340,6 +344,9 @@ def record_outcome(client: mlflow.MlflowClient, parent: str, objective: str, out
         "epoch_seconds_total": sum(t.epoch_seconds for t in trained),
         **latency_metrics(trained),
     }
+    if outcome.front:  # several objectives: the best's value of each, and the front's size
+        metrics.update({f"best_{name}": value for name, value in best.values.items()})
+        metrics["pareto_front_size"] = len(outcome.front)
     for key, value in metrics.items():
         client.log_metric(parent, key, value)
     client.set_tag(parent, "best_trial_run_id", best.mlflow_run_id or "")

@@ -187,11 +187,18 @@ def run_ray(
         )
     else:
         grid = config.tune.sampler == "grid"
+        # Several objectives: Optuna's multi-objective TPE is told each at the trial's
+        # end (Ray's OptunaSearch with lists of metrics and modes), and every trial runs
+        # all its epochs, since ASHA ranks trials on one number (FIFO, as a grid).
+        metric: str | list[str] = "objective"
+        mode: str | list[str] = search.mode
+        if search.multi:
+            metric, mode = [f"objective_{name}" for name in search.objectives], search.modes
         searcher = ConcurrencyLimiter(
             OptunaSearch(
                 distributions_of(search),
-                metric="objective",
-                mode=search.mode,
+                metric=metric,
+                mode=mode,
                 sampler=_sampler(search, config.tune.sampler),
             ),
             max_concurrent=config.tune.max_concurrent,
@@ -207,11 +214,12 @@ def run_ray(
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                metric="objective",
-                mode=search.mode,
+                # The searcher has the objectives; Ray's own metric is one or none.
+                metric=None if search.multi else "objective",
+                mode=None if search.multi else search.mode,
                 search_alg=searcher,
                 # A grid is a sweep: every point runs all its epochs.
-                scheduler=FIFOScheduler() if grid else scheduler,
+                scheduler=FIFOScheduler() if grid or search.multi else scheduler,
                 num_samples=n_trials(search, config.tune),
                 reuse_actors=config.tune.reuse_workers,  # see REUSE
             ),
@@ -364,6 +372,11 @@ def collect(
         else:
             state = "pruned"
         objective = float(metrics.get("objective", math.nan))
+        values = {
+            name: float(metrics.get(f"objective_{name}", math.nan)) for name in search.objectives
+        }
+        if state == "failed":
+            values = dict.fromkeys(values, math.nan)
         trial = Trial(
             number=0,
             trial_id=trial_id,
@@ -374,6 +387,7 @@ def collect(
             mlflow_run_id=run.info.run_id if run else None,
             error=_last_line(result.error),
             intermediate=_per_epoch(result),
+            values=values,
         )
         trial.epoch_seconds, trial.start_latency_s = timing(result, starts.get(trial_id, []))
         made.append((index, trial))

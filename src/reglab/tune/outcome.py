@@ -30,6 +30,8 @@ class Trial:
     # and from Ray starting it (its last start) to its first epoch beginning.
     epoch_seconds: float = 0.0
     start_latency_s: float = math.nan
+    # Each objective at the weights it keeps (the first is ``objective``).
+    values: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -43,6 +45,9 @@ class SearchOutcome:
     finalists: list[Any] = field(default_factory=list)
     repeats: list[Any] = field(default_factory=list)
     single_best: Trial | None = None  # the best trial of one seed, before the repeats
+    # A multi-objective search's Pareto front (its non-dominated completed trials), by
+    # its first objective; empty for one objective.
+    front: list[Trial] = field(default_factory=list)
 
 
 def best_variant_name(name: str) -> str:

@@ -56,6 +56,16 @@ def best_record(outcome: Any) -> dict[str, Any]:
     top = finalists[0] if finalists else None
     runner_up = outcome.finalists[1] if len(outcome.finalists) > 1 else None
     single = outcome.single_best or best
+    front = {}
+    if outcome.search.multi:
+        # Several objectives: the best by the first, and the whole front to choose from.
+        front = {
+            "objectives": dict(best.values),
+            "pareto_front": [
+                {"trial": t.number, "params": t.params, "values": dict(t.values)}
+                for t in outcome.front
+            ],
+        }
     return {
         "search": outcome.name,
         "objective": outcome.search.objective,
@@ -72,6 +82,7 @@ def best_record(outcome: Any) -> dict[str, Any]:
         "runner_up": finalists[1] if runner_up else None,
         "difference": difference(outcome.finalists[0], runner_up) if runner_up else None,
         "finalists": finalists,
+        **front,
     }
 
 
@@ -83,17 +94,21 @@ def trials_csv(trials: Sequence[Any], search: SearchConfig) -> str:
     """One row per trial: its parameters, objective (at the weights it keeps), epochs run,
     state, ids and timing."""
     keys = [spec.key for spec in search.params]
+    # Several objectives: each in its own column too (``objective`` is the first).
+    others = search.objectives if search.multi else []
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(
-        ["trial", *keys, "objective", "epochs", "state", "trial_id", "run_id", *TIMING_COLUMNS]
-    )
+        ["trial", *keys, "objective", *others, "epochs", "state", "trial_id", "run_id",
+         *TIMING_COLUMNS]
+    )  # fmt: skip
     for trial in trials:
         writer.writerow(
             [
                 trial.number,
                 *(trial.params[key] for key in keys),
-                repr(trial.objective) if math.isfinite(trial.objective) else "",
+                _number(trial.objective),
+                *(_number(trial.values.get(name, math.nan)) for name in others),
                 trial.epochs,
                 trial.state,
                 trial.trial_id,
@@ -103,3 +118,7 @@ def trials_csv(trials: Sequence[Any], search: SearchConfig) -> str:
             ]
         )
     return buffer.getvalue()
+
+
+def _number(value: float) -> str:
+    return repr(value) if math.isfinite(value) else ""

@@ -31,6 +31,7 @@ from reglab.config.schema import Config, SearchConfig, TuneConfig
 from reglab.core.digest import digest
 from reglab.core.errors import ReglabError
 from reglab.core.io import write_atomic
+from reglab.report.optuna_study import pareto_front
 from reglab.tune.engine import collect, ray_connected, run_ray, run_repeats
 from reglab.tune.finalists import pick_finalists, rank, repeat_seeds
 from reglab.tune.outcome import SearchOutcome, best_trial, n_trials
@@ -137,11 +138,11 @@ def search_params(name: str, search: SearchConfig, config: Config) -> dict[str, 
         "search": name,
         "sampler": "optuna.GridSampler" if config.tune.sampler == "grid" else "optuna.TPESampler",
         "sampler_seed": str(search.seed),
-        "scheduler": "FIFO" if config.tune.sampler == "grid" else "ASHA",
+        "scheduler": "FIFO" if config.tune.sampler == "grid" or search.multi else "ASHA",
         "asha.grace_period": str(config.tune.grace_period),
         "asha.reduction_factor": str(config.tune.reduction_factor),
-        "objective": search.objective,
-        "mode": search.mode,
+        "objective": ",".join(search.objectives),
+        "mode": ",".join(search.modes),
         "n_trials": str(n_trials(search, config.tune)),
         "epochs_per_trial": str(trial_epochs(config, search)),
         "max_concurrent": str(config.tune.max_concurrent),
@@ -214,6 +215,12 @@ def run_search(
             "short trials cannot see late overfitting" if epochs < config.train.epochs
             else "the search scores a longer training than the one it recommends",
         )  # fmt: skip
+    if search.multi:
+        log.info(
+            "%s: objectives %s: every trial trains its %d epochs (ASHA ranks trials on one "
+            "number) and no finalist is repeated; the answer is the Pareto front",
+            name, search.objectives, epochs,
+        )  # fmt: skip
     state_dir.mkdir(parents=True, exist_ok=True)
     stamp_file.write_text(json.dumps(stamp, indent=2) + "\n")
     config = _absolute(config, state_dir)
@@ -253,17 +260,29 @@ def run_search(
             starts = trial_starts(state_dir)
             trials = collect(runs, search, trial_epochs(config, search), results, starts)
             single = best_trial(trials, search.mode)
-            chosen = pick_finalists(trials, search.mode, config.tune.finalists, config.tune.repeats)
+            # Several objectives: the Pareto front, no repeats (they rank on one number).
+            front = pareto_front(search, trials) if search.multi else []
+            chosen = [] if search.multi else pick_finalists(
+                trials, search.mode, config.tune.finalists, config.tune.repeats
+            )  # fmt: skip
             seeds = repeat_seeds(config)
             repeats = run_repeats(config, name, chosen, seeds, state_dir) if seeds else []
-        finalists = rank(chosen, repeats, config.seeds[0], search.mode)
+        # Of a front, the best by the first objective is the one finalist, on its own seed.
+        finalists = rank(front[:1] or chosen, repeats, config.seeds[0], search.mode)
         outcome = SearchOutcome(
-            name, search, trials, finalists[0].trial, parent, finalists, repeats, single
+            name, search, trials, finalists[0].trial, parent, finalists, repeats, single, front
         )
-        records.record_outcome(client, parent, search.objective, outcome)
+        records.record_outcome(client, parent, search.primary, outcome)
     counts = ", ".join(
         f"{sum(t.state == s for t in trials)} {s}" for s in ("completed", "pruned", "failed")
     )
+    if search.multi:
+        log.info(
+            "%s: %d trials (%s); a Pareto front of %d over %s; best by %s: %s with %s",
+            name, len(trials), counts, len(front), search.objectives, search.primary,
+            {k: round(v, 4) for k, v in outcome.best.values.items()}, outcome.best.params,
+        )  # fmt: skip
+        return outcome
     best = outcome.finalists[0]
     spread = f" ± {best.std:.4f} over seeds {list(best.values)}" if best.std is not None else ""
     log.info(

@@ -14,13 +14,13 @@ import json
 import math
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from reglab.config.paths import run_key
 from reglab.config.recipes import EarlyStoppingConfig
-from reglab.config.schema import Config, SearchConfig
+from reglab.config.schema import SEARCH_OBJECTIVES, Config, SearchConfig
 from reglab.evaluate.metrics import EPOCH_TIMING
 
 
@@ -57,25 +57,47 @@ class Reporter:
     ASHA compares it at each rung and Optuna is told its last value: a trial that
     dips early and then overfits is ranked by where it ended, as its final model
     would be. A value that is not a number (a diverged epoch) is reported as the worst.
+
+    The report of ``last_epoch`` (the trial's last) waits for :meth:`flush`, called
+    once the trial's run is logged to its end: ASHA may stop a trial at its last rung
+    as at any other, and Ray's stop ends the trial in its report, which would leave a
+    trial that trained every epoch without its final logging (weights, run.json).
+
+    ``objective`` is reported as ``objective``; it and each of ``others`` (the further
+    objectives of a multi-objective search) as ``objective_<name>``, at the same weights.
     """
 
-    def __init__(self, objective: str, mode: str, rule: EarlyStoppingConfig):
+    def __init__(
+        self,
+        objective: str,
+        mode: str,
+        rule: EarlyStoppingConfig,
+        last_epoch: int | None = None,
+        others: Sequence[str] = (),
+    ):
         self.objective = objective
-        self.sign = 1.0 if mode == "min" else -1.0
+        self.signs = {
+            objective: 1.0 if mode == "min" else -1.0,
+            **{name: 1.0 if SEARCH_OBJECTIVES[name] == "min" else -1.0 for name in others},
+        }
         self.rule = rule
+        self.last_epoch = last_epoch
         self.rows: list[Mapping[str, Any]] = []
+        self.held: dict[str, Any] | None = None
 
     def __call__(self, epoch: int, row: Mapping[str, Any]) -> None:
         from ray import tune
 
         self.rows.append(row)
         kept = self.rows[self.rule.kept_index(self.rows)]
-        value = float(kept[self.objective])
-        if not math.isfinite(value):
-            value = self.sign * math.inf
+        values = {}
+        for name, sign in self.signs.items():
+            value = float(kept[name])
+            values[f"objective_{name}"] = value if math.isfinite(value) else sign * math.inf
         report = {
             "epoch": epoch,
-            "objective": value,
+            "objective": values[f"objective_{self.objective}"],
+            **values,
             "kept_epoch": int(kept["epoch"]),
             "val_data_loss": float(row["val_data_loss"]),
             "val_accuracy": float(row["val_accuracy"]),
@@ -84,7 +106,18 @@ class Reporter:
         # epoch reported again from a checkpoint or a finished attempt has neither):
         # what the search's training share and trials' start latency are made of.
         report.update({key: float(row[key]) for key in EPOCH_TIMING if key in row})
-        tune.report(report)
+        if self.last_epoch is not None and epoch >= self.last_epoch:
+            self.held = report
+        else:
+            tune.report(report)
+
+    def flush(self) -> None:
+        """The held report of the last epoch, if there is one."""
+        from ray import tune
+
+        if self.held is not None:
+            tune.report(self.held)
+            self.held = None
 
 
 def run_trial(params: dict[str, Any], *, config: Config, name: str, parent_run_id: str) -> None:
@@ -139,7 +172,13 @@ def train_reporting(
     from reglab.tracking.search import tag_trial
 
     key = run_key(variant, trial.seeds[0])
-    reporter = Reporter(search.objective, search.mode, trial.variants[variant].early_stopping)
+    reporter = Reporter(
+        search.primary,
+        search.mode,
+        trial.variants[variant].early_stopping,
+        last_epoch=trial.train.epochs,
+        others=search.objectives[1:],
+    )
     resumed = checkpoint_history(trial, key)
     finished = None if resumed else finished_attempt(trial, key)
     if finished is not None:
@@ -149,6 +188,7 @@ def train_reporting(
             reporter(int(row["epoch"]), row)
         if run_id and retag:
             tag_trial(run_id, retag)
+        reporter.flush()
         return
     # TensorFlow only for a trial that trains (its import is most of a new worker's
     # start-up). train_variant builds the model in a cleared Keras session.
@@ -159,6 +199,7 @@ def train_reporting(
     for row in resumed:
         reporter(int(row["epoch"]), row)
     train_variant(trial, key, hooks=[reporter], parent_run_id=parent_run_id, run_tags=tags)
+    reporter.flush()
 
 
 def checkpoint_history(trial: Config, key: str) -> list[dict[str, Any]]:
