@@ -552,6 +552,20 @@ def test_a_search_quotes_its_interpreter_for_ray_workers_on_this_machine(
     assert "py_executable" not in _runtime_env(config, "sqlite:///mlflow.db", address=address)
 
 
+def test_a_reused_worker_waits_for_a_stopped_trial_as_long_as_its_ending_can_take():
+    """Ray fails a worker's next trial if the stopped one's thread has not ended within
+    TUNE_FUNCTION_THREAD_TIMEOUT_S; ending it makes up to 4 tracking requests, each
+    bounded by tracking.server_wait_s, plus a minute for a starved CPU."""
+    from reglab.tune.engine import _runtime_env
+
+    waits = {}
+    for server_wait in (30, 5):
+        config = config_for(f"tracking.server_wait_s={server_wait}")
+        env = _runtime_env(config, "http://127.0.0.1:5000")["env_vars"]
+        waits[server_wait] = env["TUNE_FUNCTION_THREAD_TIMEOUT_S"]
+    assert waits == {30: "180", 5: "80"}
+
+
 def test_a_stored_search_is_reused_only_for_the_same_space_data_trials_and_store():
     """Another store or another number of trials is another search: starting fresh names
     what changed (a search resumed into another store would report trials whose runs

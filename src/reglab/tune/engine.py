@@ -56,12 +56,27 @@ def _runtime_env(
             "MLFLOW_ENABLE_ASYNC_LOGGING": "true",
             "RAY_CHDIR_TO_TRIAL_DIR": "0",
             # How long Ray waits for a stopped trial's thread to end before its worker
-            # takes the next trial (REUSE): it ends in well under a second, but Ray's 2 s
-            # fails the next trial when the machine is busy.
-            "TUNE_FUNCTION_THREAD_TIMEOUT_S": "30",
+            # takes the next trial (REUSE): past it, the next trial fails.
+            "TUNE_FUNCTION_THREAD_TIMEOUT_S": str(stopped_trial_bound(config)),
             "PYTHONHASHSEED": "0",
         },
     }
+
+
+# The requests a stopped trial's thread makes to the tracking store as it ends (its
+# run's end, its pipeline parent read and moved: tracking.runs), each bounded by
+# tracking.server_wait_s, and a minute for a starved CPU.
+STOP_REQUESTS = 4
+STOP_CPU_S = 60
+
+
+def stopped_trial_bound(config: Config) -> int:
+    """Seconds Ray waits for a stopped trial's thread to end before it fails the next
+    trial of that worker (REUSE): the worst case of the thread's ending, not its usual
+    second. Ray's 2 s, and later 30 s, failed trials: once under load with the default,
+    once in a full-data search whose stopped trial took over 30 s to end on a
+    machine running four trainings at once on two cores."""
+    return int(STOP_REQUESTS * config.tracking.server_wait_s + STOP_CPU_S)
 
 
 def _user_modules(config: Config) -> dict[str, list[str]]:
@@ -101,11 +116,13 @@ def _sampler(search: SearchConfig, kind: str) -> Any:
 # trial, and the next trial starts in well under a second. Ray resets a worker for
 # its next trial (FunctionTrainable.reset_config) once the last trial's thread has
 # ended, waiting TUNE_FUNCTION_THREAD_TIMEOUT_S for it (set in _runtime_env), and
-# fails the next trial past that ("Trainable runner reuse requires reset_config()",
-# as an earlier version saw under load with Ray's default of 2 s). A stopped
-# trial's thread is blocked in its report, since Ray reports a function trainable's
-# results synchronously: Ray's reset wakes it with SystemExit(0), which ends its
-# MLflow run FINISHED (tracking.runs.ending_run) and leaves train_variant at once.
+# fails the next trial past that ("Trainable runner reuse requires reset_config()").
+# A stopped trial's thread is blocked in its report, since Ray reports a function
+# trainable's results synchronously: Ray's reset wakes it with SystemExit(0), which
+# ends its MLflow run FINISHED (tracking.runs.ending_run) and leaves train_variant.
+# That takes about a second, but its requests to the tracking store are each bounded
+# by tracking.server_wait_s only, and a starved CPU stretches it: the bound is the
+# worst case (stopped_trial_bound), so a slow end delays the next trial, never fails it.
 # Each trial builds its model after keras.backend.clear_session() and seeds every
 # generator (train.run.prepare_model): a trial's numbers do not depend on the trials
 # its worker ran before.
