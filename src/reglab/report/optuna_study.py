@@ -120,9 +120,12 @@ def _frozen_trial(trial: Any, distributions: dict[str, Any], objectives: Sequenc
             f"{sorted(distributions)}: pass the search config the trials were run with"
         )
     state = STATES[trial.state]
-    values = [trial.values.get(name, math.nan) for name in objectives]
-    if len(objectives) == 1:
-        values = [trial.objective]
+    # One objective: the trial's objective; several: each at the weights it keeps.
+    values = (
+        [trial.objective]
+        if len(objectives) == 1
+        else [trial.values.get(name, math.nan) for name in objectives]
+    )
     # Optuna fails a trial whose objective is NaN; values are kept only where each is one.
     if state == "COMPLETE" and any(math.isnan(value) for value in values):
         state = "FAIL"

@@ -27,7 +27,7 @@ from reglab.model.imports import user_modules, user_packages
 from reglab.tracking.search import STATE_TAG
 from reglab.tune.finalists import Repeat
 from reglab.tune.outcome import Trial, n_trials
-from reglab.tune.trial import run_repeat, run_trial, trial_dir, trial_epochs
+from reglab.tune.trial import objective_key, run_repeat, run_trial, trial_dir, trial_epochs
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def run_ray(
         metric: str | list[str] = "objective"
         mode: str | list[str] = search.mode
         if search.multi:
-            metric, mode = [f"objective_{name}" for name in search.objectives], search.modes
+            metric, mode = [objective_key(name) for name in search.objectives], search.modes
         searcher = ConcurrencyLimiter(
             OptunaSearch(
                 distributions_of(search),
@@ -390,10 +390,11 @@ def collect(
             state = "pruned"
         objective = float(metrics.get("objective", math.nan))
         values = {
-            name: float(metrics.get(f"objective_{name}", math.nan)) for name in search.objectives
+            name: math.nan
+            if state == "failed"
+            else float(metrics.get(objective_key(name), math.nan))
+            for name in search.objectives
         }
-        if state == "failed":
-            values = dict.fromkeys(values, math.nan)
         trial = Trial(
             number=0,
             trial_id=trial_id,

@@ -48,6 +48,11 @@ def trial_config(
     )
 
 
+def objective_key(name: str) -> str:
+    """The key of objective ``name`` in a trial's reports (and in Ray's results)."""
+    return f"objective_{name}"
+
+
 class Reporter:
     """The per-epoch hook: reports to Ray Tune the objective at the weights the trial
     would keep if it ended with this epoch, as the final model keeps them.
@@ -93,10 +98,10 @@ class Reporter:
         values = {}
         for name, sign in self.signs.items():
             value = float(kept[name])
-            values[f"objective_{name}"] = value if math.isfinite(value) else sign * math.inf
+            values[objective_key(name)] = value if math.isfinite(value) else sign * math.inf
         report = {
             "epoch": epoch,
-            "objective": values[f"objective_{self.objective}"],
+            "objective": values[objective_key(self.objective)],
             **values,
             "kept_epoch": int(kept["epoch"]),
             "val_data_loss": float(row["val_data_loss"]),
