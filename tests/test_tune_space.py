@@ -312,6 +312,45 @@ def test_a_trials_training_seconds_and_start_latency_from_its_reports(tmp_path):
     assert timing(SimpleNamespace(metrics_dataframe=frame[["epoch"]]), [1.0])[0] == 0.0
 
 
+def test_a_trial_that_failed_at_its_workers_reset_keeps_its_own_id_and_params():
+    """Ray gives a trial that never reported what its worker's Trainable says of itself:
+    for one that failed because its reused worker could not be reset for it, the previous
+    trial's id and config (Ray's Result.config is its last report's). Each trial keeps
+    its own: the id of its folder, the config of Ray's experiment state."""
+    from ray.tune import Result
+
+    from reglab.tune.engine import collect, own_trials
+
+    folder = "/state/ray-1/run_trial_{}_{}_kernel_l2={}_2026-12-03_05-54-01"
+    previous = {"trial_id": "a847e5f9", "config": {"kernel.l2": 2.4e-5}, "epoch": 1}
+    reset_failed = RuntimeError("Trainable runner reuse requires reset_config() to be ...")
+    results = [
+        Result(metrics={**previous, "objective": 0.62}, checkpoint=None, error=None,
+               path=folder.format("a847e5f9", 6, "0.0000")),
+        Result(metrics=dict(previous), checkpoint=None, error=reset_failed,
+               path=folder.format("2f5a73f8", 7, "0.0000")),
+    ]  # fmt: skip
+    assert results[1].config == {"kernel.l2": 2.4e-5}  # Ray's own answer: the previous one's
+    configs = {"a847e5f9": {"kernel.l2": 2.4e-5}, "2f5a73f8": {"kernel.l2": 2.7e-6}}
+    own = own_trials(results, configs)
+    assert [(t.trial_id, t.index, t.config) for t in own] == [
+        ("a847e5f9", 6, {"kernel.l2": 2.4e-5}),
+        ("2f5a73f8", 7, {"kernel.l2": 2.7e-6}),
+    ]
+    assert own[0].metrics["objective"] == 0.62 and own[1].metrics == {}
+
+    run = SimpleNamespace(
+        info=SimpleNamespace(status="FINISHED", run_id="r6"), data=SimpleNamespace(tags={})
+    )
+    search = config_for().search("l2_strength")
+    trials = collect({"a847e5f9": run}, search, 1, own, {})
+    assert [(t.number, t.trial_id, t.params, t.state, t.mlflow_run_id) for t in trials] == [
+        (0, "a847e5f9", {"kernel.l2": 2.4e-5}, "completed", "r6"),
+        (1, "2f5a73f8", {"kernel.l2": 2.7e-6}, "failed", None),
+    ]
+    assert trials[1].epochs == 0 and "reset_config()" in trials[1].error
+
+
 def test_the_likely_best_is_the_best_mean_over_seeds_not_the_luckiest_trial(tmp_path):
     """Trial 0 is the single best (0.40 under seed 42), but over seeds 42-44 trial 3
     is better on average (0.45 against 0.46); a failed repeat ranks its finalist last."""

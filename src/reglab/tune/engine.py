@@ -17,6 +17,7 @@ import os
 import shlex
 import sys
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +185,7 @@ def run_ray(
     state_dir: Path,
     parent: str,
     experiment_id: str,
-) -> list[Any]:
+) -> list[RayTrial]:
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -248,8 +249,56 @@ def run_ray(
                 ],
             ),
         )
-    results = tuner.fit()
-    return [results[index] for index in range(len(results))]
+    return own_results(tuner.fit())
+
+
+@dataclass
+class RayTrial:
+    """One trial of a Ray Tune run: its id and creation index (from its folder), its own
+    config, its last report and per-epoch reports, and its error."""
+
+    trial_id: str
+    index: int
+    config: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics_dataframe: Any = None
+    error: BaseException | None = None
+
+
+def own_results(grid: Any) -> list[RayTrial]:
+    """Each trial of a Ray ResultGrid with the config Ray made it with and only its own
+    reports (see :func:`own_trials`)."""
+    from ray.tune import ExperimentAnalysis
+
+    configs = ExperimentAnalysis(grid.experiment_path).get_all_configs()
+    return own_trials([grid[index] for index in range(len(grid))], configs)
+
+
+def own_trials(results: list[Any], configs: Mapping[str, dict[str, Any]]) -> list[RayTrial]:
+    """Ray results as RayTrials, ``configs`` the trials' own by trial id. A Result's config
+    and metrics are its trial's last report, and a trial that never reported has, for
+    one, what its worker's Trainable says of itself (Trial.last_result, from
+    Trainable.get_auto_filled_metrics). For a trial that failed because its reused
+    worker could not be reset for it, that is the previous trial's id and config: so the
+    id comes from the trial's own folder, the config from Ray's experiment state, and a
+    report of another trial's id is dropped."""
+    made = []
+    for result in results:
+        trial_id, index = trial_dir(result.path)
+        metrics = dict(result.metrics or {})
+        if metrics.get("trial_id", trial_id) != trial_id:
+            metrics = {}  # another trial's
+        made.append(
+            RayTrial(
+                trial_id=trial_id,
+                index=index,
+                config=configs.get(trial_id) or metrics.get("config") or {},
+                metrics=metrics,
+                metrics_dataframe=result.metrics_dataframe,
+                error=result.error,
+            )
+        )
+    return made
 
 
 def _trainable(function: Any, config: Config, **parameters: Any) -> Any:
@@ -331,13 +380,12 @@ def run_repeats(
             ),
             run_config=_run_config(experiment, [TrialStarts(state_dir.resolve())]),
         )
-    results = tuner.fit()
+    results = own_results(tuner.fit())
     starts = trial_starts(state_dir)
     repeats = []
-    for index in range(len(results)):
-        result = results[index]
+    for result in results:
         planned_repeat = result.config["repeat"]
-        metrics = result.metrics or {}
+        metrics = result.metrics
         failed = result.error is not None
         trial, seed = int(planned_repeat["trial"]), int(planned_repeat["seed"])
         record = run_record_file(config.paths.runs, run_key(f"{name}-{trial}", seed))
@@ -354,9 +402,8 @@ def run_repeats(
                 error=_last_line(result.error),
             )
         )
-        trial_id = metrics.get("trial_id") or trial_dir(result.path)[0]
         repeats[-1].epoch_seconds, repeats[-1].start_latency_s = timing(
-            result, starts.get(trial_id, [])
+            result, starts.get(result.trial_id, [])
         )
     return repeats
 
@@ -365,7 +412,7 @@ def collect(
     runs: Mapping[str, Any],
     search: SearchConfig,
     epochs_per_trial: int,
-    results: list[Any],
+    results: list[RayTrial],
     starts: Mapping[str, list[float]],
 ) -> list[Trial]:
     """One Trial per Ray result, in the order Ray made them; the state from Ray and MLflow,
@@ -373,9 +420,7 @@ def collect(
     and its timing (``starts``: Ray's start times of each trial, :class:`TrialStarts`)."""
     made = []
     for result in results:
-        metrics = result.metrics or {}
-        trial_id, index = trial_dir(result.path)
-        trial_id = metrics.get("trial_id") or trial_id
+        metrics, trial_id = result.metrics, result.trial_id
         run = runs.get(trial_id)
         epochs = int(metrics.get("epoch", 0) or 0)
         if result.error is not None:
@@ -408,7 +453,7 @@ def collect(
             values=values,
         )
         trial.epoch_seconds, trial.start_latency_s = timing(result, starts.get(trial_id, []))
-        made.append((index, trial))
+        made.append((result.index, trial))
     trials = [trial for _, trial in sorted(made, key=lambda pair: pair[0])]
     for number, trial in enumerate(trials):
         trial.number = number
