@@ -58,7 +58,7 @@ def test_the_search_picks_by_the_kept_weights_where_best_epoch_scoring_would_not
         # epochs (train.epochs).
         assert trial.train.epochs == 40 and not trial.variants[variant].early_stopping.enabled
         reported.clear()
-        reporter = Reporter(search.objective, search.mode, trial.variants[variant].early_stopping)
+        reporter = Reporter(search.objectives, trial.variants[variant].early_stopping)
         keras.backend.clear_session()
         train_variant(trial, f"{variant}@42", hooks=[reporter])
         assert [r["epoch"] for r in reported] == list(range(1, 41))

@@ -156,28 +156,28 @@ def test_the_reporter_sends_the_objective_at_the_weights_the_trial_keeps(monkeyp
         )
     ]
 
-    def reports(objective, mode, rule):
+    def reports(objective, rule):
         reported.clear()
-        reporter = Reporter(objective, mode, rule)
+        reporter = Reporter([objective], rule)
         for row in rows:
             reporter(row["epoch"], row)
         return [(r["objective"], r["kept_epoch"]) for r in reported]
 
     last = EarlyStoppingConfig()
     inf = float("inf")
-    assert reports("val_data_loss", "min", last) == [(0.7, 1), (0.5, 2), (0.6, 3), (inf, 4)]
-    assert reports("val_accuracy", "max", last) == [(0.5, 1), (0.6, 2), (0.8, 3), (0.1, 4)]
+    assert reports("val_data_loss", last) == [(0.7, 1), (0.5, 2), (0.6, 3), (inf, 4)]
+    assert reports("val_accuracy", last) == [(0.5, 1), (0.6, 2), (0.8, 3), (0.1, 4)]
     restoring = EarlyStoppingConfig(enabled=True, patience=5)
-    assert reports("val_data_loss", "min", restoring) == [(0.7, 1), (0.5, 2), (0.5, 2), (0.5, 2)]
+    assert reports("val_data_loss", restoring) == [(0.7, 1), (0.5, 2), (0.5, 2), (0.5, 2)]
     # The kept epoch is the monitor's best (val_data_loss), scored by the objective.
-    assert reports("val_accuracy", "max", restoring) == [(0.5, 1), (0.6, 2), (0.6, 2), (0.6, 2)]
+    assert reports("val_accuracy", restoring) == [(0.5, 1), (0.6, 2), (0.6, 2), (0.6, 2)]
     by_accuracy = EarlyStoppingConfig(enabled=True, monitor="val_accuracy")
-    assert reports("val_data_loss", "min", by_accuracy)[2:] == [(0.6, 3), (0.6, 3)]
+    assert reports("val_data_loss", by_accuracy)[2:] == [(0.6, 3), (0.6, 3)]
     # min_delta: 0.7 -> 0.5 is not an improvement of more than 0.25.
     coarse = EarlyStoppingConfig(enabled=True, min_delta=0.25)
-    assert reports("val_data_loss", "min", coarse) == [(0.7, 1), (0.7, 1), (0.7, 1), (0.7, 1)]
+    assert reports("val_data_loss", coarse) == [(0.7, 1), (0.7, 1), (0.7, 1), (0.7, 1)]
     not_restoring = EarlyStoppingConfig(enabled=True, restore_best_weights=False)
-    assert reports("val_data_loss", "min", not_restoring)[2] == (0.6, 3)
+    assert reports("val_data_loss", not_restoring)[2] == (0.6, 3)
 
 
 def test_the_last_epochs_report_waits_for_the_trials_final_logging(monkeypatch):
@@ -188,7 +188,7 @@ def test_the_last_epochs_report_waits_for_the_trials_final_logging(monkeypatch):
 
     reported = []
     monkeypatch.setattr("ray.tune.report", lambda metrics: reported.append(metrics))
-    reporter = Reporter("val_data_loss", "min", EarlyStoppingConfig(), last_epoch=3)
+    reporter = Reporter(["val_data_loss"], EarlyStoppingConfig(), last_epoch=3)
     for epoch, loss in enumerate((0.9, 0.8, 0.7), start=1):
         reporter(epoch, {"epoch": epoch, "val_data_loss": loss, "val_accuracy": 0.5})
     assert [r["epoch"] for r in reported] == [1, 2]
@@ -205,7 +205,7 @@ def test_a_search_with_two_objectives_reports_each_at_the_kept_weights(monkeypat
     reported = []
     monkeypatch.setattr("ray.tune.report", lambda metrics: reported.append(metrics))
     restoring = EarlyStoppingConfig(enabled=True, patience=5)
-    reporter = Reporter("val_data_loss", "min", restoring, others=["sparsity", "val_ece"])
+    reporter = Reporter(["val_data_loss", "sparsity", "val_ece"], restoring)
     rows = [(0.7, 0.1, 0.05), (0.5, 0.2, 0.04), (0.6, 0.3, float("nan"))]
     for epoch, (loss, sparsity, ece) in enumerate(rows, start=1):
         row = {"val_data_loss": loss, "val_accuracy": 0.5, "sparsity": sparsity, "val_ece": ece}
@@ -219,7 +219,7 @@ def test_a_search_with_two_objectives_reports_each_at_the_kept_weights(monkeypat
         (0.5, 0.5, 0.2, 0.04),
     ]
     reported.clear()
-    last = Reporter("val_accuracy", "max", EarlyStoppingConfig(), others=["val_ece"])
+    last = Reporter(["val_accuracy", "val_ece"], EarlyStoppingConfig())
     last(1, {"epoch": 1, "val_data_loss": 0.5, "val_accuracy": 0.8, "val_ece": float("nan")})
     assert (reported[0]["objective_val_accuracy"], reported[0]["objective_val_ece"]) == (
         0.8,

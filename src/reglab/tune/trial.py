@@ -68,23 +68,20 @@ class Reporter:
     as at any other, and Ray's stop ends the trial in its report, which would leave a
     trial that trained every epoch without its final logging (weights, run.json).
 
-    ``objective`` is reported as ``objective``; it and each of ``others`` (the further
-    objectives of a multi-objective search) as ``objective_<name>``, at the same weights.
+    The first of ``objectives`` (a search's :attr:`SearchConfig.objectives`) is reported
+    as ``objective``; each (the further ones of a multi-objective search too) as
+    ``objective_<name>``, at the same weights.
     """
 
     def __init__(
         self,
-        objective: str,
-        mode: str,
+        objectives: Sequence[str],
         rule: EarlyStoppingConfig,
         last_epoch: int | None = None,
-        others: Sequence[str] = (),
     ):
-        self.objective = objective
-        self.signs = {
-            objective: 1.0 if mode == "min" else -1.0,
-            **{name: 1.0 if SEARCH_OBJECTIVES[name] == "min" else -1.0 for name in others},
-        }
+        self.objective = objectives[0]
+        # The worst value of each, in its own direction, for an epoch that diverged.
+        self.signs = {n: 1.0 if SEARCH_OBJECTIVES[n] == "min" else -1.0 for n in objectives}
         self.rule = rule
         self.last_epoch = last_epoch
         self.rows: list[Mapping[str, Any]] = []
@@ -178,11 +175,7 @@ def train_reporting(
 
     key = run_key(variant, trial.seeds[0])
     reporter = Reporter(
-        search.primary,
-        search.mode,
-        trial.variants[variant].early_stopping,
-        last_epoch=trial.train.epochs,
-        others=search.objectives[1:],
+        search.objectives, trial.variants[variant].early_stopping, last_epoch=trial.train.epochs
     )
     resumed = checkpoint_history(trial, key)
     finished = None if resumed else finished_attempt(trial, key)
