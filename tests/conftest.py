@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "true")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

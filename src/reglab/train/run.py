@@ -287,7 +287,6 @@ def epoch_logger(model: keras.Model, sparsity_threshold: float, uri: str) -> Epo
     epochs stay in the checkpoint and the history, and are logged at the end or
     by the re-run.
     """
-    to_server = uri.startswith(("http://", "https://"))
     lost: list[int] = []
 
     def log_epoch(epoch: int, row: Mapping[str, float]) -> None:
@@ -296,7 +295,7 @@ def epoch_logger(model: keras.Model, sparsity_threshold: float, uri: str) -> Epo
         statistics = weights.weight_statistics(model, sparsity_threshold)
         try:
             with tracking.lost_server_is("the tracking server stopped answering"):
-                tracking.log_epoch(row, statistics, epoch, synchronous=to_server)
+                tracking.log_epoch(row, statistics, epoch)
         except tracking.TrackingLost:
             lost.append(epoch)
             log.warning("%s: the tracking server stopped answering in epoch %d", uri, epoch)

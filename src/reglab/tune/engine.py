@@ -54,7 +54,6 @@ def _runtime_env(
             "TF_NUM_INTEROP_THREADS": threads,
             "OMP_NUM_THREADS": threads,
             "MLFLOW_TRACKING_URI": trial_uri,
-            "MLFLOW_ENABLE_ASYNC_LOGGING": "true",
             "RAY_CHDIR_TO_TRIAL_DIR": "0",
             # How long Ray waits for a stopped trial's thread to end before its worker
             # takes the next trial (REUSE): past it, the next trial fails.
