@@ -334,12 +334,24 @@ def epoch_batches(
         indices.set_shape((size,))
         return tf.data.Dataset.from_tensor_slices(indices).batch(batch_size)
 
+    # Fixed parallelism, no autotuning: tf.data's autotuning thread sleeps for its
+    # optimization period (doubling while the iterator lives) and the iterator's
+    # teardown at the end of model.fit waited for it, up to 9 s after a trial's last
+    # epoch (bench/README.md, "Where a trial's last seconds went"). A batch is a
+    # gather of a few rows: two in flight and two ready keep the model fed.
+    options = tf.data.Options()
+    options.autotune.enabled = False
     return (
         tf.data.Dataset.from_tensor_slices(np.asarray(list(epochs), dtype=np.int64))
         .flat_map(epoch_orders)
-        .map(read, num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
+        .map(read, num_parallel_calls=INPUT_PARALLELISM)
+        .prefetch(INPUT_PARALLELISM)
+        .with_options(options)
     )
+
+
+# Batches gathered at once, and ready ahead, by epoch_batches.
+INPUT_PARALLELISM = 2
 
 
 class _EpochEnd(keras.callbacks.Callback):
