@@ -245,3 +245,13 @@ def test_epoch_batches_follow_each_epochs_order_and_never_straddle_epochs():
         for bx, _ in epoch_batches(x, y, seed=5, epochs=range(1), batch_size=4, shuffle=False)
     ]
     assert unshuffled == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_epoch_batches_keep_tf_data_autotuning_off():
+    # Its thread sleeps for its optimization period, and the end of model.fit waited
+    # for it: up to 9 s after a search trial's last epoch (bench/README.md).
+    x = np.arange(64, dtype=np.float32).reshape(64, 1)
+    y = np.arange(64, dtype=np.float32)
+    dataset = epoch_batches(x, y, seed=0, epochs=range(3), batch_size=8, shuffle=True)
+    assert dataset.options().autotune.enabled is False
+    assert sum(len(bx) for bx, _ in dataset) == 64 * 3
