@@ -64,7 +64,7 @@ def test_epoch_line_holds_the_numbers():
     line = epoch_line("l2@42", 3, 20, ROW, 1.44)
     assert line == (
         "l2@42 epoch 3/20: train data loss 0.4123, val data loss 0.5012, penalty 0.03121, "
-        "val accuracy 0.8150, 1.4 s"
+        "val accuracy 0.8150, 1.44 s"
     )
 
 
