@@ -287,6 +287,10 @@ def epoch_order(size: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(size)
 
 
+# Batches gathered at once, and ready ahead, by epoch_batches.
+INPUT_PARALLELISM = 2
+
+
 def epoch_batches(
     x: Inputs,
     y: np.ndarray,
@@ -348,10 +352,6 @@ def epoch_batches(
         .prefetch(INPUT_PARALLELISM)
         .with_options(options)
     )
-
-
-# Batches gathered at once, and ready ahead, by epoch_batches.
-INPUT_PARALLELISM = 2
 
 
 class _EpochEnd(keras.callbacks.Callback):
